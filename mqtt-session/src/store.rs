@@ -1,0 +1,315 @@
+//! Outgoing messages kept by the session: queued, in flight, or awaiting PUBCOMP.
+//!
+//! Messages are stored as encoded PUBLISH packets in one fixed byte buffer, in the order they
+//! were accepted, so they are resent in order and a zero-copy decode gives back a view of any
+//! of them. Removing a message compacts the buffer: with the small counts an MQTT client keeps
+//! in flight, one `copy_within` is cheaper than any free-list and never fragments.
+
+use mqtt_proto::PacketId;
+
+use crate::Instant;
+
+/// Where an outgoing message stands in its exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum OutState {
+    /// Accepted, never sent.
+    Queued,
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP; the message bytes are gone.
+    AwaitPubComp,
+}
+
+/// The bookkeeping of one stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Entry {
+    /// The token the user got back from `publish`.
+    pub token: u32,
+    /// Packet identifier, once the message has been sent at QoS 1 or 2.
+    pub packet_id: Option<PacketId>,
+    /// Exchange state.
+    pub state: OutState,
+    /// Eviction priority, 1 (first to go) to 10.
+    pub priority: u8,
+    /// When the message was accepted.
+    pub accepted_at: Instant,
+    start: usize,
+    len: usize,
+}
+
+impl Entry {
+    /// Size of the stored bytes.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes are stored (a QoS 2 message past PUBREC).
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the message is on the wire and counts against the inflight window.
+    pub const fn in_flight(&self) -> bool {
+        !matches!(self.state, OutState::Queued)
+    }
+}
+
+/// Why a message could not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum StoreFull {
+    /// Every slot is taken.
+    Slots,
+    /// Not enough free bytes.
+    Bytes,
+}
+
+/// Ordered message storage with `SLOTS` entries and `BYTES` bytes of packet data.
+#[derive(Debug)]
+pub struct Store<const SLOTS: usize, const BYTES: usize> {
+    entries: heapless::Vec<Entry, SLOTS>,
+    data: [u8; BYTES],
+    used: usize,
+}
+
+impl<const SLOTS: usize, const BYTES: usize> Default for Store<SLOTS, BYTES> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
+    /// An empty store.
+    pub const fn new() -> Self {
+        Store {
+            entries: heapless::Vec::new(),
+            data: [0; BYTES],
+            used: 0,
+        }
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no messages.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of packet data held.
+    pub const fn bytes_used(&self) -> usize {
+        self.used
+    }
+
+    /// Whether a message of `len` bytes fits without evicting anything.
+    pub fn fits(&self, len: usize) -> Result<(), StoreFull> {
+        if self.entries.is_full() {
+            Err(StoreFull::Slots)
+        } else if BYTES - self.used < len {
+            Err(StoreFull::Bytes)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The entries in acceptance order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry at `index`.
+    pub fn get(&self, index: usize) -> Option<&Entry> {
+        self.entries.get(index)
+    }
+
+    /// The entry at `index`, mutable (its bytes stay where they are).
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut Entry> {
+        self.entries.get_mut(index)
+    }
+
+    /// The stored bytes of the entry at `index`.
+    pub fn bytes(&self, index: usize) -> &[u8] {
+        self.entries
+            .get(index)
+            .and_then(|e| self.data.get(e.start..e.start + e.len))
+            .unwrap_or_default()
+    }
+
+    /// The stored bytes of the entry at `index`, mutable (to set the DUP flag or packet id).
+    pub fn bytes_mut(&mut self, index: usize) -> &mut [u8] {
+        match self.entries.get(index) {
+            Some(e) => self
+                .data
+                .get_mut(e.start..e.start + e.len)
+                .unwrap_or_default(),
+            None => &mut [],
+        }
+    }
+
+    /// Position of the entry holding `packet_id`.
+    pub fn position_of(&self, packet_id: PacketId) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| e.packet_id == Some(packet_id))
+    }
+
+    /// Appends a message of `len` bytes written by `write`, which returns the bytes it wrote.
+    ///
+    /// Fails without side effects if it does not fit, or if `write` fails.
+    pub fn push<E>(
+        &mut self,
+        entry: NewEntry,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, PushError<E>> {
+        self.fits(len).map_err(PushError::Full)?;
+        let start = self.used;
+        let dst = self
+            .data
+            .get_mut(start..start + len)
+            .ok_or(PushError::Full(StoreFull::Bytes))?;
+        let written = write(dst).map_err(PushError::Write)?;
+        let len = written.min(len);
+        let e = Entry {
+            token: entry.token,
+            packet_id: None,
+            state: OutState::Queued,
+            priority: entry.priority,
+            accepted_at: entry.accepted_at,
+            start,
+            len,
+        };
+        self.entries
+            .push(e)
+            .map_err(|_| PushError::Full(StoreFull::Slots))?;
+        self.used += len;
+        Ok(self.entries.len() - 1)
+    }
+
+    /// Removes the entry at `index`, compacting the data behind it.
+    pub fn remove(&mut self, index: usize) -> Option<Entry> {
+        if index >= self.entries.len() {
+            return None;
+        }
+        let e = self.entries.remove(index);
+        self.cut(e.start, e.len);
+        Some(e)
+    }
+
+    /// Drops the bytes of the entry at `index` but keeps its bookkeeping (QoS 2 after PUBREC).
+    pub fn release_bytes(&mut self, index: usize) {
+        let Some(e) = self.entries.get_mut(index) else {
+            return;
+        };
+        let (start, len) = (e.start, e.len);
+        e.len = 0;
+        self.cut(start, len);
+    }
+
+    /// Removes `len` bytes at `start` and shifts the offsets of the data after them.
+    fn cut(&mut self, start: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        self.data.copy_within(start + len..self.used, start);
+        self.used -= len;
+        for other in self.entries.iter_mut() {
+            if other.start > start {
+                other.start -= len;
+            }
+        }
+    }
+}
+
+/// What the caller decides about a new message.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEntry {
+    /// Token handed back to the user.
+    pub token: u32,
+    /// Eviction priority.
+    pub priority: u8,
+    /// Acceptance time.
+    pub accepted_at: Instant,
+}
+
+/// Why `push` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError<E> {
+    /// The store is full.
+    Full(StoreFull),
+    /// The writer failed.
+    Write(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(token: u32) -> NewEntry {
+        NewEntry {
+            token,
+            priority: 5,
+            accepted_at: Instant::ZERO,
+        }
+    }
+
+    fn push<const S: usize, const B: usize>(s: &mut Store<S, B>, token: u32, data: &[u8]) {
+        s.push(new(token), data.len(), |dst: &mut [u8]| {
+            dst.copy_from_slice(data);
+            Ok::<_, ()>(data.len())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn keeps_order_and_compacts_on_removal() {
+        let mut s: Store<4, 16> = Store::new();
+        push(&mut s, 1, b"aaaa");
+        push(&mut s, 2, b"bbb");
+        push(&mut s, 3, b"cc");
+        assert_eq!(s.bytes_used(), 9);
+        let removed = s.remove(1).unwrap();
+        assert_eq!(removed.token, 2);
+        assert_eq!(s.bytes(0), b"aaaa");
+        assert_eq!(s.bytes(1), b"cc");
+        assert_eq!(s.bytes_used(), 6);
+        push(&mut s, 4, b"dddddddddd");
+        assert_eq!(s.bytes(2), b"dddddddddd");
+        assert_eq!(s.fits(1), Err(StoreFull::Bytes));
+    }
+
+    #[test]
+    fn full_store_refuses_without_side_effects() {
+        let mut s: Store<2, 8> = Store::new();
+        push(&mut s, 1, b"12");
+        let r = s.push(new(9), 7, |_: &mut [u8]| Ok::<_, ()>(7));
+        assert_eq!(r, Err(PushError::Full(StoreFull::Bytes)));
+        push(&mut s, 2, b"34");
+        let r = s.push(new(9), 1, |_: &mut [u8]| Ok::<_, ()>(1));
+        assert_eq!(r, Err(PushError::Full(StoreFull::Slots)));
+        let r = Store::<2, 8>::new().push(new(9), 2, |_: &mut [u8]| Err::<usize, _>("boom"));
+        assert_eq!(r, Err(PushError::Write("boom")));
+        assert_eq!((s.len(), s.bytes_used()), (2, 4));
+    }
+
+    #[test]
+    fn release_bytes_keeps_the_entry() {
+        let mut s: Store<3, 12> = Store::new();
+        push(&mut s, 1, b"xxxx");
+        push(&mut s, 2, b"yyyy");
+        s.get_mut(0).unwrap().packet_id = PacketId::new(7);
+        s.release_bytes(0);
+        assert_eq!(s.len(), 2);
+        assert!(s.get(0).unwrap().is_empty());
+        assert_eq!(s.bytes(1), b"yyyy");
+        assert_eq!(s.position_of(PacketId::new(7).unwrap()), Some(0));
+        assert_eq!(s.bytes_used(), 4);
+        assert!(s.remove(5).is_none());
+    }
+}

@@ -1,0 +1,30 @@
+//! Integration and interop tests of the MQTT stack, and the helpers they share.
+//!
+//! The tests themselves live in `tests/tests/*.rs`. This library holds what they have in common:
+//!
+//! - [`node`]: a driver for the npm package `mqtt-packet`, an independent MQTT codec, used for
+//!   differential tests of `mqtt-proto` (packets it generates must decode in ours to the same
+//!   fields, and packets we encode must parse in it to the same fields).
+//!
+//! `scripts/test` installs the node packages (`npm ci` in `tests/interop/`) before it runs the
+//! tests. Run it once, or `npm ci --prefix tests/interop`, before a plain `cargo test`.
+
+pub mod node;
+
+/// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
+///
+/// Under CI nothing may be skipped: a missing peer (node, later mosquitto) fails the test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+}
+
+/// Skips the calling test with a note on stderr, or fails it under CI (see [`in_ci`]).
+///
+/// Returns normally only outside CI; the caller then returns early from the test.
+#[track_caller]
+pub fn skip_or_fail(why: &str) {
+    if in_ci() {
+        panic!("CI=true and a test prerequisite is missing: {why}");
+    }
+    eprintln!("SKIPPED (a prerequisite is missing; under CI=true this fails): {why}");
+}
