@@ -85,6 +85,22 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The error for an invalid topic name: U+0000 makes the string malformed, whatever it is.
+    pub(crate) const fn topic_name(e: TopicError) -> Self {
+        match e {
+            TopicError::NullCharacter => DecodeError::NullCharacter,
+            e => DecodeError::InvalidTopicName(e),
+        }
+    }
+
+    /// The error for an invalid topic filter.
+    pub(crate) const fn topic_filter(e: TopicError) -> Self {
+        match e {
+            TopicError::NullCharacter => DecodeError::NullCharacter,
+            e => DecodeError::InvalidTopicFilter(e),
+        }
+    }
+
     /// The MQTT 5 reason code to close the connection with.
     pub const fn reason_code(&self) -> ReasonCode {
         use DecodeError::*;

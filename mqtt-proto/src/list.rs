@@ -15,7 +15,7 @@ trait Entry<'a>: Sized + Copy {
 
 impl<'a> Entry<'a> for (TopicFilter<'a>, SubscriptionOptions) {
     fn read_valid(r: &mut Reader<'a>) -> Option<Self> {
-        let filter = TopicFilter::new_unchecked(r.string().ok()?);
+        let filter = TopicFilter::new_unchecked(r.utf8().ok()?);
         let options = SubscriptionOptions::from_checked_byte(r.u8().ok()?);
         Some((filter, options))
     }
@@ -23,7 +23,7 @@ impl<'a> Entry<'a> for (TopicFilter<'a>, SubscriptionOptions) {
 
 impl<'a> Entry<'a> for TopicFilter<'a> {
     fn read_valid(r: &mut Reader<'a>) -> Option<Self> {
-        Some(TopicFilter::new_unchecked(r.string().ok()?))
+        Some(TopicFilter::new_unchecked(r.utf8().ok()?))
     }
 }
 

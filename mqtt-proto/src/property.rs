@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::wire::{Reader, Sink, varint_len};
+use crate::wire::{CountSink, Reader, Sink, varint_len};
 use crate::{DecodeError, EncodeError, QoS, topic};
 
 /// Largest value a variable byte integer (and so a subscription identifier) can hold.
@@ -534,6 +534,13 @@ impl<'a> Properties<'a> {
         Ok(Properties(Repr::Raw(raw, ctx)))
     }
 
+    /// Length of the property bytes (without the length prefix), checked against `ctx`.
+    pub(crate) fn checked_len(&self, ctx: PropertyContext) -> Result<usize, EncodeError> {
+        let mut count = CountSink::default();
+        self.write(&mut count, ctx)?;
+        Ok(self.body_len())
+    }
+
     /// Length of the property bytes, without the length prefix.
     fn body_len(&self) -> usize {
         match self.0 {
@@ -552,7 +559,7 @@ impl<'a> Properties<'a> {
             Repr::Raw(b, read_in) => {
                 // Values were checked when decoded; a list moved into another kind of packet
                 // (a will's properties into a PUBLISH, say) must still fit its new packet.
-                if read_in != ctx {
+                if S::CHECK && read_in != ctx {
                     let mut seen = Seen(0);
                     for p in self.iter() {
                         check_fits(&p, ctx, &mut seen)?;
@@ -565,13 +572,15 @@ impl<'a> Properties<'a> {
                 s.varint(self.body_len())?;
                 let mut seen = Seen(0);
                 for p in list {
-                    check_fits(p, ctx, &mut seen)?;
-                    if !p.value_is_valid() {
-                        return Err(EncodeError::InvalidPropertyValue(p.id()));
+                    if S::CHECK {
+                        check_fits(p, ctx, &mut seen)?;
+                        if !p.value_is_valid() {
+                            return Err(EncodeError::InvalidPropertyValue(p.id()));
+                        }
                     }
                     p.write(s)?;
                 }
-                if seen.has_data_without_method() {
+                if S::CHECK && seen.has_data_without_method() {
                     return Err(EncodeError::InvalidPropertyValue(
                         PropertyId::AuthenticationData,
                     ));

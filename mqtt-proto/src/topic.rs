@@ -65,6 +65,9 @@ fn check_len(s: &str) -> Result<(), TopicError> {
 /// Checks `s` against the rules of a topic name, as [`TopicName::new`] does.
 pub(crate) fn validate_name(s: &str) -> Result<(), TopicError> {
     check_len(s)?;
+    if !has_special(s.as_bytes()) {
+        return Ok(());
+    }
     // U+0000 is the single byte 0 in UTF-8 (a `str` never holds an overlong form), so a byte
     // scan finds it, and the first offending byte decides the error.
     match s.bytes().find(|b| matches!(b, 0 | b'+' | b'#')) {
@@ -107,24 +110,59 @@ fn validate_shared(rest: &str) -> Result<(), TopicError> {
 }
 
 /// Checks the wildcard and character rules of a filter, without any shared-subscription meaning.
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// Whether any of the eight bytes packed in `x` is U+0000, `+` or `#` (SWAR).
+const fn chunk_has_special(x: u64) -> bool {
+    // Non-zero exactly when some byte of `v` is zero.
+    const fn zero_byte(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v & HIGHS
+    }
+    zero_byte(x) | zero_byte(x ^ (ONES * b'+' as u64)) | zero_byte(x ^ (ONES * b'#' as u64)) != 0
+}
+
+/// Whether `bytes` holds U+0000, `+` or `#`.
+///
+/// Topics are checked on every packet, so this looks at eight bytes per step: most topics hold
+/// none of the three, and the exact rules only run where one is.
+pub(crate) fn has_special(bytes: &[u8]) -> bool {
+    let (chunks, rest) = bytes.as_chunks::<8>();
+    chunks
+        .iter()
+        .any(|c| chunk_has_special(u64::from_ne_bytes(*c)))
+        || rest.iter().any(|&b| matches!(b, 0 | b'+' | b'#'))
+}
+
 fn validate_plain_filter(s: &str) -> Result<(), TopicError> {
-    // One pass with the previous and next byte at hand: a wildcard is valid exactly when it is
-    // the whole level, i.e. bounded by '/' or the ends of the string ('#' only by the end).
-    let mut prev: Option<u8> = None;
-    let mut bytes = s.bytes().peekable();
-    while let Some(b) = bytes.next() {
-        let starts_level = matches!(prev, None | Some(b'/'));
+    let bytes = s.as_bytes();
+    // Only the special bytes need a look: a wildcard is valid exactly when it is the whole
+    // level ('#' only the last one), which its two neighbours tell.
+    let check = |i: usize, b: u8| {
+        let starts_level = i
+            .checked_sub(1)
+            .and_then(|p| bytes.get(p))
+            .is_none_or(|&p| p == b'/');
         match b {
-            0 => return Err(TopicError::NullCharacter),
-            b'+' if !starts_level || !matches!(bytes.peek(), None | Some(b'/')) => {
-                return Err(TopicError::InvalidWildcard);
+            0 => Err(TopicError::NullCharacter),
+            b'+' if !starts_level || !matches!(bytes.get(i + 1), None | Some(b'/')) => {
+                Err(TopicError::InvalidWildcard)
             }
-            b'#' if !starts_level || bytes.peek().is_some() => {
-                return Err(TopicError::InvalidWildcard);
-            }
-            _ => {}
+            b'#' if !starts_level || i + 1 != bytes.len() => Err(TopicError::InvalidWildcard),
+            _ => Ok(()),
         }
-        prev = Some(b);
+    };
+    let (chunks, rest) = bytes.as_chunks::<8>();
+    for (n, chunk) in chunks.iter().enumerate() {
+        if chunk_has_special(u64::from_ne_bytes(*chunk)) {
+            for (j, &b) in chunk.iter().enumerate() {
+                check(n * 8 + j, b)?;
+            }
+        }
+    }
+    let base = chunks.len() * 8;
+    for (j, &b) in rest.iter().enumerate() {
+        check(base + j, b)?;
     }
     Ok(())
 }

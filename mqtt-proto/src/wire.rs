@@ -85,6 +85,12 @@ impl<'a> Reader<'a> {
         let raw = self.binary()?;
         check_str(raw)
     }
+
+    /// A string that is only checked to be UTF-8: for topics, whose own validation covers
+    /// U+0000, and for lists that were fully checked when decoded.
+    pub(crate) fn utf8(&mut self) -> Result<&'a str, DecodeError> {
+        core::str::from_utf8(self.binary()?).map_err(|_| DecodeError::InvalidUtf8)
+    }
 }
 
 /// Checks an MQTT UTF-8 string field.
@@ -129,7 +135,14 @@ pub(crate) const fn varint_len(v: usize) -> usize {
 }
 
 /// A destination for encoded bytes whose capacity was checked before writing started.
+///
+/// Encoding makes two passes, one to count the length and one to write. Only the counting pass
+/// runs the content checks (string, topic and property rules), so a packet that fails them
+/// writes nothing.
 pub(crate) trait Sink {
+    /// Whether this pass validates the content.
+    const CHECK: bool;
+
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError>;
 
     fn u8(&mut self, v: u8) -> Result<(), EncodeError> {
@@ -176,7 +189,7 @@ pub(crate) trait Sink {
 
     /// A UTF-8 string with its two-byte length; U+0000 is refused.
     fn string(&mut self, s: &str) -> Result<(), EncodeError> {
-        if s.as_bytes().contains(&0) {
+        if Self::CHECK && s.as_bytes().contains(&0) {
             return Err(EncodeError::NullCharacter);
         }
         self.binary(s.as_bytes())
@@ -200,6 +213,8 @@ impl<'b> SliceSink<'b> {
 }
 
 impl Sink for SliceSink<'_> {
+    const CHECK: bool = false;
+
     #[inline]
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
         let end = self.pos + bytes.len();
@@ -219,6 +234,8 @@ pub(crate) struct BufSink<'b, B: bytes::BufMut + ?Sized>(pub(crate) &'b mut B);
 
 #[cfg(feature = "bytes")]
 impl<B: bytes::BufMut + ?Sized> Sink for BufSink<'_, B> {
+    const CHECK: bool = false;
+
     #[inline]
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
         if self.0.remaining_mut() < bytes.len() {
@@ -236,6 +253,8 @@ impl<B: bytes::BufMut + ?Sized> Sink for BufSink<'_, B> {
 pub(crate) struct CountSink(pub(crate) usize);
 
 impl Sink for CountSink {
+    const CHECK: bool = true;
+
     #[inline]
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
         self.0 += bytes.len();

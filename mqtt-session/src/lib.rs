@@ -4,7 +4,8 @@
 //! bytes and the current time and pulls out bytes to send, events and the next deadline. It is
 //! `#![no_std]` and works without `alloc`; capacities are const generics.
 //!
-//! Modules so far:
+//! Modules:
+//! - [`client`]: the client state machine ([`Client`]) and how to drive it.
 //! - [`time`]: the millisecond [`Instant`] that every deadline is expressed in.
 //! - [`backoff`]: the reconnect delay policy (exponential, bounded, full jitter from a seed).
 //! - [`packet_id`]: the packet identifier allocator shared by PUBLISH, SUBSCRIBE, UNSUBSCRIBE.
@@ -27,6 +28,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod backoff;
+pub mod client;
 pub mod packet_id;
 #[cfg(feature = "alloc")]
 pub mod router;
@@ -34,6 +36,10 @@ pub mod store;
 pub mod time;
 
 pub use backoff::Backoff;
+pub use client::{
+    Client, Config, ConnectOptions, ConnectionError, Error, Event, Message, Notice, Read, State,
+    Token,
+};
 pub use packet_id::PacketIds;
 #[cfg(feature = "alloc")]
 pub use router::Router;

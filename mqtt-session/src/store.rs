@@ -9,18 +9,33 @@ use mqtt_proto::PacketId;
 
 use crate::Instant;
 
-/// Where an outgoing message stands in its exchange.
+/// Where an outgoing packet stands in its exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum OutState {
-    /// Accepted, never sent.
+    /// Accepted, not sent on this connection.
     Queued,
     /// QoS 1 sent, waiting for PUBACK.
     AwaitPubAck,
     /// QoS 2 sent, waiting for PUBREC.
     AwaitPubRec,
-    /// PUBREL sent, waiting for PUBCOMP; the message bytes are gone.
+    /// PUBREL sent, waiting for PUBCOMP (the bytes are kept: without a session they are sent
+    /// again as a new message).
     AwaitPubComp,
+    /// SUBSCRIBE or UNSUBSCRIBE sent, waiting for its acknowledgment.
+    AwaitAck,
+}
+
+/// What kind of packet an entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Kind {
+    /// An application message.
+    Publish,
+    /// A SUBSCRIBE.
+    Subscribe,
+    /// An UNSUBSCRIBE.
+    Unsubscribe,
 }
 
 /// The bookkeeping of one stored message.
@@ -29,6 +44,10 @@ pub enum OutState {
 pub struct Entry {
     /// The token the user got back from `publish`.
     pub token: u32,
+    /// What the stored bytes are.
+    pub kind: Kind,
+    /// Whether the packet (or, past PUBREC, its PUBREL) must go out again on this connection.
+    pub resend: bool,
     /// Packet identifier, once the message has been sent at QoS 1 or 2.
     pub packet_id: Option<PacketId>,
     /// Exchange state.
@@ -52,9 +71,12 @@ impl Entry {
         self.len == 0
     }
 
-    /// Whether the message is on the wire and counts against the inflight window.
+    /// Whether this is a QoS 1/2 message on the wire, counted against the inflight window.
     pub const fn in_flight(&self) -> bool {
-        !matches!(self.state, OutState::Queued)
+        matches!(
+            self.state,
+            OutState::AwaitPubAck | OutState::AwaitPubRec | OutState::AwaitPubComp
+        )
     }
 }
 
@@ -178,6 +200,8 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         let len = written.min(len);
         let e = Entry {
             token: entry.token,
+            kind: entry.kind,
+            resend: false,
             packet_id: None,
             state: OutState::Queued,
             priority: entry.priority,
@@ -232,6 +256,8 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
 pub struct NewEntry {
     /// Token handed back to the user.
     pub token: u32,
+    /// What the bytes are.
+    pub kind: Kind,
     /// Eviction priority.
     pub priority: u8,
     /// Acceptance time.
@@ -254,6 +280,7 @@ mod tests {
     fn new(token: u32) -> NewEntry {
         NewEntry {
             token,
+            kind: Kind::Publish,
             priority: 5,
             accepted_at: Instant::ZERO,
         }

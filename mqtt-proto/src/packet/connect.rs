@@ -102,7 +102,7 @@ impl<'a> Connect<'a> {
             } else {
                 Properties::EMPTY
             };
-            let topic = TopicName::new(r.string()?).map_err(DecodeError::InvalidTopicName)?;
+            let topic = TopicName::new(r.utf8()?).map_err(DecodeError::topic_name)?;
             Some(Will {
                 topic,
                 payload: r.binary()?,

@@ -122,6 +122,7 @@ impl Frame {
 ///
 /// Fails as soon as the header is decided to be invalid: an unknown type, wrong flag bits, a
 /// fifth remaining-length byte, or a packet over `max_packet_size` (the whole packet's size).
+#[inline]
 pub fn frame(buf: &[u8], max_packet_size: usize) -> Result<Status<Frame>, DecodeError> {
     let Some((&first, rest)) = buf.split_first() else {
         return Ok(Status::Incomplete(2));
@@ -167,6 +168,7 @@ pub fn frame(buf: &[u8], max_packet_size: usize) -> Result<Status<Frame>, Decode
 ///
 /// `version` is the connection's protocol version (CONNECT carries its own and ignores it).
 /// Returns the packet and the number of bytes it used, or how many more bytes are needed.
+#[inline]
 pub fn decode(
     buf: &[u8],
     version: ProtocolVersion,
@@ -248,6 +250,7 @@ impl<'a> Packet<'a> {
     }
 
     /// Parses a body whose frame was already read; `body` is exactly `remaining_len` long.
+    #[inline]
     pub fn decode_body(
         frame: Frame,
         body: &'a [u8],
@@ -287,6 +290,7 @@ impl<'a> Packet<'a> {
     }
 
     /// Writes the variable header and payload.
+    #[inline]
     fn write_body<S: Sink>(&self, v: ProtocolVersion, s: &mut S) -> Result<(), EncodeError> {
         match self {
             Packet::Connect(p) => p.write(s),
@@ -306,6 +310,7 @@ impl<'a> Packet<'a> {
     }
 
     /// Remaining length of the encoded packet, validating it on the way.
+    #[inline]
     fn body_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
         let mut count = CountSink::default();
         self.write_body(v, &mut count)?;
@@ -324,8 +329,12 @@ impl<'a> Packet<'a> {
     /// Encodes the packet for `version` into `buf`, returning the bytes written.
     ///
     /// CONNECT is encoded for the version it carries. Nothing is written past the packet; if
-    /// `buf` is too small the error says how many bytes are needed.
+    /// `buf` is too small the error says how many bytes are needed. On any error nothing is
+    /// written.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        if let Packet::Publish(p) = self {
+            return p.encode(version, buf);
+        }
         let body = self.body_len(version)?;
         let needed = 1 + varint_len(body) + body;
         if buf.len() < needed {
@@ -354,6 +363,7 @@ impl<'a> Packet<'a> {
         Ok(needed)
     }
 
+    #[inline]
     fn write_to<S: Sink>(
         &self,
         version: ProtocolVersion,

@@ -3,10 +3,10 @@
 use super::connect::{read_properties, write_properties};
 use super::{PacketType, read_packet_id};
 use crate::reason::ReasonContext;
-use crate::wire::{Reader, Sink};
+use crate::wire::{Reader, Sink, SliceSink, varint_len};
 use crate::{
-    DecodeError, EncodeError, PacketId, Properties, PropertyContext, PropertyId, ProtocolVersion,
-    QoS, ReasonCode, topic,
+    DecodeError, EncodeError, MAX_REMAINING_LENGTH, PacketId, Properties, PropertyContext,
+    PropertyId, ProtocolVersion, QoS, ReasonCode, topic,
 };
 
 /// PUBLISH: an application message.
@@ -47,6 +47,7 @@ impl<'a> Publish<'a> {
         (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
     }
 
+    #[inline]
     pub(crate) fn read(
         flags: u8,
         r: &mut Reader<'a>,
@@ -54,7 +55,8 @@ impl<'a> Publish<'a> {
     ) -> Result<Self, DecodeError> {
         // The frame already rejected QoS 3 and DUP on QoS 0.
         let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
-        let topic = r.string()?;
+        // Topic validation below covers U+0000 (an empty topic has none).
+        let topic = r.utf8()?;
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(read_packet_id(r)?),
@@ -68,7 +70,7 @@ impl<'a> Publish<'a> {
                 return Err(DecodeError::MissingTopic);
             }
         } else {
-            topic::validate_name(topic).map_err(DecodeError::InvalidTopicName)?;
+            topic::validate_name(topic).map_err(DecodeError::topic_name)?;
         }
         Ok(Publish {
             dup: flags & 0b1000 != 0,
@@ -81,16 +83,60 @@ impl<'a> Publish<'a> {
         })
     }
 
-    pub(crate) fn write<S: Sink>(&self, s: &mut S, v: ProtocolVersion) -> Result<(), EncodeError> {
+    /// Encodes the whole packet with one check pass and arithmetic lengths: PUBLISH is the
+    /// packet a client sends most, so it skips the generic counting pass.
+    pub(crate) fn encode(&self, v: ProtocolVersion, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        self.check(v)?;
+        let props = if v.is_v5() {
+            let n = self.properties.checked_len(PropertyContext::Publish)?;
+            varint_len(n) + n
+        } else if self.properties.is_empty() {
+            0
+        } else {
+            return Err(EncodeError::NotInVersion);
+        };
+        let id = if self.packet_id.is_some() { 2 } else { 0 };
+        let body = 2 + self.topic.len() + id + props + self.payload.len();
+        if body > MAX_REMAINING_LENGTH {
+            return Err(EncodeError::PacketTooLarge);
+        }
+        let needed = 1 + varint_len(body) + body;
+        if buf.len() < needed {
+            return Err(EncodeError::BufferTooSmall { needed });
+        }
+        let mut s = SliceSink::new(buf);
+        s.u8((PacketType::Publish as u8) << 4 | self.header_flags())?;
+        s.varint(body)?;
+        self.write(&mut s, v)?;
+        Ok(s.written())
+    }
+
+    /// The checks `write` makes on the counting pass.
+    fn check(&self, v: ProtocolVersion) -> Result<(), EncodeError> {
         if self.dup && self.qos == QoS::AtMostOnce {
             return Err(EncodeError::DupWithQoS0);
+        }
+        if self.topic.len() > usize::from(u16::MAX) {
+            return Err(EncodeError::FieldTooLong);
+        }
+        match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, None) | (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => {}
+            _ => return Err(EncodeError::PacketIdMismatch),
         }
         if self.topic.is_empty() {
             if !v.is_v5() || self.properties.get(PropertyId::TopicAlias).is_none() {
                 return Err(EncodeError::InvalidTopicName(topic::TopicError::Empty));
             }
+            Ok(())
         } else {
-            topic::validate_name(self.topic).map_err(EncodeError::InvalidTopicName)?;
+            topic::validate_name(self.topic).map_err(EncodeError::InvalidTopicName)
+        }
+    }
+
+    #[inline]
+    pub(crate) fn write<S: Sink>(&self, s: &mut S, v: ProtocolVersion) -> Result<(), EncodeError> {
+        if S::CHECK {
+            self.check(v)?;
         }
         s.binary(self.topic.as_bytes())?;
         match (self.qos, self.packet_id) {

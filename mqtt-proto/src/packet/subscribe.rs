@@ -6,7 +6,7 @@ use crate::reason::ReasonContext;
 use crate::wire::{Reader, Sink};
 use crate::{
     DecodeError, EncodeError, Filters, PacketId, Properties, PropertyContext, ProtocolVersion, QoS,
-    ReasonCode, ReasonCodes, SubscriptionOptions, TopicFilter, Unsubscriptions, topic,
+    ReasonCode, ReasonCodes, SubscriptionOptions, TopicFilter, Unsubscriptions,
 };
 
 /// Checks a received options byte for `v`.
@@ -31,13 +31,12 @@ fn check_options(b: u8, v: ProtocolVersion) -> Result<SubscriptionOptions, Decod
 
 /// Reads and checks one topic filter.
 fn read_filter<'a>(r: &mut Reader<'a>) -> Result<TopicFilter<'a>, DecodeError> {
-    TopicFilter::new(r.string()?).map_err(DecodeError::InvalidTopicFilter)
+    TopicFilter::new(r.utf8()?).map_err(DecodeError::topic_filter)
 }
 
-/// Writes one topic filter, re-checking it: a filter from a caller may have been built unchecked.
+/// Writes one topic filter: a `TopicFilter` is valid by construction (U+0000 included).
 fn write_filter<S: Sink>(s: &mut S, f: &TopicFilter<'_>) -> Result<(), EncodeError> {
-    topic::validate_filter(f.as_str()).map_err(EncodeError::InvalidTopicFilter)?;
-    s.string(f.as_str())
+    s.binary(f.as_str().as_bytes())
 }
 
 /// SUBSCRIBE: one or more topic filters with their options.
@@ -97,7 +96,7 @@ impl<'a> Subscribe<'a> {
             if !v.is_v5() && options.has_v5_options() {
                 return Err(EncodeError::NotInVersion);
             }
-            if options.no_local && filter.shared().is_some() {
+            if S::CHECK && options.no_local && filter.shared().is_some() {
                 return Err(EncodeError::SharedSubscriptionNoLocal);
             }
             write_filter(s, &filter)?;
