@@ -5,11 +5,11 @@ use core::time::Duration;
 
 use mqtt_proto::{
     Ack, ConnAck, Connect, DecodeError, Disconnect, EncodeError, Filters, Packet, PacketId,
-    Properties, Property, ProtocolVersion, Publish, QoS, ReasonCode, ReasonCodes, Status,
-    Subscribe, SubscriptionOptions, TopicFilter, Unsubscribe, Will, decode,
+    Properties, Property, PropertyId, ProtocolVersion, Publish, QoS, ReasonCode, ReasonCodes,
+    Status, Subscribe, SubscriptionOptions, TopicFilter, Unsubscribe, Will, decode,
 };
 
-use crate::store::{Kind, NewEntry, OutState, PushError, Store, StoreFull};
+use crate::store::{Kind, NewEntry, OutState, PushError, Store};
 use crate::{Instant, PacketIds};
 
 /// Settings that stay the same across reconnects.
@@ -32,6 +32,9 @@ pub struct Config {
     pub response_timeout: Duration,
     /// Send PUBACK/PUBREC only when the application calls [`Client::ack`].
     pub manual_acks: bool,
+    /// Highest incoming topic alias accepted (MQTT 5; 0 refuses aliases). At most 16: their
+    /// topic names share a 1 KiB table of their own.
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             max_packet_size: 1024 * 1024,
             response_timeout: Duration::from_secs(10),
             manual_acks: false,
+            topic_alias_maximum: 16,
         }
     }
 }
@@ -142,7 +146,13 @@ pub enum Notice {
         /// Token of the dropped message.
         token: Token,
     },
-    /// A queued message could not be sent (it exceeds the server's maximum packet size).
+    /// A QoS 0 message was written to the transport: it is complete.
+    Sent {
+        /// Token of the message.
+        token: Token,
+    },
+    /// A message will not be delivered: the server refused it (PUBREC with an error), or it
+    /// exceeds what the server supports (maximum packet size, QoS, retain).
     Dropped {
         /// Token of the dropped message.
         token: Token,
@@ -151,6 +161,9 @@ pub enum Notice {
     },
     /// The connection is lost; the runtime should close the socket and reconnect.
     ConnectionLost(ConnectionError),
+    /// A granted subscription could not be kept for restoring (the store is full): it holds
+    /// on this session but will not be made again if the server loses the session.
+    SubscriptionNotKept,
 }
 
 /// Why a connection ended, from the protocol's point of view.
@@ -220,6 +233,10 @@ pub enum Error {
     NotConnected,
     /// `ack` named a message that is not waiting for one.
     UnknownPacketId,
+    /// The server does not support this (QoS above its maximum, retain).
+    NotSupported(ReasonCode),
+    /// Packets wait to be written: drain `poll_transmit` (and `poll_notice`) first.
+    WouldBlock,
 }
 
 impl fmt::Display for Error {
@@ -232,6 +249,8 @@ impl fmt::Display for Error {
             Error::Closed => f.write_str("client closed by disconnect()"),
             Error::NotConnected => f.write_str("not connected"),
             Error::UnknownPacketId => f.write_str("no message waits for an ack with that id"),
+            Error::NotSupported(rc) => write!(f, "not supported by the server: {rc}"),
+            Error::WouldBlock => f.write_str("drain poll_transmit first"),
         }
     }
 }
@@ -258,7 +277,8 @@ pub enum Read<'a> {
     },
     /// The input does not hold a whole packet yet.
     NeedMore(usize),
-    /// Acknowledgments are waiting: drain `poll_transmit` before reading more.
+    /// Acknowledgments or notices are waiting: drain `poll_transmit` and `poll_notice`
+    /// before reading more.
     TransmitFirst,
     /// The connection is over (see [`Notice::ConnectionLost`]); close the transport after
     /// flushing `poll_transmit` (it may hold a DISCONNECT).
@@ -289,7 +309,10 @@ enum RxState {
 struct ServerLimits {
     receive_maximum: u16,
     max_packet_size: u32,
-    keep_alive: u16,
+    /// The server's keep-alive, which replaces ours (0 turns pings off).
+    keep_alive: Option<u16>,
+    max_qos: QoS,
+    retain_available: bool,
 }
 
 impl Default for ServerLimits {
@@ -297,10 +320,29 @@ impl Default for ServerLimits {
         ServerLimits {
             receive_maximum: u16::MAX,
             max_packet_size: u32::MAX,
-            keep_alive: 0,
+            keep_alive: None,
+            max_qos: QoS::ExactlyOnce,
+            retain_available: true,
         }
     }
 }
+
+impl ServerLimits {
+    /// Why the server would refuse a PUBLISH with these flags, if it would.
+    fn refuses(&self, qos: QoS, retain: bool) -> Option<ReasonCode> {
+        if qos > self.max_qos {
+            Some(ReasonCode::QoSNotSupported)
+        } else if retain && !self.retain_available {
+            Some(ReasonCode::RetainNotSupported)
+        } else {
+            None
+        }
+    }
+}
+
+/// Room kept for the topics of incoming aliases (MQTT 5), apart from the outgoing store.
+const ALIAS_SLOTS: usize = 16;
+const ALIAS_BYTES: usize = 1024;
 
 /// The MQTT client state machine.
 ///
@@ -325,7 +367,10 @@ pub struct Client<const SLOTS: usize, const BYTES: usize, const RX: usize> {
     next_token: Token,
     rx: heapless::Vec<(PacketId, RxState), RX>,
     control: heapless::Deque<Control, 8>,
-    notices: heapless::Deque<Notice, 8>,
+    notices: heapless::Deque<Notice, 16>,
+    /// The end of the connection, reported before any other notice and never crowded out.
+    lost: Option<ConnectionError>,
+    aliases: Store<ALIAS_SLOTS, ALIAS_BYTES>,
     server: ServerLimits,
     last_sent: Instant,
     /// When the outstanding PINGREQ or CONNECT was sent.
@@ -345,6 +390,8 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             rx: heapless::Vec::new(),
             control: heapless::Deque::new(),
             notices: heapless::Deque::new(),
+            lost: None,
+            aliases: Store::new(),
             server: ServerLimits::default(),
             last_sent: Instant::ZERO,
             awaiting_response: None,
@@ -364,7 +411,20 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
 
     /// Messages and (un)subscribes held: queued or in flight.
     pub fn pending(&self) -> usize {
-        self.store.len()
+        self.store
+            .entries()
+            .iter()
+            .filter(|e| e.state != OutState::Active)
+            .count()
+    }
+
+    /// Subscriptions granted and kept for restoring after a session loss.
+    pub fn subscriptions(&self) -> usize {
+        self.store
+            .entries()
+            .iter()
+            .filter(|e| e.kind == Kind::Subscription)
+            .count()
     }
 
     /// QoS 1/2 messages sent and not yet completely acknowledged.
@@ -378,11 +438,7 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
 
     /// The keep-alive in force: the server's, if it set one.
     pub fn keep_alive(&self) -> Duration {
-        let secs = if self.server.keep_alive != 0 {
-            self.server.keep_alive
-        } else {
-            self.cfg.keep_alive
-        };
+        let secs = self.server.keep_alive.unwrap_or(self.cfg.keep_alive);
         Duration::from_secs(u64::from(secs))
     }
 
@@ -408,6 +464,8 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
                     .map(Property::ReceiveMaximum),
                 (self.cfg.max_packet_size != u32::MAX)
                     .then_some(Property::MaximumPacketSize(self.cfg.max_packet_size)),
+                (self.alias_maximum() != 0)
+                    .then_some(Property::TopicAliasMaximum(self.alias_maximum())),
             ];
             for p in own
                 .into_iter()
@@ -430,6 +488,8 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             password: opts.password,
         };
         let n = Packet::Connect(connect).encode(self.cfg.version, buf)?;
+        // Topic aliases live as long as one connection.
+        self.aliases = Store::new();
         self.control.clear();
         self.ping_queued = false;
         self.server = ServerLimits::default();
@@ -454,6 +514,11 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         if self.state == State::Closed {
             return Err(Error::Closed);
         }
+        if self.state == State::Connected
+            && let Some(rc) = self.server.refuses(message.qos, message.retain)
+        {
+            return Err(Error::NotSupported(rc));
+        }
         let packet = Packet::Publish(Publish {
             dup: false,
             // A placeholder id, overwritten when the message is sent.
@@ -470,6 +535,9 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         filters: &[(TopicFilter<'_>, SubscriptionOptions)],
         properties: &[Property<'_>],
     ) -> Result<PacketId, Error> {
+        if self.state == State::Closed {
+            return Err(Error::Closed);
+        }
         let id = self.allocate_id()?;
         let packet = Packet::Subscribe(Subscribe {
             packet_id: id,
@@ -486,6 +554,9 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         filters: &[TopicFilter<'_>],
         properties: &[Property<'_>],
     ) -> Result<PacketId, Error> {
+        if self.state == State::Closed {
+            return Err(Error::Closed);
+        }
         let id = self.allocate_id()?;
         let packet = Packet::Unsubscribe(Unsubscribe {
             packet_id: id,
@@ -511,7 +582,7 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             ReasonCode::Success
         };
         if self.control.is_full() {
-            return Err(Error::QueueFull);
+            return Err(Error::WouldBlock);
         }
         match qos {
             QoS::ExactlyOnce if !reason_code.is_error() => {
@@ -537,7 +608,13 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
     pub fn disconnect(&mut self, reason_code: ReasonCode) {
         if self.state == State::Connected {
             self.control.clear();
-            self.queue_control(Control::Disconnect(reason_code));
+            // 3.x DISCONNECT carries no reason.
+            let rc = if self.cfg.version.is_v5() {
+                reason_code
+            } else {
+                ReasonCode::Success
+            };
+            self.queue_control(Control::Disconnect(rc));
         }
         self.state = State::Closed;
     }
@@ -556,18 +633,31 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
     }
 
     /// Processes the packet at the start of `buf`.
-    pub fn handle_read<'a>(&mut self, now: Instant, buf: &'a [u8]) -> Read<'a> {
+    ///
+    /// The event borrows from `buf` and, for a message sent with a topic alias, from the client.
+    pub fn handle_read<'a>(&'a mut self, now: Instant, buf: &'a [u8]) -> Read<'a> {
         if !matches!(self.state, State::Connecting | State::Connected) {
             return Read::Closed;
         }
-        // Each packet may owe one acknowledgment; keep room for it.
-        if self.control.len() + 1 >= self.control.capacity() {
+        // Each packet may owe one acknowledgment or one notice; keep room for them.
+        if self.control.len() + 1 >= self.control.capacity() || self.notices.is_full() {
             return Read::TransmitFirst;
         }
         let max = usize::try_from(self.cfg.max_packet_size).unwrap_or(usize::MAX);
         match decode(buf, self.cfg.version, max) {
             Ok(Status::Incomplete(n)) => Read::NeedMore(n),
             Ok(Status::Complete((packet, used))) => match self.on_packet(now, packet) {
+                Ok(Some(Event::Message(mut m))) if m.topic.is_empty() => {
+                    // A message sent with a known alias: its topic name is kept here.
+                    m.topic = self.alias_topic(&m.properties).unwrap_or_default();
+                    Read::Packet {
+                        used,
+                        event: Some(Event::Message(m)),
+                    }
+                }
+                Ok(_) if !matches!(self.state, State::Connecting | State::Connected) => {
+                    Read::Closed
+                }
                 Ok(event) => Read::Packet { used, event },
                 Err(rc) => {
                     self.violation(rc);
@@ -590,7 +680,9 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
                 .map(|t| t + self.cfg.response_timeout),
             State::Connected => {
                 let ka = self.keep_alive();
-                let ping = (!ka.is_zero()).then(|| self.last_sent + ka);
+                // While a PINGREQ is out, only its answer's deadline matters.
+                let ping = (!ka.is_zero() && self.awaiting_response.is_none())
+                    .then(|| self.last_sent + ka);
                 let answer = self
                     .awaiting_response
                     .map(|t| t + self.cfg.response_timeout);
@@ -632,6 +724,9 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
     /// A notice for the application, if any.
     #[must_use]
     pub fn poll_notice(&mut self) -> Option<Notice> {
+        if let Some(e) = self.lost.take() {
+            return Some(Notice::ConnectionLost(e));
+        }
         self.notices.pop_front()
     }
 
@@ -687,21 +782,24 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
     /// Writes the first stored packet that must go out now.
     fn transmit_store(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         let window = usize::from(self.cfg.inflight.min(self.server.receive_maximum).max(1));
-        let in_flight = self.in_flight();
+        // The server's quota counts QoS 1/2 PUBLISHes sent on this connection (MQTT 5 4.9).
+        let sent = self
+            .store
+            .entries()
+            .iter()
+            .filter(|e| e.in_flight() && !e.resend)
+            .count();
         let max = usize::try_from(self.server.max_packet_size).unwrap_or(usize::MAX);
         let mut i = 0;
+        let mut publish_blocked = false;
         while let Some(e) = self.store.get(i).copied() {
             let is_new = e.state == OutState::Queued;
             if !is_new && !e.resend {
                 i += 1;
                 continue;
             }
-            let qos = publish_qos(self.store.bytes(i));
-            if is_new && e.kind == Kind::Publish && qos != QoS::AtMostOnce && in_flight >= window {
-                // Messages go out in order: nothing may overtake a message that waits.
-                return Ok(None);
-            }
             if e.state == OutState::AwaitPubComp {
+                // PUBREL does not count against the quota.
                 let Some(id) = e.packet_id else {
                     self.store.remove(i);
                     continue;
@@ -712,14 +810,37 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
                 }
                 return Ok(Some(n));
             }
-            let len = self.store.bytes(i).len();
-            if len > max {
-                self.store.remove(i);
-                self.push_notice(Notice::Dropped {
-                    token: e.token,
-                    reason_code: ReasonCode::PacketTooLarge,
-                });
-                continue;
+            let bytes = self.store.bytes(i);
+            let (qos, retain) = publish_flags(bytes);
+            let len = bytes.len();
+            if e.kind == Kind::Publish {
+                let needs_quota = qos != QoS::AtMostOnce;
+                if publish_blocked || (needs_quota && sent >= window) {
+                    // Messages go out in order: none overtakes one that waits for the window.
+                    // (Subscriptions do: they do not count against it.)
+                    publish_blocked = true;
+                    i += 1;
+                    continue;
+                }
+                let refusal = self
+                    .server
+                    .refuses(qos, retain)
+                    .or((len > max).then_some(ReasonCode::PacketTooLarge));
+                if let Some(reason_code) = refusal {
+                    if self.notices.is_full() {
+                        // Drain notices first: a message is never dropped unreported.
+                        return Ok(None);
+                    }
+                    self.store.remove(i);
+                    self.push_notice(Notice::Dropped {
+                        token: e.token,
+                        reason_code,
+                    });
+                    continue;
+                }
+                if !needs_quota && self.notices.is_full() {
+                    return Ok(None);
+                }
             }
             let dst = buf
                 .get_mut(..len)
@@ -740,15 +861,17 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
                 }
             }
             if e.kind == Kind::Publish && qos == QoS::AtMostOnce {
+                // QoS 0 is done once written: the notice lets a runtime resolve its future.
                 self.store.remove(i);
+                self.push_notice(Notice::Sent { token: e.token });
                 return Ok(Some(len));
             }
             if let Some(entry) = self.store.get_mut(i) {
                 entry.packet_id = id;
                 entry.resend = false;
-                entry.state = match (e.kind, qos, entry.state) {
-                    (Kind::Publish, QoS::AtLeastOnce, _) => OutState::AwaitPubAck,
-                    (Kind::Publish, _, _) => OutState::AwaitPubRec,
+                entry.state = match (e.kind, qos) {
+                    (Kind::Publish, QoS::AtLeastOnce) => OutState::AwaitPubAck,
+                    (Kind::Publish, _) => OutState::AwaitPubRec,
                     _ => OutState::AwaitAck,
                 };
             }
@@ -775,14 +898,14 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             Packet::PubRel(a) => self.on_pubrel(a).map(|()| None),
             Packet::PubComp(a) => self.on_pubcomp(a),
             Packet::SubAck(a) => {
-                self.complete_ack(a.packet_id, Kind::Subscribe)?;
-                Ok(Some(Event::Subscribed {
+                let asked = self.complete_ack(a.packet_id, Kind::Subscribe, &a.reason_codes)?;
+                Ok(asked.then_some(Event::Subscribed {
                     packet_id: a.packet_id,
                     reason_codes: a.reason_codes,
                 }))
             }
             Packet::UnsubAck(a) => {
-                self.complete_ack(a.packet_id, Kind::Unsubscribe)?;
+                self.complete_ack(a.packet_id, Kind::Unsubscribe, &a.reason_codes)?;
                 Ok(Some(Event::Unsubscribed {
                     packet_id: a.packet_id,
                     reason_codes: a.reason_codes,
@@ -810,12 +933,18 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             self.lose(ConnectionError::Refused(ack.reason_code));
             return Ok(None);
         }
+        if ack.session_present && self.cfg.clean_start {
+            // A clean start cannot resume a session [MQTT-3.2.2-2].
+            return Err(ReasonCode::ProtocolError);
+        }
         let mut limits = ServerLimits::default();
         for p in ack.properties.iter() {
             match p {
                 Property::ReceiveMaximum(n) => limits.receive_maximum = n,
                 Property::MaximumPacketSize(n) => limits.max_packet_size = n,
-                Property::ServerKeepAlive(n) => limits.keep_alive = n,
+                Property::ServerKeepAlive(n) => limits.keep_alive = Some(n),
+                Property::MaximumQoS(q) => limits.max_qos = q,
+                Property::RetainAvailable(r) => limits.retain_available = r,
                 _ => {}
             }
         }
@@ -829,12 +958,19 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         }
         let mut i = 0;
         while let Some(e) = self.store.get_mut(i) {
-            if e.state != OutState::Queued {
-                if session_present {
-                    e.resend = true;
-                } else {
+            match e.state {
+                OutState::Queued => {}
+                // The server kept our subscriptions along with the session.
+                OutState::Active if session_present => {}
+                _ if session_present && e.kind != Kind::Subscription => e.resend = true,
+                _ => {
+                    // Without a session, earlier messages go again as new ones, and the
+                    // subscriptions are made again. A pending (UN)SUBSCRIBE keeps the id the
+                    // application was given; publishes and restores take fresh ones.
                     e.state = OutState::Queued;
-                    e.packet_id = None;
+                    if matches!(e.kind, Kind::Publish | Kind::Subscription) {
+                        e.packet_id = None;
+                    }
                     e.resend = false;
                 }
             }
@@ -843,11 +979,66 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         Ok(Some(Event::Connected { session_present }))
     }
 
-    fn on_publish<'a>(&mut self, p: Publish<'a>) -> Result<Option<Event<'a>>, ReasonCode> {
-        if p.topic.is_empty() {
-            // No incoming topic aliases were offered, so none may be used.
+    /// The highest incoming alias accepted: the configured one, within the alias table.
+    fn alias_maximum(&self) -> u16 {
+        self.cfg
+            .topic_alias_maximum
+            .min(u16::try_from(ALIAS_SLOTS).unwrap_or(u16::MAX))
+    }
+
+    /// The topic name kept for the alias in `props`.
+    fn alias_topic(&self, props: &Properties<'_>) -> Option<&str> {
+        let Some(Property::TopicAlias(alias)) = props.get(PropertyId::TopicAlias) else {
+            return None;
+        };
+        let i = self
+            .aliases
+            .entries()
+            .iter()
+            .position(|e| e.kind == Kind::Alias && e.token == u32::from(alias))?;
+        core::str::from_utf8(self.aliases.bytes(i)).ok()
+    }
+
+    /// Checks a PUBLISH's topic alias, remembering a new mapping.
+    fn resolve_alias(&mut self, p: &Publish<'_>) -> Result<(), ReasonCode> {
+        let alias = match p.properties.get(PropertyId::TopicAlias) {
+            Some(Property::TopicAlias(a)) => a,
+            // The decoder refuses an empty topic without an alias.
+            _ => return Ok(()),
+        };
+        if alias == 0 || alias > self.alias_maximum() {
             return Err(ReasonCode::TopicAliasInvalid);
         }
+        let known = self
+            .aliases
+            .entries()
+            .iter()
+            .position(|e| e.kind == Kind::Alias && e.token == u32::from(alias));
+        if p.topic.is_empty() {
+            return known.map(|_| ()).ok_or(ReasonCode::TopicAliasInvalid);
+        }
+        if let Some(i) = known {
+            self.aliases.remove(i);
+        }
+        let entry = NewEntry {
+            token: u32::from(alias),
+            kind: Kind::Alias,
+            priority: 10,
+            accepted_at: Instant::ZERO,
+        };
+        let topic = p.topic.as_bytes();
+        self.aliases
+            .push(entry, topic.len(), |dst| {
+                dst.copy_from_slice(topic);
+                Ok::<_, ()>(topic.len())
+            })
+            // Without room for the name the alias could not be resolved later.
+            .map_err(|_| ReasonCode::ImplementationSpecificError)?;
+        Ok(())
+    }
+
+    fn on_publish<'a>(&mut self, p: Publish<'a>) -> Result<Option<Event<'a>>, ReasonCode> {
+        self.resolve_alias(&p)?;
         let message = Message {
             topic: p.topic,
             payload: p.payload,
@@ -943,13 +1134,128 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         }))
     }
 
-    fn complete_ack(&mut self, id: PacketId, kind: Kind) -> Result<(), ReasonCode> {
+    /// Completes a SUBSCRIBE or UNSUBSCRIBE and updates the subscriptions to restore.
+    ///
+    /// Returns whether the application asked for it (restores are the client's own).
+    fn complete_ack(
+        &mut self,
+        id: PacketId,
+        kind: Kind,
+        codes: &ReasonCodes<'_>,
+    ) -> Result<bool, ReasonCode> {
         let pos = self.find(id, OutState::AwaitAck)?;
-        if self.store.get(pos).map(|e| e.kind) != Some(kind) {
-            return Err(ReasonCode::ProtocolError);
+        let found = self.store.get(pos).map(|e| e.kind);
+        match (kind, found) {
+            (Kind::Subscribe, Some(Kind::Subscription)) => {
+                // A restored subscription: keep it unless the server now refuses it.
+                let granted = codes.iter().next().is_some_and(|c| !c.is_error());
+                if granted {
+                    if let Some(e) = self.store.get_mut(pos) {
+                        e.state = OutState::Active;
+                        e.packet_id = None;
+                    }
+                } else {
+                    self.store.remove(pos);
+                }
+                return Ok(false);
+            }
+            (Kind::Subscribe, Some(Kind::Subscribe)) => self.remember_subscriptions(pos, codes),
+            (Kind::Unsubscribe, Some(Kind::Unsubscribe)) => self.forget_subscriptions(pos),
+            _ => return Err(ReasonCode::ProtocolError),
         }
-        self.store.remove(pos);
-        Ok(())
+        if let Some(pos) = self.store.position_of(id) {
+            self.store.remove(pos);
+        }
+        Ok(true)
+    }
+
+    /// Keeps each granted filter of the SUBSCRIBE at `pos` as a subscription to restore.
+    fn remember_subscriptions(&mut self, mut pos: usize, codes: &ReasonCodes<'_>) {
+        let v = self.cfg.version;
+        // A filter subscribed again replaces the one kept before (its options may differ).
+        let mut doomed: heapless::Vec<usize, SLOTS> = heapless::Vec::new();
+        for (i, e) in self.store.entries().iter().enumerate() {
+            let kept = nth_filter(self.store.bytes(i), v, 0);
+            let request = self.store.bytes(pos);
+            if e.kind == Kind::Subscription
+                && kept.is_some_and(|k| {
+                    codes
+                        .iter()
+                        .enumerate()
+                        .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(k))
+                })
+            {
+                let _ = doomed.push(i);
+            }
+        }
+        for &i in doomed.iter().rev() {
+            self.store.remove(i);
+            if i < pos {
+                pos -= 1;
+            }
+        }
+        for (k, code) in codes.iter().enumerate() {
+            if code.is_error() {
+                continue;
+            }
+            let entry = NewEntry {
+                token: 0,
+                kind: Kind::Subscription,
+                priority: 10,
+                accepted_at: Instant::ZERO,
+            };
+            // Each granted filter becomes a one-filter SUBSCRIBE of its own, written from the
+            // stored request straight into the store.
+            let pushed = self.store.push_derived(pos, entry, |src, dst| {
+                let Ok(Status::Complete((Packet::Subscribe(sub), _))) = decode(src, v, usize::MAX)
+                else {
+                    return Err(EncodeError::NoTopicFilters);
+                };
+                let one = sub
+                    .filters
+                    .iter()
+                    .nth(k)
+                    .ok_or(EncodeError::NoTopicFilters)?;
+                let one = [one];
+                Packet::Subscribe(Subscribe {
+                    packet_id: PacketId::MAX,
+                    properties: sub.properties,
+                    filters: Filters::new(&one),
+                })
+                .encode(v, dst)
+            });
+            match pushed {
+                Ok(i) => {
+                    if let Some(e) = self.store.get_mut(i) {
+                        e.state = OutState::Active;
+                    }
+                }
+                // No room: the subscription holds now but cannot be restored after a
+                // session loss; say so rather than drop it silently.
+                Err(_) => self.push_notice(Notice::SubscriptionNotKept),
+            }
+        }
+    }
+
+    /// Drops the kept subscriptions the UNSUBSCRIBE at `pos` names.
+    fn forget_subscriptions(&mut self, pos: usize) {
+        let v = self.cfg.version;
+        let mut doomed: heapless::Vec<usize, SLOTS> = heapless::Vec::new();
+        if let Ok(Status::Complete((Packet::Unsubscribe(u), _))) =
+            decode(self.store.bytes(pos), v, usize::MAX)
+        {
+            for (i, e) in self.store.entries().iter().enumerate() {
+                let kept = nth_filter(self.store.bytes(i), v, 0);
+                if e.kind == Kind::Subscription
+                    && kept.is_some_and(|k| u.filters.iter().any(|f| f.as_str() == k))
+                {
+                    let _ = doomed.push(i);
+                }
+            }
+        }
+        for &i in doomed.iter().rev() {
+            self.store.remove(i);
+        }
     }
 
     /// Position of the stored packet with `id` in `state`; an unknown id is a violation.
@@ -984,8 +1290,8 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         if len > BYTES {
             return Err(Error::TooLarge);
         }
-        while let Err(full) = self.store.fits(len) {
-            self.evict_for(priority, full)?;
+        if self.store.fits(len).is_err() {
+            self.make_room(len, priority)?;
         }
         let token = self.next_token;
         let entry = NewEntry {
@@ -1019,24 +1325,43 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         Ok(id)
     }
 
-    /// Drops the lowest-priority, oldest queued message, unless the new one ranks below it.
-    fn evict_for(&mut self, priority: u8, _full: StoreFull) -> Result<(), Error> {
-        let victim = self
-            .store
-            .entries()
+    /// Makes room for `len` bytes by dropping queued messages of priority up to `priority`,
+    /// lowest priority and oldest first, but only if that can make enough room: otherwise
+    /// nothing is dropped and the new message is refused.
+    fn make_room(&mut self, len: usize, priority: u8) -> Result<(), Error> {
+        let evictable = |e: &&crate::store::Entry| {
+            e.state == OutState::Queued && e.kind == Kind::Publish && e.priority <= priority
+        };
+        let entries = self.store.entries();
+        let (count, bytes) = entries
             .iter()
-            .enumerate()
-            .filter(|(_, e)| e.state == OutState::Queued && e.kind == Kind::Publish)
-            .min_by_key(|(i, e)| (e.priority, *i))
-            .map(|(i, e)| (i, *e));
-        match victim {
-            Some((i, e)) if e.priority <= priority => {
-                self.store.remove(i);
-                self.push_notice(Notice::Evicted { token: e.token });
-                Ok(())
-            }
-            _ => Err(Error::QueueFull),
+            .filter(evictable)
+            .fold((0, 0), |(n, b), e| (n + 1, b + e.len()));
+        let free_slots = SLOTS - entries.len() + count;
+        let free_bytes = BYTES - self.store.bytes_used() + bytes;
+        if free_slots == 0 || free_bytes < len {
+            return Err(Error::QueueFull);
         }
+        while self.store.fits(len).is_err() {
+            if self.notices.is_full() {
+                // Every eviction is reported; with no room to say so, refuse instead.
+                return Err(Error::QueueFull);
+            }
+            let victim = self
+                .store
+                .entries()
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| evictable(e))
+                .min_by_key(|(i, e)| (e.priority, *i))
+                .map(|(i, e)| (i, e.token));
+            let Some((i, token)) = victim else {
+                return Err(Error::QueueFull);
+            };
+            self.store.remove(i);
+            self.push_notice(Notice::Evicted { token });
+        }
+        Ok(())
     }
 
     fn queue_control(&mut self, c: Control) {
@@ -1045,17 +1370,15 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         let _ = self.control.push_back(c);
     }
 
+    /// Records a notice; callers check `notices.is_full()` first, so none is ever lost.
     fn push_notice(&mut self, n: Notice) {
-        if self.notices.is_full() {
-            self.notices.pop_front();
-        }
         let _ = self.notices.push_back(n);
     }
 
     /// Queues a DISCONNECT with `rc` (MQTT 5 only: 3.x has no reason codes to send).
     fn close_with(&mut self, rc: ReasonCode) {
         self.control.clear();
-        if self.cfg.version.is_v5() && self.state == State::Connected {
+        if self.cfg.version.is_v5() && matches!(self.state, State::Connected | State::Connecting) {
             self.queue_control(Control::Disconnect(rc));
         }
     }
@@ -1071,15 +1394,28 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         }
         self.awaiting_response = None;
         self.ping_queued = false;
-        self.push_notice(Notice::ConnectionLost(e));
+        self.lost = Some(e);
     }
 }
 
-/// QoS of a stored PUBLISH (0 for other packets).
-fn publish_qos(bytes: &[u8]) -> QoS {
+/// The `k`-th topic filter of an encoded SUBSCRIBE.
+fn nth_filter(bytes: &[u8], v: ProtocolVersion, k: usize) -> Option<&str> {
+    match decode(bytes, v, usize::MAX) {
+        Ok(Status::Complete((Packet::Subscribe(s), _))) => {
+            s.filters.iter().nth(k).map(|(f, _)| f.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// QoS and retain flag of a stored PUBLISH (QoS 0, no retain for other packets).
+fn publish_flags(bytes: &[u8]) -> (QoS, bool) {
     match bytes.first() {
-        Some(b) if b >> 4 == 3 => QoS::from_u8((b >> 1) & 0b11).unwrap_or_default(),
-        _ => QoS::AtMostOnce,
+        Some(b) if b >> 4 == 3 => (
+            QoS::from_u8((b >> 1) & 0b11).unwrap_or_default(),
+            b & 1 != 0,
+        ),
+        _ => (QoS::AtMostOnce, false),
     }
 }
 

@@ -24,6 +24,8 @@ pub enum OutState {
     AwaitPubComp,
     /// SUBSCRIBE or UNSUBSCRIBE sent, waiting for its acknowledgment.
     AwaitAck,
+    /// A granted subscription, kept to be restored when a server has lost the session.
+    Active,
 }
 
 /// What kind of packet an entry holds.
@@ -36,6 +38,10 @@ pub enum Kind {
     Subscribe,
     /// An UNSUBSCRIBE.
     Unsubscribe,
+    /// A granted subscription: a single-filter SUBSCRIBE to send again after a session loss.
+    Subscription,
+    /// The topic name the server gave an incoming topic alias (the token is the alias).
+    Alias,
 }
 
 /// The bookkeeping of one stored message.
@@ -211,6 +217,43 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         };
         self.entries
             .push(e)
+            .map_err(|_| PushError::Full(StoreFull::Slots))?;
+        self.used += len;
+        Ok(self.entries.len() - 1)
+    }
+
+    /// Appends an entry derived from the entry at `src`: `write` gets that entry's bytes and
+    /// all the free space, and returns how much of it it filled.
+    pub fn push_derived<E>(
+        &mut self,
+        src: usize,
+        entry: NewEntry,
+        write: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, PushError<E>> {
+        if self.entries.is_full() {
+            return Err(PushError::Full(StoreFull::Slots));
+        }
+        let Some(e) = self.entries.get(src).copied() else {
+            return Err(PushError::Full(StoreFull::Slots));
+        };
+        let (used, free) = self.data.split_at_mut(self.used);
+        let source = used.get(e.start..e.start + e.len).unwrap_or_default();
+        let len = write(source, free)
+            .map_err(PushError::Write)?
+            .min(free.len());
+        let start = self.used;
+        self.entries
+            .push(Entry {
+                token: entry.token,
+                kind: entry.kind,
+                resend: false,
+                packet_id: None,
+                state: OutState::Queued,
+                priority: entry.priority,
+                accepted_at: entry.accepted_at,
+                start,
+                len,
+            })
             .map_err(|_| PushError::Full(StoreFull::Slots))?;
         self.used += len;
         Ok(self.entries.len() - 1)
