@@ -106,6 +106,7 @@ pub struct Message<'a> {
 /// Something the application should know, caused by a received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// CONNACK accepted the connection.
     Connected {
@@ -128,6 +129,13 @@ pub enum Event<'a> {
         /// Granted QoS or failure per filter.
         reason_codes: ReasonCodes<'a>,
     },
+    /// AUTH from the server (MQTT 5 extended authentication): answer with [`Client::auth`].
+    Auth {
+        /// `ContinueAuthentication`, `ReAuthenticate` or `Success`.
+        reason_code: ReasonCode,
+        /// Authentication method and data, reason string, user properties.
+        properties: Properties<'a>,
+    },
     /// UNSUBACK (results only in MQTT 5).
     Unsubscribed {
         /// The id `unsubscribe` returned.
@@ -140,6 +148,7 @@ pub enum Event<'a> {
 /// Something the application should know that no packet carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum Notice {
     /// A queued message was dropped to make room for a more important one.
     Evicted {
@@ -313,6 +322,8 @@ struct ServerLimits {
     keep_alive: Option<u16>,
     max_qos: QoS,
     retain_available: bool,
+    /// Highest topic alias the server accepts from us.
+    topic_alias_maximum: u16,
 }
 
 impl Default for ServerLimits {
@@ -323,6 +334,7 @@ impl Default for ServerLimits {
             keep_alive: None,
             max_qos: QoS::ExactlyOnce,
             retain_available: true,
+            topic_alias_maximum: 0,
         }
     }
 }
@@ -371,6 +383,8 @@ pub struct Client<const SLOTS: usize, const BYTES: usize, const RX: usize> {
     /// The end of the connection, reported before any other notice and never crowded out.
     lost: Option<ConnectionError>,
     aliases: Store<ALIAS_SLOTS, ALIAS_BYTES>,
+    /// Topics this client gave an alias on this connection (the token is the alias).
+    out_aliases: Store<ALIAS_SLOTS, ALIAS_BYTES>,
     server: ServerLimits,
     last_sent: Instant,
     /// When the outstanding PINGREQ or CONNECT was sent.
@@ -392,6 +406,7 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             notices: heapless::Deque::new(),
             lost: None,
             aliases: Store::new(),
+            out_aliases: Store::new(),
             server: ServerLimits::default(),
             last_sent: Instant::ZERO,
             awaiting_response: None,
@@ -490,6 +505,7 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         let n = Packet::Connect(connect).encode(self.cfg.version, buf)?;
         // Topic aliases live as long as one connection.
         self.aliases = Store::new();
+        self.out_aliases = Store::new();
         self.control.clear();
         self.ping_queued = false;
         self.server = ServerLimits::default();
@@ -602,6 +618,30 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             }
         }
         Ok(())
+    }
+
+    /// Writes an AUTH packet into `buf` (MQTT 5 extended authentication): the answer to an
+    /// [`Event::Auth`], or `ReAuthenticate` to start a re-authentication.
+    pub fn auth(
+        &mut self,
+        now: Instant,
+        reason_code: ReasonCode,
+        properties: &[Property<'_>],
+        buf: &mut [u8],
+    ) -> Result<usize, Error> {
+        if !self.cfg.version.is_v5() {
+            return Err(Error::Encode(EncodeError::NotInVersion));
+        }
+        if !matches!(self.state, State::Connecting | State::Connected) {
+            return Err(Error::NotConnected);
+        }
+        let packet = Packet::Auth(mqtt_proto::Auth::new(
+            reason_code,
+            Properties::new(properties),
+        ));
+        let n = packet.encode(self.cfg.version, buf)?;
+        self.last_sent = now;
+        Ok(n)
     }
 
     /// Ends the session deliberately: queues DISCONNECT; the runtime must not reconnect.
@@ -842,24 +882,35 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
                     return Ok(None);
                 }
             }
-            let dst = buf
-                .get_mut(..len)
-                .ok_or(Error::Encode(EncodeError::BufferTooSmall { needed: len }))?;
+            if buf.len() < len {
+                return Err(Error::Encode(EncodeError::BufferTooSmall { needed: len }));
+            }
             let id = match (e.packet_id, e.kind, qos) {
                 (Some(id), _, _) => Some(id),
                 (None, Kind::Publish, QoS::AtMostOnce) => None,
                 (None, _, _) => Some(self.allocate_id()?),
             };
-            dst.copy_from_slice(self.store.bytes(i));
-            if let Some(id) = id {
-                set_packet_id(dst, e.kind, id);
-            }
-            if e.kind == Kind::Publish && !is_new {
-                // A resend of a message the server may have seen.
-                if let Some(b) = dst.first_mut() {
-                    *b |= 0b1000;
+            // A resend of a message the server may have seen carries DUP.
+            let dup = e.kind == Kind::Publish && !is_new;
+            let aliased = if e.kind == Kind::Publish {
+                self.encode_with_alias(i, id, dup, buf)
+            } else {
+                None
+            };
+            let len = match aliased {
+                Some(n) => n,
+                None => {
+                    let dst = buf.get_mut(..len).unwrap_or_default();
+                    dst.copy_from_slice(self.store.bytes(i));
+                    if let Some(id) = id {
+                        set_packet_id(dst, e.kind, id);
+                    }
+                    if dup && let Some(b) = dst.first_mut() {
+                        *b |= 0b1000;
+                    }
+                    len
                 }
-            }
+            };
             if e.kind == Kind::Publish && qos == QoS::AtMostOnce {
                 // QoS 0 is done once written: the notice lets a runtime resolve its future.
                 self.store.remove(i);
@@ -880,11 +931,96 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         Ok(None)
     }
 
+    /// Writes the stored PUBLISH at `i` with an outgoing topic alias (MQTT 5), if the server
+    /// accepts aliases and one is free or already stands for its topic. `None`: send it as is.
+    fn encode_with_alias(
+        &mut self,
+        i: usize,
+        id: Option<PacketId>,
+        dup: bool,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let v = self.cfg.version;
+        let limit = usize::from(self.server.topic_alias_maximum).min(ALIAS_SLOTS);
+        if !v.is_v5() || limit == 0 {
+            return None;
+        }
+        let Ok(Status::Complete((Packet::Publish(p), _))) =
+            decode(self.store.bytes(i), v, usize::MAX)
+        else {
+            return None;
+        };
+        if p.properties.get(PropertyId::TopicAlias).is_some() {
+            // The application chose its own alias.
+            return None;
+        }
+        let known = self
+            .out_aliases
+            .entries()
+            .iter()
+            .enumerate()
+            .find(|(n, _)| self.out_aliases.bytes(*n) == p.topic.as_bytes())
+            .map(|(_, e)| e.token);
+        let (alias, new) = match known {
+            Some(a) => (u16::try_from(a).ok()?, false),
+            None if self.out_aliases.len() < limit
+                && self.out_aliases.fits(p.topic.len()).is_ok() =>
+            {
+                (u16::try_from(self.out_aliases.len() + 1).ok()?, true)
+            }
+            None => return None,
+        };
+        let mut props: heapless::Vec<Property<'_>, 16> = heapless::Vec::new();
+        for prop in p.properties.iter().chain([Property::TopicAlias(alias)]) {
+            props.push(prop).ok()?;
+        }
+        let packet = Packet::Publish(Publish {
+            dup,
+            packet_id: id,
+            topic: if new { p.topic } else { "" },
+            properties: Properties::new(&props),
+            ..p
+        });
+        let max = usize::try_from(self.server.max_packet_size).unwrap_or(usize::MAX);
+        if packet.encoded_len(v).ok()? > max {
+            return None;
+        }
+        let n = packet.encode(v, buf).ok()?;
+        if new {
+            let topic = p.topic.as_bytes();
+            let entry = NewEntry {
+                token: u32::from(alias),
+                kind: Kind::Alias,
+                priority: 10,
+                accepted_at: Instant::ZERO,
+            };
+            let _ = self.out_aliases.push(entry, topic.len(), |dst| {
+                dst.copy_from_slice(topic);
+                Ok::<_, ()>(topic.len())
+            });
+        }
+        Some(n)
+    }
+
     fn on_packet<'a>(
         &mut self,
         now: Instant,
         packet: Packet<'a>,
     ) -> Result<Option<Event<'a>>, ReasonCode> {
+        if let Packet::Auth(a) = packet {
+            // Extended authentication: before CONNACK, or a re-authentication after it.
+            if !self.cfg.version.is_v5() {
+                return Err(ReasonCode::ProtocolError);
+            }
+            if self.state == State::Connecting {
+                // The exchange is progressing: the CONNACK deadline starts over.
+                self.awaiting_response = Some(now);
+            }
+            return Ok(Some(Event::Auth {
+                reason_code: a.reason_code,
+                properties: a.properties,
+            }));
+        }
         if self.state == State::Connecting {
             return match packet {
                 Packet::ConnAck(ack) => self.on_connack(now, ack),
@@ -945,6 +1081,7 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
                 Property::ServerKeepAlive(n) => limits.keep_alive = Some(n),
                 Property::MaximumQoS(q) => limits.max_qos = q,
                 Property::RetainAvailable(r) => limits.retain_available = r,
+                Property::TopicAliasMaximum(n) => limits.topic_alias_maximum = n,
                 _ => {}
             }
         }

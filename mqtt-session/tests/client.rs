@@ -161,6 +161,7 @@ fn own_event(e: Event<'_>) -> Ev {
             packet_id,
             reason_codes,
         } => Ev::Unsubscribed(packet_id.get(), reason_codes.iter().collect()),
+        other => panic!("no scenario here expects {other:?}"),
     }
 }
 
