@@ -551,16 +551,13 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         filters: &[(TopicFilter<'_>, SubscriptionOptions)],
         properties: &[Property<'_>],
     ) -> Result<PacketId, Error> {
-        if self.state == State::Closed {
-            return Err(Error::Closed);
-        }
-        let id = self.allocate_id()?;
-        let packet = Packet::Subscribe(Subscribe {
-            packet_id: id,
-            properties: Properties::new(properties),
-            filters: Filters::new(filters),
-        });
-        self.push_with_id(now, Kind::Subscribe, &packet, id)
+        self.request(now, Kind::Subscribe, |packet_id| {
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                properties: Properties::new(properties),
+                filters: Filters::new(filters),
+            })
+        })
     }
 
     /// Queues an UNSUBSCRIBE; returns its packet id, which the `Unsubscribed` event carries.
@@ -570,16 +567,13 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         filters: &[TopicFilter<'_>],
         properties: &[Property<'_>],
     ) -> Result<PacketId, Error> {
-        if self.state == State::Closed {
-            return Err(Error::Closed);
-        }
-        let id = self.allocate_id()?;
-        let packet = Packet::Unsubscribe(Unsubscribe {
-            packet_id: id,
-            properties: Properties::new(properties),
-            filters: mqtt_proto::Unsubscriptions::new(filters),
-        });
-        self.push_with_id(now, Kind::Unsubscribe, &packet, id)
+        self.request(now, Kind::Unsubscribe, |packet_id| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                properties: Properties::new(properties),
+                filters: mqtt_proto::Unsubscriptions::new(filters),
+            })
+        })
     }
 
     /// Acknowledges a message received in manual-ack mode, with a reason code (MQTT 5).
@@ -1447,14 +1441,18 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         Ok(token)
     }
 
-    fn push_with_id(
+    /// Queues a SUBSCRIBE or UNSUBSCRIBE built for a fresh packet id.
+    fn request<'p>(
         &mut self,
         now: Instant,
         kind: Kind,
-        packet: &Packet<'_>,
-        id: PacketId,
+        build: impl FnOnce(PacketId) -> Packet<'p>,
     ) -> Result<PacketId, Error> {
-        self.push(now, kind, packet, 10)?;
+        if self.state == State::Closed {
+            return Err(Error::Closed);
+        }
+        let id = self.allocate_id()?;
+        self.push(now, kind, &build(id), 10)?;
         let last = self.store.len().saturating_sub(1);
         if let Some(e) = self.store.get_mut(last) {
             e.packet_id = Some(id);

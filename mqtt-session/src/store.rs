@@ -197,26 +197,28 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, PushError<E>> {
         self.fits(len).map_err(PushError::Full)?;
-        let start = self.used;
         let dst = self
             .data
-            .get_mut(start..start + len)
+            .get_mut(self.used..self.used + len)
             .ok_or(PushError::Full(StoreFull::Bytes))?;
         let written = write(dst).map_err(PushError::Write)?;
-        let len = written.min(len);
-        let e = Entry {
-            token: entry.token,
-            kind: entry.kind,
-            resend: false,
-            packet_id: None,
-            state: OutState::Queued,
-            priority: entry.priority,
-            accepted_at: entry.accepted_at,
-            start,
-            len,
-        };
+        self.record(entry, written.min(len))
+    }
+
+    /// Adds the entry for `len` bytes just written at the end of the data.
+    fn record<E>(&mut self, entry: NewEntry, len: usize) -> Result<usize, PushError<E>> {
         self.entries
-            .push(e)
+            .push(Entry {
+                token: entry.token,
+                kind: entry.kind,
+                resend: false,
+                packet_id: None,
+                state: OutState::Queued,
+                priority: entry.priority,
+                accepted_at: entry.accepted_at,
+                start: self.used,
+                len,
+            })
             .map_err(|_| PushError::Full(StoreFull::Slots))?;
         self.used += len;
         Ok(self.entries.len() - 1)
@@ -241,22 +243,7 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         let len = write(source, free)
             .map_err(PushError::Write)?
             .min(free.len());
-        let start = self.used;
-        self.entries
-            .push(Entry {
-                token: entry.token,
-                kind: entry.kind,
-                resend: false,
-                packet_id: None,
-                state: OutState::Queued,
-                priority: entry.priority,
-                accepted_at: entry.accepted_at,
-                start,
-                len,
-            })
-            .map_err(|_| PushError::Full(StoreFull::Slots))?;
-        self.used += len;
-        Ok(self.entries.len() - 1)
+        self.record(entry, len)
     }
 
     /// Removes the entry at `index`, compacting the data behind it.
