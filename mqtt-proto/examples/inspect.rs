@@ -48,6 +48,37 @@ fn sample() -> Vec<u8> {
     out
 }
 
+fn to_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One line per packet; payloads as text when they are UTF-8, else as hex.
+fn describe(packet: &Packet<'_>) -> String {
+    match packet {
+        Packet::Publish(p) => {
+            let payload = match std::str::from_utf8(p.payload) {
+                Ok(text) => format!("{text:?}"),
+                Err(_) => to_hex(p.payload),
+            };
+            format!(
+                "PUBLISH topic={:?} qos={:?} retain={} dup={} packet_id={:?} properties={:?} payload={payload} ({} bytes)",
+                p.topic,
+                p.qos,
+                p.retain,
+                p.dup,
+                p.packet_id,
+                p.properties,
+                p.payload.len()
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = text
         .bytes()
@@ -98,7 +129,7 @@ fn main() -> ExitCode {
     while !rest.is_empty() {
         match decode(rest, version, usize::MAX) {
             Ok(Status::Complete((packet, used))) => {
-                println!("{:02x?}\n  => {packet:#?}\n", &rest[..used]);
+                println!("{}\n  => {}\n", to_hex(&rest[..used]), describe(&packet));
                 if let Packet::Connect(c) = packet {
                     // Later packets use the version the client asked for.
                     version = c.protocol;
@@ -106,7 +137,7 @@ fn main() -> ExitCode {
                 let mut again = vec![0; packet.encoded_len(version).unwrap_or(used)];
                 match packet.encode(version, &mut again) {
                     Ok(n) if again[..n] == rest[..used] => {}
-                    Ok(n) => println!("  re-encoded (canonical form): {:02x?}\n", &again[..n]),
+                    Ok(n) => println!("  re-encoded (canonical form): {}\n", to_hex(&again[..n])),
                     Err(e) => println!("  cannot re-encode: {e}\n"),
                 }
                 rest = &rest[used..];

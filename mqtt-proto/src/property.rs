@@ -289,7 +289,11 @@ impl<'a> Property<'a> {
     }
 
     /// Reads one property; the caller checks context, duplicates and values.
-    fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+    ///
+    /// With `CHECKED` false the bytes were validated before (a decoded list being iterated),
+    /// so strings skip the U+0000 scan; UTF-8 is still proven, as `&str` requires.
+    fn read<const CHECKED: bool>(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let string = |r: &mut Reader<'a>| if CHECKED { r.string() } else { r.utf8() };
         let raw_id = r.varint()?;
         let id = u8::try_from(raw_id)
             .ok()
@@ -303,23 +307,23 @@ impl<'a> Property<'a> {
         Ok(match id {
             PropertyId::PayloadFormatIndicator => Property::PayloadFormatIndicator(flag(r)?),
             PropertyId::MessageExpiryInterval => Property::MessageExpiryInterval(r.u32()?),
-            PropertyId::ContentType => Property::ContentType(r.string()?),
-            PropertyId::ResponseTopic => Property::ResponseTopic(r.string()?),
+            PropertyId::ContentType => Property::ContentType(string(r)?),
+            PropertyId::ResponseTopic => Property::ResponseTopic(string(r)?),
             PropertyId::CorrelationData => Property::CorrelationData(r.binary()?),
             PropertyId::SubscriptionIdentifier => Property::SubscriptionIdentifier(r.varint()?),
             PropertyId::SessionExpiryInterval => Property::SessionExpiryInterval(r.u32()?),
-            PropertyId::AssignedClientIdentifier => Property::AssignedClientIdentifier(r.string()?),
+            PropertyId::AssignedClientIdentifier => Property::AssignedClientIdentifier(string(r)?),
             PropertyId::ServerKeepAlive => Property::ServerKeepAlive(r.u16()?),
-            PropertyId::AuthenticationMethod => Property::AuthenticationMethod(r.string()?),
+            PropertyId::AuthenticationMethod => Property::AuthenticationMethod(string(r)?),
             PropertyId::AuthenticationData => Property::AuthenticationData(r.binary()?),
             PropertyId::RequestProblemInformation => Property::RequestProblemInformation(flag(r)?),
             PropertyId::WillDelayInterval => Property::WillDelayInterval(r.u32()?),
             PropertyId::RequestResponseInformation => {
                 Property::RequestResponseInformation(flag(r)?)
             }
-            PropertyId::ResponseInformation => Property::ResponseInformation(r.string()?),
-            PropertyId::ServerReference => Property::ServerReference(r.string()?),
-            PropertyId::ReasonString => Property::ReasonString(r.string()?),
+            PropertyId::ResponseInformation => Property::ResponseInformation(string(r)?),
+            PropertyId::ServerReference => Property::ServerReference(string(r)?),
+            PropertyId::ReasonString => Property::ReasonString(string(r)?),
             PropertyId::ReceiveMaximum => Property::ReceiveMaximum(r.u16()?),
             PropertyId::TopicAliasMaximum => Property::TopicAliasMaximum(r.u16()?),
             PropertyId::TopicAlias => Property::TopicAlias(r.u16()?),
@@ -329,7 +333,7 @@ impl<'a> Property<'a> {
                 _ => return Err(DecodeError::InvalidPropertyValue(id)),
             }),
             PropertyId::RetainAvailable => Property::RetainAvailable(flag(r)?),
-            PropertyId::UserProperty => Property::UserProperty(r.string()?, r.string()?),
+            PropertyId::UserProperty => Property::UserProperty(string(r)?, string(r)?),
             PropertyId::MaximumPacketSize => Property::MaximumPacketSize(r.u32()?),
             PropertyId::WildcardSubscriptionAvailable => {
                 Property::WildcardSubscriptionAvailable(flag(r)?)
@@ -516,7 +520,7 @@ impl<'a> Properties<'a> {
         let mut body = Reader::new(raw);
         let mut seen = Seen(0);
         while !body.is_empty() {
-            let p = Property::read(&mut body)?;
+            let p = Property::read::<true>(&mut body)?;
             let id = p.id();
             if !id.allowed_in(ctx) {
                 return Err(DecodeError::PropertyNotAllowed(id));
@@ -646,7 +650,7 @@ impl<'a> Iterator for PropertiesIter<'a> {
     fn next(&mut self) -> Option<Property<'a>> {
         match &mut self.0 {
             // Raw bytes were validated when decoded, so reading cannot fail here.
-            IterRepr::Raw(r) if !r.is_empty() => Property::read(r).ok(),
+            IterRepr::Raw(r) if !r.is_empty() => Property::read::<false>(r).ok(),
             IterRepr::Raw(_) => None,
             IterRepr::List(it) => it.next().copied(),
         }

@@ -35,9 +35,11 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("match one topic among 10000 filters");
     for topic in [
-        // A hit on an exact filter, a hit through '+', and a miss at the first level.
-        "site/42/device/17/temperature",
-        "site/42/device/18/status",
+        // A hit on an exact filter, a hit through a last-level '+', one through a '+' in the
+        // middle, and a miss at the first level.
+        "site/42/device/16/temperature",
+        "site/42/device/15/humidity",
+        "site/42/lamp/17/status",
         "factory/1/line/2",
     ] {
         let linear = filters.iter().filter(|f| matches(f, topic)).count();

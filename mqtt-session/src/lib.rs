@@ -4,6 +4,60 @@
 //! bytes and the current time and pulls out bytes to send, events and the next deadline. It is
 //! `#![no_std]` and works without `alloc`; capacities are const generics.
 //!
+//! # Driving it
+//! A runtime's loop is short: write what [`Client::connect`] returns, then repeatedly feed
+//! received bytes to [`Client::handle_read`], drain [`Client::poll_transmit`] and
+//! [`Client::poll_notice`] until they return `None`, and sleep until [`Client::poll_timeout`]
+//! (then call [`Client::handle_timeout`]). Here the "socket" is a byte vector and the broker's
+//! answers are written by hand:
+//!
+//! ```
+//! use mqtt_proto::{ProtocolVersion, Publish, QoS, SubscriptionOptions, TopicFilter};
+//! use mqtt_session::{Client, Config, ConnectOptions, Event, Instant, Notice, Read};
+//!
+//! // Room for 16 outgoing packets in 4 KiB, and 4 incoming QoS 2 messages in progress.
+//! let mut client: Client<16, 4096, 4> = Client::new(Config {
+//!     version: ProtocolVersion::V311,
+//!     keep_alive: 30,
+//!     ..Config::default()
+//! });
+//! let mut out = [0u8; 1024];
+//! let now = Instant::from_millis(0);
+//! let opts = ConnectOptions { client_id: "sensor-7", ..ConnectOptions::default() };
+//! let n = client.connect(now, &opts, &mut out)?;
+//! assert_eq!(out[0], 0x10); // CONNECT, ready for the socket
+//! # let _ = n;
+//!
+//! // The broker accepts: CONNACK, session not present.
+//! let Read::Packet { event, .. } = client.handle_read(now, &[0x20, 0x02, 0x00, 0x00]) else {
+//!     unreachable!()
+//! };
+//! assert!(matches!(event, Some(Event::Connected { session_present: false })));
+//!
+//! // Subscribe and publish at QoS 1; both go out on the next poll_transmit calls.
+//! let filter = TopicFilter::new("cmd/sensor-7/#")?;
+//! client.subscribe(now, &[(filter, SubscriptionOptions::new(QoS::AtLeastOnce))], &[])?;
+//! let msg = Publish { qos: QoS::AtLeastOnce, ..Publish::new("sensors/7/temp", b"21.5") };
+//! let token = client.publish(now, &msg, 5)?;
+//! let mut written = 0;
+//! while let Some(n) = client.poll_transmit(now, &mut out)? {
+//!     written += 1; // socket.write_all(&out[..n])
+//! #   let _ = n;
+//! }
+//! assert_eq!(written, 2);
+//!
+//! // PUBACK for packet id 2 (the SUBSCRIBE took id 1) completes the publish.
+//! let Read::Packet { event, .. } = client.handle_read(now, &[0x40, 0x02, 0x00, 0x02]) else {
+//!     unreachable!()
+//! };
+//! assert!(matches!(event, Some(Event::Published { token: t, .. }) if t == token));
+//!
+//! // Nothing to do until the keep-alive is due.
+//! assert_eq!(client.poll_timeout(), Some(Instant::from_millis(30_000)));
+//! assert_eq!(client.poll_notice(), None::<Notice>);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Modules:
 //! - [`client`]: the client state machine ([`Client`]) and how to drive it.
 //! - [`time`]: the millisecond [`Instant`] that every deadline is expressed in.
