@@ -1306,16 +1306,17 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         // A filter subscribed again replaces the one kept before (its options may differ).
         let mut doomed: heapless::Vec<usize, SLOTS> = heapless::Vec::new();
         for (i, e) in self.store.entries().iter().enumerate() {
+            if e.kind != Kind::Subscription {
+                continue;
+            }
             let kept = nth_filter(self.store.bytes(i), v, 0);
             let request = self.store.bytes(pos);
-            if e.kind == Kind::Subscription
-                && kept.is_some_and(|k| {
-                    codes
-                        .iter()
-                        .enumerate()
-                        .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(k))
-                })
-            {
+            if kept.is_some_and(|k| {
+                codes
+                    .iter()
+                    .enumerate()
+                    .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(k))
+            }) {
                 let _ = doomed.push(i);
             }
         }
@@ -1376,10 +1377,11 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             decode(self.store.bytes(pos), v, usize::MAX)
         {
             for (i, e) in self.store.entries().iter().enumerate() {
+                if e.kind != Kind::Subscription {
+                    continue;
+                }
                 let kept = nth_filter(self.store.bytes(i), v, 0);
-                if e.kind == Kind::Subscription
-                    && kept.is_some_and(|k| u.filters.iter().any(|f| f.as_str() == k))
-                {
+                if kept.is_some_and(|k| u.filters.iter().any(|f| f.as_str() == k)) {
                     let _ = doomed.push(i);
                 }
             }
