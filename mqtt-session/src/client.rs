@@ -9,7 +9,7 @@ use mqtt_proto::{
     Status, Subscribe, SubscriptionOptions, TopicFilter, Unsubscribe, Will, decode,
 };
 
-use crate::store::{Kind, NewEntry, OutState, PushError, Store};
+use crate::store::{Backing, Fixed, Kind, NewEntry, OutState, PushError, Store};
 use crate::{Instant, PacketIds};
 
 /// Settings that stay the same across reconnects.
@@ -356,10 +356,19 @@ impl ServerLimits {
 const ALIAS_SLOTS: usize = 16;
 const ALIAS_BYTES: usize = 1024;
 
-/// The MQTT client state machine.
+/// The MQTT client state machine, with its outgoing store in arrays (no allocator).
 ///
 /// `SLOTS` and `BYTES` bound the outgoing store (queued and in-flight publishes, pending
-/// (un)subscribes); `RX` bounds the received QoS 2 (and manually acked) messages in progress.
+/// (un)subscribes, kept subscriptions); `RX` bounds the received QoS 2 (and manually acked)
+/// messages in progress. With the `alloc` feature, [`HeapClient`] sizes the store at run time.
+pub type Client<const SLOTS: usize, const BYTES: usize, const RX: usize> =
+    Session<Fixed<SLOTS, BYTES>, RX>;
+
+/// The MQTT client state machine with its outgoing store on the heap, sized at run time.
+#[cfg(feature = "alloc")]
+pub type HeapClient<const RX: usize> = Session<crate::store::Heap, RX>;
+
+/// The MQTT client state machine over any store [`Backing`]; see [`Client`].
 ///
 /// # Driving it
 /// 1. [`connect`](Client::connect) writes CONNECT into a buffer: send it.
@@ -371,10 +380,10 @@ const ALIAS_BYTES: usize = 1024;
 /// 5. Drain [`poll_notice`](Client::poll_notice). On [`Notice::ConnectionLost`] or a closed
 ///    transport ([`handle_disconnect`](Client::handle_disconnect)), reconnect after the
 ///    back-off unless the state is [`State::Closed`].
-pub struct Client<const SLOTS: usize, const BYTES: usize, const RX: usize> {
+pub struct Session<B, const RX: usize> {
     cfg: Config,
     state: State,
-    store: Store<SLOTS, BYTES>,
+    store: Store<B>,
     ids: PacketIds,
     next_token: Token,
     rx: heapless::Vec<(PacketId, RxState), RX>,
@@ -382,9 +391,9 @@ pub struct Client<const SLOTS: usize, const BYTES: usize, const RX: usize> {
     notices: heapless::Deque<Notice, 16>,
     /// The end of the connection, reported before any other notice and never crowded out.
     lost: Option<ConnectionError>,
-    aliases: Store<ALIAS_SLOTS, ALIAS_BYTES>,
+    aliases: Store<Fixed<ALIAS_SLOTS, ALIAS_BYTES>>,
     /// Topics this client gave an alias on this connection (the token is the alias).
-    out_aliases: Store<ALIAS_SLOTS, ALIAS_BYTES>,
+    out_aliases: Store<Fixed<ALIAS_SLOTS, ALIAS_BYTES>>,
     server: ServerLimits,
     last_sent: Instant,
     /// When the outstanding PINGREQ or CONNECT was sent.
@@ -392,13 +401,28 @@ pub struct Client<const SLOTS: usize, const BYTES: usize, const RX: usize> {
     ping_queued: bool,
 }
 
-impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTES, RX> {
+impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Session<Fixed<SLOTS, BYTES>, RX> {
     /// A disconnected client.
     pub fn new(cfg: Config) -> Self {
-        Client {
+        Session::with_backing(cfg, Fixed::default())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<const RX: usize> Session<crate::store::Heap, RX> {
+    /// A disconnected client whose store holds up to `max_packets` packets in `bytes` bytes.
+    pub fn with_capacity(cfg: Config, max_packets: usize, bytes: usize) -> Self {
+        Session::with_backing(cfg, crate::store::Heap::new(max_packets, bytes))
+    }
+}
+
+impl<B: Backing, const RX: usize> Session<B, RX> {
+    /// A disconnected client over the given store backing.
+    pub fn with_backing(cfg: Config, backing: B) -> Self {
+        Session {
             cfg,
             state: State::Disconnected,
-            store: Store::new(),
+            store: Store::with_backing(backing),
             ids: PacketIds::new(),
             next_token: 1,
             rx: heapless::Vec::new(),
@@ -1304,26 +1328,27 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
     fn remember_subscriptions(&mut self, mut pos: usize, codes: &ReasonCodes<'_>) {
         let v = self.cfg.version;
         // A filter subscribed again replaces the one kept before (its options may differ).
-        let mut doomed: heapless::Vec<usize, SLOTS> = heapless::Vec::new();
-        for (i, e) in self.store.entries().iter().enumerate() {
+        // Going backwards, a removal never moves an index still to be looked at.
+        for i in (0..self.store.len()).rev() {
+            let Some(e) = self.store.get(i) else {
+                continue;
+            };
             if e.kind != Kind::Subscription {
                 continue;
             }
             let kept = nth_filter(self.store.bytes(i), v, 0);
             let request = self.store.bytes(pos);
-            if kept.is_some_and(|k| {
+            let replaced = kept.is_some_and(|k| {
                 codes
                     .iter()
                     .enumerate()
                     .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(k))
-            }) {
-                let _ = doomed.push(i);
-            }
-        }
-        for &i in doomed.iter().rev() {
-            self.store.remove(i);
-            if i < pos {
-                pos -= 1;
+            });
+            if replaced {
+                self.store.remove(i);
+                if i < pos {
+                    pos -= 1;
+                }
             }
         }
         for (k, code) in codes.iter().enumerate() {
@@ -1370,24 +1395,28 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
     }
 
     /// Drops the kept subscriptions the UNSUBSCRIBE at `pos` names.
-    fn forget_subscriptions(&mut self, pos: usize) {
+    fn forget_subscriptions(&mut self, mut pos: usize) {
         let v = self.cfg.version;
-        let mut doomed: heapless::Vec<usize, SLOTS> = heapless::Vec::new();
-        if let Ok(Status::Complete((Packet::Unsubscribe(u), _))) =
-            decode(self.store.bytes(pos), v, usize::MAX)
-        {
-            for (i, e) in self.store.entries().iter().enumerate() {
-                if e.kind != Kind::Subscription {
-                    continue;
+        for i in (0..self.store.len()).rev() {
+            let Some(e) = self.store.get(i) else {
+                continue;
+            };
+            if e.kind != Kind::Subscription {
+                continue;
+            }
+            let kept = nth_filter(self.store.bytes(i), v, 0);
+            let named = match decode(self.store.bytes(pos), v, usize::MAX) {
+                Ok(Status::Complete((Packet::Unsubscribe(u), _))) => {
+                    kept.is_some_and(|k| u.filters.iter().any(|f| f.as_str() == k))
                 }
-                let kept = nth_filter(self.store.bytes(i), v, 0);
-                if kept.is_some_and(|k| u.filters.iter().any(|f| f.as_str() == k)) {
-                    let _ = doomed.push(i);
+                _ => false,
+            };
+            if named {
+                self.store.remove(i);
+                if i < pos {
+                    pos -= 1;
                 }
             }
-        }
-        for &i in doomed.iter().rev() {
-            self.store.remove(i);
         }
     }
 
@@ -1420,7 +1449,7 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
         priority: u8,
     ) -> Result<Token, Error> {
         let len = packet.encoded_len(self.cfg.version)?;
-        if len > BYTES {
+        if len > self.store.capacity() {
             return Err(Error::TooLarge);
         }
         if self.store.fits(len).is_err() {
@@ -1474,8 +1503,8 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Client<SLOTS, BYTE
             .iter()
             .filter(evictable)
             .fold((0, 0), |(n, b), e| (n + 1, b + e.len()));
-        let free_slots = SLOTS - entries.len() + count;
-        let free_bytes = BYTES - self.store.bytes_used() + bytes;
+        let free_slots = self.store.max_entries() - entries.len() + count;
+        let free_bytes = self.store.capacity() - self.store.bytes_used() + bytes;
         if free_slots == 0 || free_bytes < len {
             return Err(Error::QueueFull);
         }

@@ -90,9 +90,11 @@ pub mod store;
 pub mod time;
 
 pub use backoff::Backoff;
+#[cfg(feature = "alloc")]
+pub use client::HeapClient;
 pub use client::{
-    Client, Config, ConnectOptions, ConnectionError, Error, Event, Message, Notice, Read, State,
-    Token,
+    Client, Config, ConnectOptions, ConnectionError, Error, Event, Message, Notice, Read, Session,
+    State, Token,
 };
 pub use packet_id::PacketIds;
 #[cfg(feature = "alloc")]

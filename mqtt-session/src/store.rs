@@ -96,38 +96,162 @@ pub enum StoreFull {
     Bytes,
 }
 
-/// Ordered message storage with `SLOTS` entries and `BYTES` bytes of packet data.
-#[derive(Debug)]
-pub struct Store<const SLOTS: usize, const BYTES: usize> {
-    entries: heapless::Vec<Entry, SLOTS>,
-    data: [u8; BYTES],
-    used: usize,
+/// Where a [`Store`] keeps its entries and bytes.
+///
+/// [`Fixed`] uses arrays sized at compile time (no allocator: firmware); with the `alloc`
+/// feature, [`Heap`] uses buffers sized at run time, so a server-side client can hold megabytes
+/// without carrying them inline (or on the stack while it is built).
+pub trait Backing {
+    /// The entries, in order.
+    fn entries(&self) -> &[Entry];
+    /// The entries, mutable.
+    fn entries_mut(&mut self) -> &mut [Entry];
+    /// Appends an entry; gives it back when there is no slot for it.
+    fn push_entry(&mut self, e: Entry) -> Result<(), Entry>;
+    /// Removes the entry at `index` (which the caller checked), shifting the rest down.
+    fn remove_entry(&mut self, index: usize) -> Option<Entry>;
+    /// How many entries fit.
+    fn max_entries(&self) -> usize;
+    /// The packet bytes.
+    fn data(&self) -> &[u8];
+    /// The packet bytes, mutable.
+    fn data_mut(&mut self) -> &mut [u8];
 }
 
-impl<const SLOTS: usize, const BYTES: usize> Default for Store<SLOTS, BYTES> {
+/// Storage in arrays: `SLOTS` entries and `BYTES` bytes, no allocator needed.
+#[derive(Debug)]
+pub struct Fixed<const SLOTS: usize, const BYTES: usize> {
+    entries: heapless::Vec<Entry, SLOTS>,
+    data: [u8; BYTES],
+}
+
+impl<const SLOTS: usize, const BYTES: usize> Default for Fixed<SLOTS, BYTES> {
     fn default() -> Self {
-        Self::new()
+        Fixed {
+            entries: heapless::Vec::new(),
+            data: [0; BYTES],
+        }
     }
 }
 
-impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
-    /// An empty store.
-    pub const fn new() -> Self {
-        Store {
-            entries: heapless::Vec::new(),
-            data: [0; BYTES],
-            used: 0,
+impl<const SLOTS: usize, const BYTES: usize> Backing for Fixed<SLOTS, BYTES> {
+    fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+    fn entries_mut(&mut self) -> &mut [Entry] {
+        &mut self.entries
+    }
+    fn push_entry(&mut self, e: Entry) -> Result<(), Entry> {
+        self.entries.push(e)
+    }
+    fn remove_entry(&mut self, index: usize) -> Option<Entry> {
+        (index < self.entries.len()).then(|| self.entries.remove(index))
+    }
+    fn max_entries(&self) -> usize {
+        SLOTS
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+/// Storage on the heap, sized when the client is made.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct Heap {
+    entries: alloc::vec::Vec<Entry>,
+    max_entries: usize,
+    data: alloc::boxed::Box<[u8]>,
+}
+
+#[cfg(feature = "alloc")]
+impl Heap {
+    /// Room for `max_entries` packets in `bytes` bytes.
+    pub fn new(max_entries: usize, bytes: usize) -> Self {
+        Heap {
+            entries: alloc::vec::Vec::new(),
+            max_entries,
+            data: alloc::vec![0; bytes].into_boxed_slice(),
         }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Backing for Heap {
+    fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+    fn entries_mut(&mut self) -> &mut [Entry] {
+        &mut self.entries
+    }
+    fn push_entry(&mut self, e: Entry) -> Result<(), Entry> {
+        if self.entries.len() >= self.max_entries {
+            return Err(e);
+        }
+        self.entries.push(e);
+        Ok(())
+    }
+    fn remove_entry(&mut self, index: usize) -> Option<Entry> {
+        (index < self.entries.len()).then(|| self.entries.remove(index))
+    }
+    fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+/// Ordered message storage over a [`Backing`].
+#[derive(Debug, Default)]
+pub struct Store<B> {
+    backing: B,
+    used: usize,
+}
+
+impl<const SLOTS: usize, const BYTES: usize> Store<Fixed<SLOTS, BYTES>> {
+    /// An empty store in arrays.
+    pub fn new() -> Self {
+        Store::with_backing(Fixed::default())
+    }
+}
+
+impl<B: Backing> Store<B> {
+    /// An empty store over `backing`.
+    pub fn with_backing(backing: B) -> Self {
+        Store { backing, used: 0 }
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        while self.backing.remove_entry(0).is_some() {}
+        self.used = 0;
+    }
+
+    /// How many entries fit.
+    pub fn max_entries(&self) -> usize {
+        self.backing.max_entries()
+    }
+
+    /// How many bytes fit.
+    pub fn capacity(&self) -> usize {
+        self.backing.data().len()
     }
 
     /// Number of messages.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.backing.entries().len()
     }
 
     /// Whether there are no messages.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.backing.entries().is_empty()
     }
 
     /// Bytes of packet data held.
@@ -137,9 +261,9 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
 
     /// Whether a message of `len` bytes fits without evicting anything.
     pub fn fits(&self, len: usize) -> Result<(), StoreFull> {
-        if self.entries.is_full() {
+        if self.backing.entries().len() >= self.backing.max_entries() {
             Err(StoreFull::Slots)
-        } else if BYTES - self.used < len {
+        } else if self.capacity() - self.used < len {
             Err(StoreFull::Bytes)
         } else {
             Ok(())
@@ -148,32 +272,34 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
 
     /// The entries in acceptance order.
     pub fn entries(&self) -> &[Entry] {
-        &self.entries
+        self.backing.entries()
     }
 
     /// The entry at `index`.
     pub fn get(&self, index: usize) -> Option<&Entry> {
-        self.entries.get(index)
+        self.backing.entries().get(index)
     }
 
     /// The entry at `index`, mutable (its bytes stay where they are).
     pub fn get_mut(&mut self, index: usize) -> Option<&mut Entry> {
-        self.entries.get_mut(index)
+        self.backing.entries_mut().get_mut(index)
     }
 
     /// The stored bytes of the entry at `index`.
     pub fn bytes(&self, index: usize) -> &[u8] {
-        self.entries
+        self.backing
+            .entries()
             .get(index)
-            .and_then(|e| self.data.get(e.start..e.start + e.len))
+            .and_then(|e| self.backing.data().get(e.start..e.start + e.len))
             .unwrap_or_default()
     }
 
     /// The stored bytes of the entry at `index`, mutable (to set the DUP flag or packet id).
     pub fn bytes_mut(&mut self, index: usize) -> &mut [u8] {
-        match self.entries.get(index) {
+        match self.backing.entries().get(index).copied() {
             Some(e) => self
-                .data
+                .backing
+                .data_mut()
                 .get_mut(e.start..e.start + e.len)
                 .unwrap_or_default(),
             None => &mut [],
@@ -182,7 +308,8 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
 
     /// Position of the entry holding `packet_id`.
     pub fn position_of(&self, packet_id: PacketId) -> Option<usize> {
-        self.entries
+        self.backing
+            .entries()
             .iter()
             .position(|e| e.packet_id == Some(packet_id))
     }
@@ -197,9 +324,11 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, PushError<E>> {
         self.fits(len).map_err(PushError::Full)?;
+        let used = self.used;
         let dst = self
-            .data
-            .get_mut(self.used..self.used + len)
+            .backing
+            .data_mut()
+            .get_mut(used..used + len)
             .ok_or(PushError::Full(StoreFull::Bytes))?;
         let written = write(dst).map_err(PushError::Write)?;
         self.record(entry, written.min(len))
@@ -207,8 +336,8 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
 
     /// Adds the entry for `len` bytes just written at the end of the data.
     fn record<E>(&mut self, entry: NewEntry, len: usize) -> Result<usize, PushError<E>> {
-        self.entries
-            .push(Entry {
+        self.backing
+            .push_entry(Entry {
                 token: entry.token,
                 kind: entry.kind,
                 resend: false,
@@ -221,7 +350,7 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
             })
             .map_err(|_| PushError::Full(StoreFull::Slots))?;
         self.used += len;
-        Ok(self.entries.len() - 1)
+        Ok(self.backing.entries().len() - 1)
     }
 
     /// Appends an entry derived from the entry at `src`: `write` gets that entry's bytes and
@@ -232,13 +361,14 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         entry: NewEntry,
         write: impl FnOnce(&[u8], &mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, PushError<E>> {
-        if self.entries.is_full() {
+        if self.backing.entries().len() >= self.backing.max_entries() {
             return Err(PushError::Full(StoreFull::Slots));
         }
-        let Some(e) = self.entries.get(src).copied() else {
+        let Some(e) = self.backing.entries().get(src).copied() else {
             return Err(PushError::Full(StoreFull::Slots));
         };
-        let (used, free) = self.data.split_at_mut(self.used);
+        let at = self.used;
+        let (used, free) = self.backing.data_mut().split_at_mut(at);
         let source = used.get(e.start..e.start + e.len).unwrap_or_default();
         let len = write(source, free)
             .map_err(PushError::Write)?
@@ -248,17 +378,14 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
 
     /// Removes the entry at `index`, compacting the data behind it.
     pub fn remove(&mut self, index: usize) -> Option<Entry> {
-        if index >= self.entries.len() {
-            return None;
-        }
-        let e = self.entries.remove(index);
+        let e = self.backing.remove_entry(index)?;
         self.cut(e.start, e.len);
         Some(e)
     }
 
     /// Drops the bytes of the entry at `index` but keeps its bookkeeping (QoS 2 after PUBREC).
     pub fn release_bytes(&mut self, index: usize) {
-        let Some(e) = self.entries.get_mut(index) else {
+        let Some(e) = self.backing.entries_mut().get_mut(index) else {
             return;
         };
         let (start, len) = (e.start, e.len);
@@ -271,9 +398,12 @@ impl<const SLOTS: usize, const BYTES: usize> Store<SLOTS, BYTES> {
         if len == 0 {
             return;
         }
-        self.data.copy_within(start + len..self.used, start);
+        let used = self.used;
+        self.backing
+            .data_mut()
+            .copy_within(start + len..used, start);
         self.used -= len;
-        for other in self.entries.iter_mut() {
+        for other in self.backing.entries_mut().iter_mut() {
             if other.start > start {
                 other.start -= len;
             }
@@ -316,7 +446,7 @@ mod tests {
         }
     }
 
-    fn push<const S: usize, const B: usize>(s: &mut Store<S, B>, token: u32, data: &[u8]) {
+    fn push<B: Backing>(s: &mut Store<B>, token: u32, data: &[u8]) {
         s.push(new(token), data.len(), |dst: &mut [u8]| {
             dst.copy_from_slice(data);
             Ok::<_, ()>(data.len())
@@ -326,7 +456,7 @@ mod tests {
 
     #[test]
     fn keeps_order_and_compacts_on_removal() {
-        let mut s: Store<4, 16> = Store::new();
+        let mut s: Store<Fixed<4, 16>> = Store::new();
         push(&mut s, 1, b"aaaa");
         push(&mut s, 2, b"bbb");
         push(&mut s, 3, b"cc");
@@ -343,21 +473,21 @@ mod tests {
 
     #[test]
     fn full_store_refuses_without_side_effects() {
-        let mut s: Store<2, 8> = Store::new();
+        let mut s: Store<Fixed<2, 8>> = Store::new();
         push(&mut s, 1, b"12");
         let r = s.push(new(9), 7, |_: &mut [u8]| Ok::<_, ()>(7));
         assert_eq!(r, Err(PushError::Full(StoreFull::Bytes)));
         push(&mut s, 2, b"34");
         let r = s.push(new(9), 1, |_: &mut [u8]| Ok::<_, ()>(1));
         assert_eq!(r, Err(PushError::Full(StoreFull::Slots)));
-        let r = Store::<2, 8>::new().push(new(9), 2, |_: &mut [u8]| Err::<usize, _>("boom"));
+        let r = Store::<Fixed<2, 8>>::new().push(new(9), 2, |_: &mut [u8]| Err::<usize, _>("boom"));
         assert_eq!(r, Err(PushError::Write("boom")));
         assert_eq!((s.len(), s.bytes_used()), (2, 4));
     }
 
     #[test]
     fn release_bytes_keeps_the_entry() {
-        let mut s: Store<3, 12> = Store::new();
+        let mut s: Store<Fixed<3, 12>> = Store::new();
         push(&mut s, 1, b"xxxx");
         push(&mut s, 2, b"yyyy");
         s.get_mut(0).unwrap().packet_id = PacketId::new(7);
