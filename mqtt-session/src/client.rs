@@ -399,6 +399,12 @@ pub struct Session<B, const RX: usize> {
     /// When the outstanding PINGREQ or CONNECT was sent.
     awaiting_response: Option<Instant>,
     ping_queued: bool,
+    /// Entries before this index need no transmission: `poll_transmit` starts here.
+    scan_from: usize,
+    /// QoS 1/2 PUBLISHes sent on this connection and not completed (the server's quota).
+    quota_used: usize,
+    /// (UN)SUBSCRIBEs waiting to be sent: they may pass publishes held by the window.
+    requests_waiting: usize,
 }
 
 impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Session<Fixed<SLOTS, BYTES>, RX> {
@@ -435,6 +441,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             last_sent: Instant::ZERO,
             awaiting_response: None,
             ping_queued: false,
+            scan_from: 0,
+            quota_used: 0,
+            requests_waiting: 0,
         }
     }
 
@@ -841,31 +850,27 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     fn transmit_store(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         let window = usize::from(self.cfg.inflight.min(self.server.receive_maximum).max(1));
         // The server's quota counts QoS 1/2 PUBLISHes sent on this connection (MQTT 5 4.9).
-        let sent = self
-            .store
-            .entries()
-            .iter()
-            .filter(|e| e.in_flight() && !e.resend)
-            .count();
+        let sent = self.quota_used;
         let max = usize::try_from(self.server.max_packet_size).unwrap_or(usize::MAX);
-        let mut i = 0;
+        let mut i = self.scan_from;
         let mut publish_blocked = false;
         while let Some(e) = self.store.get(i).copied() {
             let is_new = e.state == OutState::Queued;
-            if !is_new && !e.resend {
+            if !needs_send(&e) {
+                if i == self.scan_from {
+                    self.scan_from += 1;
+                }
                 i += 1;
                 continue;
             }
             if e.state == OutState::AwaitPubComp {
                 // PUBREL does not count against the quota.
                 let Some(id) = e.packet_id else {
-                    self.store.remove(i);
+                    self.remove_at(i);
                     continue;
                 };
                 let n = Packet::PubRel(Ack::new(id)).encode(self.cfg.version, buf)?;
-                if let Some(e) = self.store.get_mut(i) {
-                    e.resend = false;
-                }
+                self.update(i, |e| e.resend = false);
                 return Ok(Some(n));
             }
             let bytes = self.store.bytes(i);
@@ -876,6 +881,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 if publish_blocked || (needs_quota && sent >= window) {
                     // Messages go out in order: none overtakes one that waits for the window.
                     // (Subscriptions do: they do not count against it.)
+                    if self.requests_waiting == 0 {
+                        return Ok(None);
+                    }
                     publish_blocked = true;
                     i += 1;
                     continue;
@@ -889,7 +897,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                         // Drain notices first: a message is never dropped unreported.
                         return Ok(None);
                     }
-                    self.store.remove(i);
+                    self.remove_at(i);
                     self.push_notice(Notice::Dropped {
                         token: e.token,
                         reason_code,
@@ -931,11 +939,11 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             };
             if e.kind == Kind::Publish && qos == QoS::AtMostOnce {
                 // QoS 0 is done once written: the notice lets a runtime resolve its future.
-                self.store.remove(i);
+                self.remove_at(i);
                 self.push_notice(Notice::Sent { token: e.token });
                 return Ok(Some(len));
             }
-            if let Some(entry) = self.store.get_mut(i) {
+            self.update(i, |entry| {
                 entry.packet_id = id;
                 entry.resend = false;
                 entry.state = match (e.kind, qos) {
@@ -943,7 +951,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                     (Kind::Publish, _) => OutState::AwaitPubRec,
                     _ => OutState::AwaitAck,
                 };
-            }
+            });
             return Ok(Some(len));
         }
         Ok(None)
@@ -1131,6 +1139,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             }
             i += 1;
         }
+        self.recount();
         Ok(Some(Event::Connected { session_present }))
     }
 
@@ -1252,7 +1261,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
 
     fn on_puback<'a>(&mut self, a: Ack<'_>) -> Result<Option<Event<'a>>, ReasonCode> {
         let pos = self.find(a.packet_id, OutState::AwaitPubAck)?;
-        let token = self.store.remove(pos).map_or(0, |e| e.token);
+        let token = self.remove_at(pos).map_or(0, |e| e.token);
         Ok(Some(Event::Published {
             token,
             reason_code: a.reason_code,
@@ -1266,23 +1275,23 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             Err(_) => self.find(a.packet_id, OutState::AwaitPubComp)?,
         };
         if a.reason_code.is_error() {
-            let token = self.store.remove(pos).map_or(0, |e| e.token);
+            let token = self.remove_at(pos).map_or(0, |e| e.token);
             self.push_notice(Notice::Dropped {
                 token,
                 reason_code: a.reason_code,
             });
             return Ok(());
         }
-        if let Some(e) = self.store.get_mut(pos) {
+        self.update(pos, |e| {
             e.state = OutState::AwaitPubComp;
             e.resend = true;
-        }
+        });
         Ok(())
     }
 
     fn on_pubcomp<'a>(&mut self, a: Ack<'_>) -> Result<Option<Event<'a>>, ReasonCode> {
         let pos = self.find(a.packet_id, OutState::AwaitPubComp)?;
-        let token = self.store.remove(pos).map_or(0, |e| e.token);
+        let token = self.remove_at(pos).map_or(0, |e| e.token);
         Ok(Some(Event::Published {
             token,
             reason_code: a.reason_code,
@@ -1305,12 +1314,12 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 // A restored subscription: keep it unless the server now refuses it.
                 let granted = codes.iter().next().is_some_and(|c| !c.is_error());
                 if granted {
-                    if let Some(e) = self.store.get_mut(pos) {
+                    self.update(pos, |e| {
                         e.state = OutState::Active;
                         e.packet_id = None;
-                    }
+                    });
                 } else {
-                    self.store.remove(pos);
+                    self.remove_at(pos);
                 }
                 return Ok(false);
             }
@@ -1319,7 +1328,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             _ => return Err(ReasonCode::ProtocolError),
         }
         if let Some(pos) = self.store.position_of(id) {
-            self.store.remove(pos);
+            self.remove_at(pos);
         }
         Ok(true)
     }
@@ -1345,7 +1354,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                     .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(k))
             });
             if replaced {
-                self.store.remove(i);
+                self.remove_at(i);
                 if i < pos {
                     pos -= 1;
                 }
@@ -1383,9 +1392,8 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             });
             match pushed {
                 Ok(i) => {
-                    if let Some(e) = self.store.get_mut(i) {
-                        e.state = OutState::Active;
-                    }
+                    self.note_pushed(i);
+                    self.update(i, |e| e.state = OutState::Active);
                 }
                 // No room: the subscription holds now but cannot be restored after a
                 // session loss; say so rather than drop it silently.
@@ -1412,12 +1420,69 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 _ => false,
             };
             if named {
-                self.store.remove(i);
+                self.remove_at(i);
                 if i < pos {
                     pos -= 1;
                 }
             }
         }
+    }
+
+    /// Changes the entry at `i`, keeping the transmit bookkeeping in step.
+    fn update(&mut self, i: usize, change: impl FnOnce(&mut crate::store::Entry)) {
+        let Some(e) = self.store.get_mut(i) else {
+            return;
+        };
+        let before = tally(e);
+        change(e);
+        let after = tally(e);
+        let send = needs_send(e);
+        self.untally(before);
+        self.add_tally(after);
+        if send {
+            self.scan_from = self.scan_from.min(i);
+        }
+    }
+
+    /// Counts a just-stored entry in the transmit bookkeeping.
+    fn note_pushed(&mut self, i: usize) {
+        if let Some(e) = self.store.get(i) {
+            let t = tally(e);
+            self.add_tally(t);
+        }
+    }
+
+    /// Removes the entry at `i`, keeping the transmit bookkeeping in step.
+    fn remove_at(&mut self, i: usize) -> Option<crate::store::Entry> {
+        let e = self.store.remove(i)?;
+        self.untally(tally(&e));
+        if i < self.scan_from {
+            self.scan_from -= 1;
+        }
+        Some(e)
+    }
+
+    fn add_tally(&mut self, (quota, request): (bool, bool)) {
+        self.quota_used = self.quota_used.saturating_add(usize::from(quota));
+        self.requests_waiting = self.requests_waiting.saturating_add(usize::from(request));
+    }
+
+    fn untally(&mut self, (quota, request): (bool, bool)) {
+        self.quota_used = self.quota_used.saturating_sub(usize::from(quota));
+        self.requests_waiting = self.requests_waiting.saturating_sub(usize::from(request));
+    }
+
+    /// Recomputes the transmit bookkeeping after a reconnect reset the entries.
+    fn recount(&mut self) {
+        let (mut quota, mut requests) = (0, 0);
+        for e in self.store.entries() {
+            let (q, r) = tally(e);
+            quota += usize::from(q);
+            requests += usize::from(r);
+        }
+        self.quota_used = quota;
+        self.requests_waiting = requests;
+        self.scan_from = 0;
     }
 
     /// Position of the stored packet with `id` in `state`; an unknown id is a violation.
@@ -1464,7 +1529,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         };
         let v = self.cfg.version;
         match self.store.push(entry, len, |dst| packet.encode(v, dst)) {
-            Ok(_) => {}
+            Ok(i) => self.note_pushed(i),
             Err(PushError::Write(e)) => return Err(Error::Encode(e)),
             Err(PushError::Full(_)) => return Err(Error::QueueFull),
         }
@@ -1524,7 +1589,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             let Some((i, token)) = victim else {
                 return Err(Error::QueueFull);
             };
-            self.store.remove(i);
+            self.remove_at(i);
             self.push_notice(Notice::Evicted { token });
         }
         Ok(())
@@ -1562,6 +1627,19 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.ping_queued = false;
         self.lost = Some(e);
     }
+}
+
+/// Whether the entry must (again) go out on this connection.
+fn needs_send(e: &crate::store::Entry) -> bool {
+    e.state == OutState::Queued || e.resend
+}
+
+/// What an entry counts towards: the server's quota, and the requests waiting to be sent.
+fn tally(e: &crate::store::Entry) -> (bool, bool) {
+    (
+        e.in_flight() && !e.resend,
+        e.kind != Kind::Publish && needs_send(e),
+    )
 }
 
 /// The `k`-th topic filter of an encoded SUBSCRIBE.
