@@ -405,6 +405,12 @@ pub struct Session<B, const RX: usize> {
     quota_used: usize,
     /// (UN)SUBSCRIBEs waiting to be sent: they may pass publishes held by the window.
     requests_waiting: usize,
+    /// How many stored entries hold a packet id.
+    ids_held: usize,
+    /// Which ids they hold, as 65 536 bits, where an allocator can spare 8 KiB for it: id
+    /// allocation then costs O(1) instead of a scan of the store.
+    #[cfg(feature = "alloc")]
+    id_bits: Option<alloc::boxed::Box<[u64; 1024]>>,
 }
 
 impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Session<Fixed<SLOTS, BYTES>, RX> {
@@ -418,7 +424,9 @@ impl<const SLOTS: usize, const BYTES: usize, const RX: usize> Session<Fixed<SLOT
 impl<const RX: usize> Session<crate::store::Heap, RX> {
     /// A disconnected client whose store holds up to `max_packets` packets in `bytes` bytes.
     pub fn with_capacity(cfg: Config, max_packets: usize, bytes: usize) -> Self {
-        Session::with_backing(cfg, crate::store::Heap::new(max_packets, bytes))
+        let mut s = Session::with_backing(cfg, crate::store::Heap::new(max_packets, bytes));
+        s.id_bits = Some(alloc::boxed::Box::new([0; 1024]));
+        s
     }
 }
 
@@ -444,6 +452,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             scan_from: 0,
             quota_used: 0,
             requests_waiting: 0,
+            ids_held: 0,
+            #[cfg(feature = "alloc")]
+            id_bits: None,
         }
     }
 
@@ -1434,11 +1445,17 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             return;
         };
         let before = tally(e);
+        let id_before = e.packet_id;
         change(e);
         let after = tally(e);
+        let id_after = e.packet_id;
         let send = needs_send(e);
         self.untally(before);
         self.add_tally(after);
+        if id_before != id_after {
+            self.hold_id(id_before, false);
+            self.hold_id(id_after, true);
+        }
         if send {
             self.scan_from = self.scan_from.min(i);
         }
@@ -1447,8 +1464,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     /// Counts a just-stored entry in the transmit bookkeeping.
     fn note_pushed(&mut self, i: usize) {
         if let Some(e) = self.store.get(i) {
-            let t = tally(e);
+            let (t, id) = (tally(e), e.packet_id);
             self.add_tally(t);
+            self.hold_id(id, true);
         }
     }
 
@@ -1456,6 +1474,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     fn remove_at(&mut self, i: usize) -> Option<crate::store::Entry> {
         let e = self.store.remove(i)?;
         self.untally(tally(&e));
+        self.hold_id(e.packet_id, false);
         if i < self.scan_from {
             self.scan_from -= 1;
         }
@@ -1483,6 +1502,15 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.quota_used = quota;
         self.requests_waiting = requests;
         self.scan_from = 0;
+        #[cfg(feature = "alloc")]
+        if let Some(bits) = &mut self.id_bits {
+            bits.fill(0);
+        }
+        self.ids_held = 0;
+        for i in 0..self.store.len() {
+            let id = self.store.get(i).and_then(|e| e.packet_id);
+            self.hold_id(id, true);
+        }
     }
 
     /// Position of the stored packet with `id` in `state`; an unknown id is a violation.
@@ -1496,14 +1524,39 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
 
     fn allocate_id(&mut self) -> Result<PacketId, Error> {
         let store = &self.store;
-        let busy = store
-            .entries()
-            .iter()
-            .filter(|e| e.packet_id.is_some())
-            .count();
+        #[cfg(feature = "alloc")]
+        if let Some(bits) = &self.id_bits {
+            return self
+                .ids
+                .allocate(self.ids_held, |id| bit(bits, id))
+                .ok_or(Error::PacketIdsExhausted);
+        }
         self.ids
-            .allocate(busy, |id| store.position_of(id).is_some())
+            .allocate(self.ids_held, |id| store.position_of(id).is_some())
             .ok_or(Error::PacketIdsExhausted)
+    }
+
+    /// Records that a stored entry holds (`true`) or gave up (`false`) packet id `id`.
+    fn hold_id(&mut self, id: Option<PacketId>, held: bool) {
+        if id.is_none() {
+            return;
+        }
+        self.ids_held = if held {
+            self.ids_held.saturating_add(1)
+        } else {
+            self.ids_held.saturating_sub(1)
+        };
+        #[cfg(feature = "alloc")]
+        if let (Some(bits), Some(id)) = (&mut self.id_bits, id)
+            && let Some(word) = bits.get_mut(usize::from(id.get() / 64))
+        {
+            let mask = 1u64 << (id.get() % 64);
+            if held {
+                *word |= mask;
+            } else {
+                *word &= !mask;
+            }
+        }
     }
 
     fn push(
@@ -1550,9 +1603,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         let id = self.allocate_id()?;
         self.push(now, kind, &build(id), 10)?;
         let last = self.store.len().saturating_sub(1);
-        if let Some(e) = self.store.get_mut(last) {
-            e.packet_id = Some(id);
-        }
+        self.update(last, |e| e.packet_id = Some(id));
         Ok(id)
     }
 
@@ -1627,6 +1678,13 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.ping_queued = false;
         self.lost = Some(e);
     }
+}
+
+/// Whether bit `id` is set.
+#[cfg(feature = "alloc")]
+fn bit(bits: &[u64; 1024], id: PacketId) -> bool {
+    bits.get(usize::from(id.get() / 64))
+        .is_some_and(|w| w & (1u64 << (id.get() % 64)) != 0)
 }
 
 /// Whether the entry must (again) go out on this connection.
