@@ -1674,6 +1674,17 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         if self.state != State::Closed {
             self.state = State::Disconnected;
         }
+        // Nothing but our own DISCONNECT may follow the end of a connection: acks still queued
+        // would answer a server that has gone (it resends those messages with the session).
+        let closing = self
+            .control
+            .iter()
+            .find(|c| matches!(c, Control::Disconnect(_)))
+            .copied();
+        self.control.clear();
+        if let Some(c) = closing {
+            self.queue_control(c);
+        }
         self.awaiting_response = None;
         self.ping_queued = false;
         self.lost = Some(e);

@@ -182,3 +182,25 @@ fn subscribing_again_replaces_the_kept_subscription() {
     let (f, o) = s.filters.iter().next().unwrap();
     assert_eq!((f.as_str(), o.qos), ("x/y", QoS::ExactlyOnce));
 }
+
+#[test]
+fn nothing_is_written_after_the_server_disconnects_but_a_closing_disconnect() {
+    let mut p = Peer::new();
+    p.connect(false);
+    // A QoS 1 message arrives: its PUBACK is owed...
+    let publish = encode(&Packet::Publish(mqtt_proto::Publish {
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(id(9)),
+        ..mqtt_proto::Publish::new("t", b"x")
+    }));
+    assert!(matches!(
+        p.client.handle_read(p.now, &publish),
+        Read::Packet {
+            event: Some(Event::Message(_)),
+            ..
+        }
+    ));
+    // ...but the server disconnects before it is written: the connection is over.
+    assert_eq!(p.client.handle_read(p.now, &[0xE0, 0x00]), Read::Closed);
+    assert!(p.sent().is_empty(), "no ack to a server that has gone");
+}
