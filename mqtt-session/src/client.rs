@@ -1066,10 +1066,10 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         }
         match packet {
             Packet::Publish(p) => self.on_publish(p),
-            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubAck(a) => self.complete_publish(a, OutState::AwaitPubAck),
             Packet::PubRec(a) => self.on_pubrec(a).map(|()| None),
             Packet::PubRel(a) => self.on_pubrel(a).map(|()| None),
-            Packet::PubComp(a) => self.on_pubcomp(a),
+            Packet::PubComp(a) => self.complete_publish(a, OutState::AwaitPubComp),
             Packet::SubAck(a) => {
                 let asked = self.complete_ack(a.packet_id, Kind::Subscribe, &a.reason_codes)?;
                 Ok(asked.then_some(Event::Subscribed {
@@ -1270,8 +1270,14 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         Ok(())
     }
 
-    fn on_puback<'a>(&mut self, a: Ack<'_>) -> Result<Option<Event<'a>>, ReasonCode> {
-        let pos = self.find(a.packet_id, OutState::AwaitPubAck)?;
+    /// PUBACK (QoS 1, waiting in `AwaitPubAck`) or PUBCOMP (QoS 2, in `AwaitPubComp`): the
+    /// exchange is over.
+    fn complete_publish<'a>(
+        &mut self,
+        a: Ack<'_>,
+        state: OutState,
+    ) -> Result<Option<Event<'a>>, ReasonCode> {
+        let pos = self.find(a.packet_id, state)?;
         let token = self.remove_at(pos).map_or(0, |e| e.token);
         Ok(Some(Event::Published {
             token,
@@ -1298,15 +1304,6 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             e.resend = true;
         });
         Ok(())
-    }
-
-    fn on_pubcomp<'a>(&mut self, a: Ack<'_>) -> Result<Option<Event<'a>>, ReasonCode> {
-        let pos = self.find(a.packet_id, OutState::AwaitPubComp)?;
-        let token = self.remove_at(pos).map_or(0, |e| e.token);
-        Ok(Some(Event::Published {
-            token,
-            reason_code: a.reason_code,
-        }))
     }
 
     /// Completes a SUBSCRIBE or UNSUBSCRIBE and updates the subscriptions to restore.
@@ -1348,29 +1345,12 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     fn remember_subscriptions(&mut self, mut pos: usize, codes: &ReasonCodes<'_>) {
         let v = self.cfg.version;
         // A filter subscribed again replaces the one kept before (its options may differ).
-        // Going backwards, a removal never moves an index still to be looked at.
-        for i in (0..self.store.len()).rev() {
-            let Some(e) = self.store.get(i) else {
-                continue;
-            };
-            if e.kind != Kind::Subscription {
-                continue;
-            }
-            let kept = nth_filter(self.store.bytes(i), v, 0);
-            let request = self.store.bytes(pos);
-            let replaced = kept.is_some_and(|k| {
-                codes
-                    .iter()
-                    .enumerate()
-                    .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(k))
-            });
-            if replaced {
-                self.remove_at(i);
-                if i < pos {
-                    pos -= 1;
-                }
-            }
-        }
+        pos = self.forget_kept(pos, |kept, request| {
+            codes
+                .iter()
+                .enumerate()
+                .any(|(n, c)| !c.is_error() && nth_filter(request, v, n) == Some(kept))
+        });
         for (k, code) in codes.iter().enumerate() {
             if code.is_error() {
                 continue;
@@ -1414,29 +1394,34 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     }
 
     /// Drops the kept subscriptions the UNSUBSCRIBE at `pos` names.
-    fn forget_subscriptions(&mut self, mut pos: usize) {
+    fn forget_subscriptions(&mut self, pos: usize) {
         let v = self.cfg.version;
+        self.forget_kept(pos, |kept, request| match decode(request, v, usize::MAX) {
+            Ok(Status::Complete((Packet::Unsubscribe(u), _))) => {
+                u.filters.iter().any(|f| f.as_str() == kept)
+            }
+            _ => false,
+        });
+    }
+
+    /// Drops each kept subscription whose filter `named` picks, given the stored request at
+    /// `pos`; returns where that request is afterwards.
+    fn forget_kept(&mut self, mut pos: usize, named: impl Fn(&str, &[u8]) -> bool) -> usize {
+        let v = self.cfg.version;
+        // Going backwards, a removal never moves an index still to be looked at.
         for i in (0..self.store.len()).rev() {
-            let Some(e) = self.store.get(i) else {
-                continue;
-            };
-            if e.kind != Kind::Subscription {
+            if self.store.get(i).map(|e| e.kind) != Some(Kind::Subscription) {
                 continue;
             }
             let kept = nth_filter(self.store.bytes(i), v, 0);
-            let named = match decode(self.store.bytes(pos), v, usize::MAX) {
-                Ok(Status::Complete((Packet::Unsubscribe(u), _))) => {
-                    kept.is_some_and(|k| u.filters.iter().any(|f| f.as_str() == k))
-                }
-                _ => false,
-            };
-            if named {
+            if kept.is_some_and(|k| named(k, self.store.bytes(pos))) {
                 self.remove_at(i);
                 if i < pos {
                     pos -= 1;
                 }
             }
         }
+        pos
     }
 
     /// Changes the entry at `i`, keeping the transmit bookkeeping in step.

@@ -72,7 +72,7 @@ impl Entry {
         self.len
     }
 
-    /// Whether no bytes are stored (a QoS 2 message past PUBREC).
+    /// Whether no bytes are stored.
     pub const fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -228,12 +228,6 @@ impl<B: Backing> Store<B> {
         Store { backing, used: 0 }
     }
 
-    /// Removes every entry.
-    pub fn clear(&mut self) {
-        while self.backing.remove_entry(0).is_some() {}
-        self.used = 0;
-    }
-
     /// How many entries fit.
     pub fn max_entries(&self) -> usize {
         self.backing.max_entries()
@@ -292,18 +286,6 @@ impl<B: Backing> Store<B> {
             .get(index)
             .and_then(|e| self.backing.data().get(e.start..e.start + e.len))
             .unwrap_or_default()
-    }
-
-    /// The stored bytes of the entry at `index`, mutable (to set the DUP flag or packet id).
-    pub fn bytes_mut(&mut self, index: usize) -> &mut [u8] {
-        match self.backing.entries().get(index).copied() {
-            Some(e) => self
-                .backing
-                .data_mut()
-                .get_mut(e.start..e.start + e.len)
-                .unwrap_or_default(),
-            None => &mut [],
-        }
     }
 
     /// Position of the entry holding `packet_id`.
@@ -381,16 +363,6 @@ impl<B: Backing> Store<B> {
         let e = self.backing.remove_entry(index)?;
         self.cut(e.start, e.len);
         Some(e)
-    }
-
-    /// Drops the bytes of the entry at `index` but keeps its bookkeeping (QoS 2 after PUBREC).
-    pub fn release_bytes(&mut self, index: usize) {
-        let Some(e) = self.backing.entries_mut().get_mut(index) else {
-            return;
-        };
-        let (start, len) = (e.start, e.len);
-        e.len = 0;
-        self.cut(start, len);
     }
 
     /// Removes `len` bytes at `start` and shifts the offsets of the data after them.
@@ -486,16 +458,16 @@ mod tests {
     }
 
     #[test]
-    fn release_bytes_keeps_the_entry() {
+    fn finds_entries_by_packet_id() {
         let mut s: Store<Fixed<3, 12>> = Store::new();
         push(&mut s, 1, b"xxxx");
         push(&mut s, 2, b"yyyy");
-        s.get_mut(0).unwrap().packet_id = PacketId::new(7);
-        s.release_bytes(0);
-        assert_eq!(s.len(), 2);
-        assert!(s.get(0).unwrap().is_empty());
-        assert_eq!(s.bytes(1), b"yyyy");
+        s.get_mut(1).unwrap().packet_id = PacketId::new(7);
+        assert_eq!(s.position_of(PacketId::new(7).unwrap()), Some(1));
+        assert_eq!(s.position_of(PacketId::new(8).unwrap()), None);
+        s.remove(0);
         assert_eq!(s.position_of(PacketId::new(7).unwrap()), Some(0));
+        assert_eq!(s.bytes(0), b"yyyy");
         assert_eq!(s.bytes_used(), 4);
         assert!(s.remove(5).is_none());
     }
