@@ -1,0 +1,2 @@
+//! no_std MQTT client on embassy.
+#![no_std]
