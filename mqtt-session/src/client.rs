@@ -486,6 +486,15 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             .count()
     }
 
+    /// The publishes held (queued or in flight): priority and when each was accepted.
+    pub fn held(&self) -> impl Iterator<Item = (u8, Instant)> + '_ {
+        self.store
+            .entries()
+            .iter()
+            .filter(|e| e.kind == Kind::Publish)
+            .map(|e| (e.priority, e.accepted_at))
+    }
+
     /// QoS 1/2 messages sent and not yet completely acknowledged.
     pub fn in_flight(&self) -> usize {
         self.store
@@ -571,6 +580,30 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         message: &Publish<'_>,
         priority: u8,
     ) -> Result<Token, Error> {
+        self.publish_evicting(now, message, priority, priority)
+    }
+
+    /// Like [`publish`](Client::publish), but evicts only messages of lower priority: a queue
+    /// full of equally important messages refuses with [`Error::QueueFull`], so the
+    /// application can wait for room (back-pressure) instead of dropping the oldest.
+    pub fn try_publish(
+        &mut self,
+        now: Instant,
+        message: &Publish<'_>,
+        priority: u8,
+    ) -> Result<Token, Error> {
+        let below = priority.clamp(1, 10) - 1;
+        self.publish_evicting(now, message, priority, below)
+    }
+
+    /// Queues a publish, evicting queued messages of priority up to `evict` if needed.
+    fn publish_evicting(
+        &mut self,
+        now: Instant,
+        message: &Publish<'_>,
+        priority: u8,
+        evict: u8,
+    ) -> Result<Token, Error> {
         if self.state == State::Closed {
             return Err(Error::Closed);
         }
@@ -585,7 +618,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             packet_id: (message.qos != QoS::AtMostOnce).then_some(PacketId::MAX),
             ..*message
         });
-        self.push(now, Kind::Publish, &packet, priority.clamp(1, 10))
+        self.push(now, Kind::Publish, &packet, priority.clamp(1, 10), evict)
     }
 
     /// Queues a SUBSCRIBE; returns its packet id, which the `Subscribed` event carries.
@@ -1550,13 +1583,14 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         kind: Kind,
         packet: &Packet<'_>,
         priority: u8,
+        evict: u8,
     ) -> Result<Token, Error> {
         let len = packet.encoded_len(self.cfg.version)?;
         if len > self.store.capacity() {
             return Err(Error::TooLarge);
         }
         if self.store.fits(len).is_err() {
-            self.make_room(len, priority)?;
+            self.make_room(len, evict)?;
         }
         let token = self.next_token;
         let entry = NewEntry {
@@ -1586,7 +1620,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             return Err(Error::Closed);
         }
         let id = self.allocate_id()?;
-        self.push(now, kind, &build(id), 10)?;
+        self.push(now, kind, &build(id), 10, 10)?;
         let last = self.store.len().saturating_sub(1);
         self.update(last, |e| e.packet_id = Some(id));
         Ok(id)
@@ -1596,6 +1630,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     /// lowest priority and oldest first, but only if that can make enough room: otherwise
     /// nothing is dropped and the new message is refused.
     fn make_room(&mut self, len: usize, priority: u8) -> Result<(), Error> {
+        if priority == 0 {
+            return Err(Error::QueueFull);
+        }
         let evictable = |e: &&crate::store::Entry| {
             e.state == OutState::Queued && e.kind == Kind::Publish && e.priority <= priority
         };

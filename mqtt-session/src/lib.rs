@@ -64,6 +64,10 @@
 //! - [`backoff`]: the reconnect delay policy (exponential, bounded, full jitter from a seed).
 //! - [`packet_id`]: the packet identifier allocator shared by PUBLISH, SUBSCRIBE, UNSUBSCRIBE.
 //! - [`store`]: ordered, compacting storage of outgoing messages as encoded packets.
+//! - [`engine`] (feature `alloc`): what `std` runtimes keep around the session (completions,
+//!   routing, reconnect timing, statistics), shared by the tokio and smol clients.
+//! - [`options`] (feature `std`): connection options of the `std` runtimes (broker URL, TLS
+//!   files, limits), parsed from URLs, TOML and `MQTT_*` variables.
 //! - [`router`] (feature `alloc`): maps topic filters to handler keys with a trie on levels.
 #![no_std]
 #![cfg_attr(
@@ -83,6 +87,10 @@ extern crate std;
 
 pub mod backoff;
 pub mod client;
+#[cfg(feature = "alloc")]
+pub mod engine;
+#[cfg(feature = "std")]
+pub mod options;
 pub mod packet_id;
 #[cfg(feature = "alloc")]
 pub mod router;

@@ -159,10 +159,15 @@ impl<const SLOTS: usize, const BYTES: usize> Backing for Fixed<SLOTS, BYTES> {
 }
 
 /// Storage on the heap, sized when the client is made.
+///
+/// Removing an entry moves whichever side of it is shorter, so acknowledging the oldest
+/// messages of a long queue costs O(1), not O(queue).
 #[cfg(feature = "alloc")]
 #[derive(Debug)]
 pub struct Heap {
+    /// Live entries are `entries[first..]`.
     entries: alloc::vec::Vec<Entry>,
+    first: usize,
     max_entries: usize,
     data: alloc::boxed::Box<[u8]>,
 }
@@ -173,6 +178,7 @@ impl Heap {
     pub fn new(max_entries: usize, bytes: usize) -> Self {
         Heap {
             entries: alloc::vec::Vec::new(),
+            first: 0,
             max_entries,
             data: alloc::vec![0; bytes].into_boxed_slice(),
         }
@@ -182,20 +188,34 @@ impl Heap {
 #[cfg(feature = "alloc")]
 impl Backing for Heap {
     fn entries(&self) -> &[Entry] {
-        &self.entries
+        self.entries.get(self.first..).unwrap_or_default()
     }
     fn entries_mut(&mut self) -> &mut [Entry] {
-        &mut self.entries
+        self.entries.get_mut(self.first..).unwrap_or_default()
     }
     fn push_entry(&mut self, e: Entry) -> Result<(), Entry> {
-        if self.entries.len() >= self.max_entries {
+        if self.entries.len() - self.first >= self.max_entries {
             return Err(e);
         }
         self.entries.push(e);
         Ok(())
     }
     fn remove_entry(&mut self, index: usize) -> Option<Entry> {
-        (index < self.entries.len()).then(|| self.entries.remove(index))
+        let live = self.entries.len() - self.first;
+        let at = self.first + index;
+        let e = *self.entries.get(at)?;
+        if index < live / 2 {
+            // Shift the entries before it up by one and drop the first slot.
+            self.entries.copy_within(self.first..at, self.first + 1);
+            self.first += 1;
+            if self.first >= 64 && self.first * 2 >= self.entries.len() {
+                self.entries.drain(..self.first);
+                self.first = 0;
+            }
+        } else {
+            self.entries.remove(at);
+        }
+        Some(e)
     }
     fn max_entries(&self) -> usize {
         self.max_entries
@@ -212,6 +232,8 @@ impl Backing for Heap {
 #[derive(Debug, Default)]
 pub struct Store<B> {
     backing: B,
+    /// Live bytes are `data[head..used]`, in entry order.
+    head: usize,
     used: usize,
 }
 
@@ -225,7 +247,11 @@ impl<const SLOTS: usize, const BYTES: usize> Store<Fixed<SLOTS, BYTES>> {
 impl<B: Backing> Store<B> {
     /// An empty store over `backing`.
     pub fn with_backing(backing: B) -> Self {
-        Store { backing, used: 0 }
+        Store {
+            backing,
+            head: 0,
+            used: 0,
+        }
     }
 
     /// How many entries fit.
@@ -250,14 +276,14 @@ impl<B: Backing> Store<B> {
 
     /// Bytes of packet data held.
     pub const fn bytes_used(&self) -> usize {
-        self.used
+        self.used - self.head
     }
 
     /// Whether a message of `len` bytes fits without evicting anything.
     pub fn fits(&self, len: usize) -> Result<(), StoreFull> {
         if self.backing.entries().len() >= self.backing.max_entries() {
             Err(StoreFull::Slots)
-        } else if self.capacity() - self.used < len {
+        } else if self.capacity() - self.bytes_used() < len {
             Err(StoreFull::Bytes)
         } else {
             Ok(())
@@ -306,6 +332,9 @@ impl<B: Backing> Store<B> {
         write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, PushError<E>> {
         self.fits(len).map_err(PushError::Full)?;
+        if self.capacity() - self.used < len {
+            self.compact();
+        }
         let used = self.used;
         let dst = self
             .backing
@@ -346,6 +375,7 @@ impl<B: Backing> Store<B> {
         if self.backing.entries().len() >= self.backing.max_entries() {
             return Err(PushError::Full(StoreFull::Slots));
         }
+        self.compact();
         let Some(e) = self.backing.entries().get(src).copied() else {
             return Err(PushError::Full(StoreFull::Slots));
         };
@@ -358,28 +388,49 @@ impl<B: Backing> Store<B> {
         self.record(entry, len)
     }
 
-    /// Removes the entry at `index`, compacting the data behind it.
+    /// Removes the entry at `index`, closing the gap from whichever side is shorter.
     pub fn remove(&mut self, index: usize) -> Option<Entry> {
         let e = self.backing.remove_entry(index)?;
-        self.cut(e.start, e.len);
-        Some(e)
-    }
-
-    /// Removes `len` bytes at `start` and shifts the offsets of the data after them.
-    fn cut(&mut self, start: usize, len: usize) {
-        if len == 0 {
-            return;
-        }
-        let used = self.used;
-        self.backing
-            .data_mut()
-            .copy_within(start + len..used, start);
-        self.used -= len;
-        for other in self.backing.entries_mut().iter_mut() {
-            if other.start > start {
+        let (start, len) = (e.start, e.len);
+        // Entries lie in the data in their order, so only one side's offsets change.
+        if start - self.head <= self.used - (start + len) {
+            self.backing
+                .data_mut()
+                .copy_within(self.head..start, self.head + len);
+            self.head += len;
+            for other in self.backing.entries_mut().iter_mut().take(index) {
+                other.start += len;
+            }
+        } else {
+            let used = self.used;
+            self.backing
+                .data_mut()
+                .copy_within(start + len..used, start);
+            self.used -= len;
+            for other in self.backing.entries_mut().iter_mut().skip(index) {
                 other.start -= len;
             }
         }
+        if self.backing.entries().is_empty() {
+            self.head = 0;
+            self.used = 0;
+        }
+        Some(e)
+    }
+
+    /// Moves the live data to the start of the buffer, so the free space is all at its end.
+    fn compact(&mut self) {
+        let head = self.head;
+        if head == 0 {
+            return;
+        }
+        let used = self.used;
+        self.backing.data_mut().copy_within(head..used, 0);
+        for e in self.backing.entries_mut() {
+            e.start -= head;
+        }
+        self.used -= head;
+        self.head = 0;
     }
 }
 
@@ -470,5 +521,46 @@ mod tests {
         assert_eq!(s.bytes(0), b"yyyy");
         assert_eq!(s.bytes_used(), 4);
         assert!(s.remove(5).is_none());
+    }
+
+    /// Random pushes and removals on both backings agree with a plain list of (token, bytes).
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn removal_from_either_side_matches_a_model() {
+        use alloc::vec::Vec;
+        use proptest::prelude::*;
+        let ops = proptest::collection::vec((any::<bool>(), 0usize..40, 0usize..12), 1..400);
+        proptest!(|(ops in ops)| {
+            let mut heap: Store<Heap> = Store::with_backing(Heap::new(24, 96));
+            let mut fixed: Store<Fixed<24, 96>> = Store::new();
+            let mut model: Vec<(u32, Vec<u8>)> = Vec::new();
+            for (n, (is_push, at, len)) in ops.into_iter().enumerate() {
+                let token = n as u32;
+                if is_push {
+                    let data: Vec<u8> = (0..len).map(|i| (n + i) as u8).collect();
+                    let fits = heap.fits(len).is_ok();
+                    prop_assert_eq!(fits, fixed.fits(len).is_ok());
+                    if fits {
+                        push(&mut heap, token, &data);
+                        push(&mut fixed, token, &data);
+                        model.push((token, data));
+                    }
+                } else if !model.is_empty() {
+                    let i = at % model.len();
+                    let (t, _) = model.remove(i);
+                    prop_assert_eq!(heap.remove(i).map(|e| e.token), Some(t));
+                    prop_assert_eq!(fixed.remove(i).map(|e| e.token), Some(t));
+                }
+                prop_assert_eq!(heap.len(), model.len());
+                let total: usize = model.iter().map(|(_, d)| d.len()).sum();
+                prop_assert_eq!(heap.bytes_used(), total);
+                prop_assert_eq!(fixed.bytes_used(), total);
+                for (i, (t, d)) in model.iter().enumerate() {
+                    prop_assert_eq!(heap.get(i).map(|e| e.token), Some(*t));
+                    prop_assert_eq!(heap.bytes(i), &d[..]);
+                    prop_assert_eq!(fixed.bytes(i), &d[..]);
+                }
+            }
+        });
     }
 }

@@ -1482,6 +1482,32 @@ fn in_flight_messages_are_never_evicted(v: ProtocolVersion) {
     assert_eq!(h.c.in_flight(), 2);
 }
 
+/// `try_publish` never evicts a message as important as itself: back-pressure instead of
+/// drop-oldest; a more important message still evicts a less important one.
+fn try_publish_evicts_only_lower_priority(v: ProtocolVersion) {
+    let mut h = H::<16, 64, 4>::new(v);
+    let now = h.now();
+    let msg = |b: &'static [u8]| Publish {
+        qos: Q1,
+        ..Publish::new("bytes", b)
+    };
+    let low = h.c.try_publish(now, &msg(&[1; 16]), 3).unwrap();
+    h.c.try_publish(now, &msg(&[2; 16]), 5).unwrap();
+    assert_eq!(
+        h.c.try_publish(now, &msg(&[3; 16]), 3),
+        Err(Error::QueueFull)
+    );
+    assert_eq!(h.notices(), []);
+    assert_eq!(h.c.pending(), 2);
+    h.c.try_publish(now, &msg(&[4; 16]), 5).unwrap();
+    assert_eq!(h.notices(), [Notice::Evicted { token: low }]);
+    assert_eq!(
+        h.c.try_publish(now, &msg(&[5; 16]), 5),
+        Err(Error::QueueFull)
+    );
+    assert_eq!(h.c.pending(), 2);
+}
+
 /// A new message that cannot fit even after evicting everything evictable is refused, and
 /// nothing is evicted for it.
 fn refused_publish_evicts_nothing(v: ProtocolVersion) {
@@ -3155,6 +3181,7 @@ both!(
     offline_queue_sent_in_order,
     full_queue_evicts_lowest_priority_oldest,
     full_queue_bytes_bound,
+    try_publish_evicts_only_lower_priority,
     in_flight_messages_are_never_evicted,
     refused_publish_evicts_nothing,
     eviction_notices_are_never_lost,

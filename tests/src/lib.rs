@@ -5,15 +5,25 @@
 //! - [`node`]: a driver for the npm package `mqtt-packet`, an independent MQTT codec, used for
 //!   differential tests of `mqtt-proto` (packets it generates must decode in ours to the same
 //!   fields, and packets we encode must parse in it to the same fields).
+//! - [`mosquitto`]: a private mosquitto broker per test on free loopback ports (password, TLS,
+//!   websockets, persistence; kill and restart on the same ports).
+//! - [`certs`]: a CA, a server and a client certificate generated with `rcgen`, as PEM files.
+//! - [`proxy`]: a loopback TCP proxy whose connections a test can cut mid-stream or stall.
+//! - [`peers`]: `mosquitto_pub` / `mosquitto_sub` as reference peers.
 //!
-//! `scripts/test` installs the node packages (`npm ci` in `tests/interop/`) before it runs the
-//! tests. Run it once, or `npm ci --prefix tests/interop`, before a plain `cargo test`.
+//! `scripts/test` installs mosquitto, mosquitto-clients and the node packages (`npm ci` in
+//! `tests/interop/`) before it runs the tests. Run it once (or `npm ci --prefix tests/interop` and
+//! `apt-get install mosquitto mosquitto-clients`) before a plain `cargo test`.
 
+pub mod certs;
+pub mod mosquitto;
 pub mod node;
+pub mod peers;
+pub mod proxy;
 
 /// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
 ///
-/// Under CI nothing may be skipped: a missing peer (node, later mosquitto) fails the test.
+/// Under CI nothing may be skipped: a missing peer (node, mosquitto) fails the test.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
 }

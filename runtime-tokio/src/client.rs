@@ -1,0 +1,835 @@
+//! The client handle, its driver task and handler routing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
+use mqtt_session::engine::{Engine, Failure, Output, ReadStatus, Stats};
+use mqtt_session::options::{Options, OptionsError};
+use mqtt_session::{ConnectionError, Instant};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, trace, warn};
+
+use crate::transport::Transport;
+
+pub use mqtt_session::engine::Message;
+
+/// Priority of messages published without one (1 is dropped first from a full queue, 10 last).
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// Why a client call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The queue is full (`try_publish` only; `publish` waits for room).
+    QueueFull,
+    /// The client is shutting down or was disconnected.
+    Closed,
+    /// The topic, filter or message is not valid MQTT.
+    Invalid(String),
+    /// The message is larger than the whole queue.
+    TooLarge,
+    /// The server does not support this (QoS above its maximum, retain).
+    NotSupported(ReasonCode),
+    /// The options are not valid.
+    Options(OptionsError),
+    /// The request completed with a failure.
+    Failed(Failure),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::QueueFull => f.write_str("the outgoing queue is full"),
+            ClientError::Closed => f.write_str("the client is closed"),
+            ClientError::Invalid(e) => write!(f, "invalid: {e}"),
+            ClientError::TooLarge => f.write_str("message larger than the whole queue"),
+            ClientError::NotSupported(rc) => write!(f, "not supported by the server: {rc}"),
+            ClientError::Options(e) => write!(f, "bad options: {e}"),
+            ClientError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<mqtt_session::Error> for ClientError {
+    fn from(e: mqtt_session::Error) -> Self {
+        use mqtt_session::Error as E;
+        match e {
+            E::QueueFull | E::PacketIdsExhausted | E::WouldBlock => ClientError::QueueFull,
+            E::Closed => ClientError::Closed,
+            E::TooLarge => ClientError::TooLarge,
+            E::NotSupported(rc) => ClientError::NotSupported(rc),
+            other => ClientError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// Why the first connection attempt failed (see [`Client::wait_connected`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The broker could not be reached (DNS, TCP, TLS or WebSocket set-up).
+    Unreachable(String),
+    /// The broker refused the connection (bad credentials, not authorized, ...).
+    Refused(ConnectionError),
+    /// The connection was lost before it was accepted.
+    Lost(ConnectionError),
+    /// No outcome in the time given.
+    Timeout,
+    /// The client was closed.
+    Closed,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Unreachable(e) => write!(f, "cannot reach the broker: {e}"),
+            ConnectError::Refused(e) | ConnectError::Lost(e) => write!(f, "{e}"),
+            ConnectError::Timeout => f.write_str("timed out waiting for the broker"),
+            ConnectError::Closed => f.write_str("the client is closed"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Something that happened on the connection, for those who consume raw events.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The broker accepted the connection.
+    Connected {
+        /// Whether the broker resumed the session.
+        session_present: bool,
+    },
+    /// The connection ended; the client reconnects unless it was closed.
+    Disconnected(ConnectionError),
+    /// An attempt to open the transport failed; the client tries again after the back-off.
+    ConnectFailed(String),
+    /// A message arrived.
+    Message(Message),
+}
+
+/// Where the connection stands, as [`Client::wait_connected`] sees it.
+#[derive(Debug, Clone)]
+enum Status {
+    Connecting,
+    Connected,
+    Failed(ConnectError),
+    Closed,
+}
+
+/// The completion of a publish: a future of the broker's acknowledgment.
+///
+/// QoS 0 completes once written; QoS 1 at PUBACK; QoS 2 at PUBCOMP. Dropping it does not
+/// cancel the publish.
+#[must_use = "await it to learn whether the broker acknowledged the message, or drop it"]
+pub struct Delivery(oneshot::Receiver<Result<ReasonCode, Failure>>);
+
+impl Future for Delivery {
+    type Output = Result<ReasonCode, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Failure::Closed)))
+    }
+}
+
+type Acks = Result<Vec<ReasonCode>, Failure>;
+
+/// What the engine hands back when something completes.
+enum Done {
+    Publish(oneshot::Sender<Result<ReasonCode, Failure>>),
+    Request(oneshot::Sender<Acks>),
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Handler = Arc<dyn Fn(Message) -> BoxFuture + Send + Sync>;
+
+/// What a handler may return: nothing, or a `Result` whose error is logged.
+pub trait HandlerResult {
+    /// The error to log, if any.
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl HandlerResult for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display> HandlerResult for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The identifier of a route, to remove it with [`Client::unroute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteId(u64);
+
+struct Shared {
+    engine: Mutex<Engine<Done>>,
+    options: Options,
+    epoch: tokio::time::Instant,
+    /// Wakes the driver: there is something to send, or the state changed.
+    wake: Notify,
+    /// Wakes publishers waiting for queue room, and `shutdown` waiting for completions.
+    room: Notify,
+    handlers: Mutex<HashMap<u64, Handler>>,
+    limit: Arc<Semaphore>,
+    running: AtomicUsize,
+    idle: Notify,
+    status: watch::Receiver<Status>,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Engine<Done>> {
+        // A panic while holding the lock leaves the engine consistent between calls.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Instant {
+        let ms = self.epoch.elapsed().as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+        self.epoch + Duration::from_millis(at.as_millis())
+    }
+}
+
+/// A cloneable handle to an MQTT client. Its connection runs in a [`Driver`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqtt_tokio::{Client, Options, QoS};
+/// let client = Client::spawn(Options::new("mqtt://localhost:1883")?.client_id("demo"))?;
+/// client.route("sensors/+/temperature", |msg: mqtt_tokio::Message| async move {
+///     println!("{} = {:?}", msg.topic, msg.payload);
+/// })?;
+/// client.publish("sensors/7/temperature", "21.5", QoS::AtLeastOnce, false).await?.await?;
+/// client.shutdown(std::time::Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("broker", &self.shared.options.broker)
+            .field("client_id", &self.shared.options.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The task that owns the connection: run it with `tokio::spawn(driver.run())`.
+pub struct Driver {
+    shared: Arc<Shared>,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    status: watch::Sender<Status>,
+}
+
+impl Client {
+    /// A client and its driver; nothing connects until the driver runs.
+    pub fn new(options: Options) -> Result<(Client, Driver), ClientError> {
+        options.validate().map_err(ClientError::Options)?;
+        let epoch = tokio::time::Instant::now();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            ^ std::process::id() as u64;
+        let engine = Engine::new(
+            options.session_config(),
+            options.identity(),
+            options.backoff_policy(seed),
+            options.queue_messages,
+            options.queue_bytes,
+            Instant::ZERO,
+        );
+        let (status_tx, status_rx) = watch::channel(Status::Connecting);
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(engine),
+            limit: Arc::new(Semaphore::new(options.handler_concurrency)),
+            options,
+            epoch,
+            wake: Notify::new(),
+            room: Notify::new(),
+            handlers: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
+            status: status_rx,
+        });
+        let driver = Driver {
+            shared: shared.clone(),
+            events: None,
+            status: status_tx,
+        };
+        Ok((Client { shared }, driver))
+    }
+
+    /// A client whose driver runs on a spawned tokio task.
+    pub fn spawn(options: Options) -> Result<Client, ClientError> {
+        let (client, driver) = Client::new(options)?;
+        tokio::spawn(driver.run());
+        Ok(client)
+    }
+
+    /// The options the client was made with.
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// Waits for the outcome of the current connection attempt: connected, refused or
+    /// unreachable (the driver keeps retrying after an error).
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ConnectError> {
+        let mut status = self.shared.status.clone();
+        let wait = async {
+            loop {
+                match &*status.borrow_and_update() {
+                    Status::Connected => return Ok(()),
+                    Status::Failed(e) => return Err(e.clone()),
+                    Status::Closed => return Err(ConnectError::Closed),
+                    Status::Connecting => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(ConnectError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(ConnectError::Timeout))
+    }
+
+    /// Queues a message if there is room, at once; the returned [`Delivery`] resolves when
+    /// the broker has it.
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Delivery, ClientError> {
+        let msg = Publish {
+            qos,
+            retain,
+            ..Publish::new(topic, payload.as_ref())
+        };
+        self.try_publish_with(&msg, DEFAULT_PRIORITY)
+    }
+
+    /// Queues a message, waiting for room in the queue; the returned [`Delivery`] resolves
+    /// when the broker has it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Delivery, ClientError> {
+        let msg = Publish {
+            qos,
+            retain,
+            ..Publish::new(topic, payload.as_ref())
+        };
+        self.publish_with(&msg, DEFAULT_PRIORITY).await
+    }
+
+    /// [`Client::publish`] for a full PUBLISH (MQTT 5 properties) with an eviction priority
+    /// (1 is dropped first from a full queue, 10 last).
+    pub async fn publish_with(
+        &self,
+        msg: &Publish<'_>,
+        priority: u8,
+    ) -> Result<Delivery, ClientError> {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_publish_with(msg, priority) {
+                Err(ClientError::QueueFull) => room.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Client::try_publish`] for a full PUBLISH with an eviction priority.
+    pub fn try_publish_with(
+        &self,
+        msg: &Publish<'_>,
+        priority: u8,
+    ) -> Result<Delivery, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let now = self.shared.now();
+        self.shared
+            .engine()
+            .publish(now, msg, priority, Done::Publish(tx))
+            .map_err(|(e, _)| ClientError::from(e))?;
+        trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
+        self.shared.wake.notify_one();
+        Ok(Delivery(rx))
+    }
+
+    /// Subscribes to filters and waits for the broker's answer: one reason code per filter
+    /// (the granted QoS, or why it was refused). Offline, the SUBSCRIBE goes out on connect.
+    pub async fn subscribe_many(
+        &self,
+        filters: &[(&str, QoS)],
+    ) -> Result<Vec<ReasonCode>, ClientError> {
+        let parsed = filters
+            .iter()
+            .map(|(f, qos)| {
+                TopicFilter::new(f)
+                    .map(|f| (f, SubscriptionOptions::new(*qos)))
+                    .map_err(|e| ClientError::Invalid(format!("topic filter {f:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = oneshot::channel();
+        let now = self.shared.now();
+        self.shared
+            .engine()
+            .subscribe(now, &parsed, Some(Done::Request(tx)))?;
+        self.shared.wake.notify_one();
+        rx.await
+            .unwrap_or(Err(Failure::Closed))
+            .map_err(ClientError::Failed)
+    }
+
+    /// Subscribes to one filter; returns the broker's reason code (granted QoS or refusal).
+    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, ClientError> {
+        let codes = self.subscribe_many(&[(filter, qos)]).await?;
+        codes
+            .first()
+            .copied()
+            .ok_or(ClientError::Failed(Failure::Refused(
+                ReasonCode::ProtocolError,
+            )))
+    }
+
+    /// Unsubscribes from filters and waits for UNSUBACK (reason codes from MQTT 5 on).
+    pub async fn unsubscribe(&self, filters: &[&str]) -> Result<Vec<ReasonCode>, ClientError> {
+        let parsed = filters
+            .iter()
+            .map(|f| {
+                TopicFilter::new(f)
+                    .map_err(|e| ClientError::Invalid(format!("topic filter {f:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = oneshot::channel();
+        let now = self.shared.now();
+        self.shared
+            .engine()
+            .unsubscribe(now, &parsed, Some(Done::Request(tx)))?;
+        self.shared.wake.notify_one();
+        rx.await
+            .unwrap_or(Err(Failure::Closed))
+            .map_err(ClientError::Failed)
+    }
+
+    /// Routes every message matching `filter` to `handler` (with every other matching handler)
+    /// and subscribes at QoS 1, now or on connect.
+    ///
+    /// Handlers run concurrently, at most `handler_concurrency` at once; an error they return,
+    /// or a panic, is logged and the client goes on. A handler may publish.
+    pub fn route<F, Fut>(&self, filter: &str, handler: F) -> Result<RouteId, ClientError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        self.route_with(filter, QoS::AtLeastOnce, handler)
+    }
+
+    /// [`Client::route`] with the subscription's QoS.
+    pub fn route_with<F, Fut>(
+        &self,
+        filter: &str,
+        qos: QoS,
+        handler: F,
+    ) -> Result<RouteId, ClientError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        let parsed = TopicFilter::new(filter)
+            .map_err(|e| ClientError::Invalid(format!("topic filter {filter:?}: {e}")))?;
+        let handler: Handler = Arc::new(move |m| {
+            let fut = handler(m);
+            Box::pin(async move { fut.await.into_result() })
+        });
+        // Lock order: handlers, then engine (the driver never holds both).
+        let mut handlers = self
+            .shared
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = self.shared.now();
+        let key = self
+            .shared
+            .engine()
+            .route(now, parsed, SubscriptionOptions::new(qos))?;
+        handlers.insert(key, handler);
+        drop(handlers);
+        self.shared.wake.notify_one();
+        Ok(RouteId(key))
+    }
+
+    /// Stops routing to a handler (the subscription stays).
+    pub fn unroute(&self, id: RouteId) -> bool {
+        let mut handlers = self
+            .shared
+            .handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        handlers.remove(&id.0);
+        self.shared.engine().unroute(id.0)
+    }
+
+    /// A snapshot of the connection state, queue and counters.
+    pub fn stats(&self) -> Stats {
+        let now = self.shared.now();
+        self.shared.engine().stats(now)
+    }
+
+    /// Handlers running now.
+    pub fn running_handlers(&self) -> usize {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Ends the session at once: DISCONNECT (if connected), no reconnect; queued messages
+    /// fail with [`Failure::Closed`]. Waits for the driver to finish.
+    pub async fn disconnect(&self) {
+        let mut outs = Vec::new();
+        self.shared.engine().disconnect(&mut outs);
+        complete(&self.shared, outs);
+        self.shared.wake.notify_one();
+        let mut status = self.shared.status.clone();
+        let _ = status.wait_for(|s| matches!(s, Status::Closed)).await;
+    }
+
+    /// Graceful shutdown: takes no new work, waits up to `timeout` for running handlers and
+    /// unacknowledged messages, then disconnects.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.shared.engine().stop_accepting();
+        let drained = async {
+            loop {
+                let idle = self.shared.idle.notified();
+                let room = self.shared.room.notified();
+                tokio::pin!(idle, room);
+                idle.as_mut().enable();
+                room.as_mut().enable();
+                if self.shared.running.load(Ordering::Acquire) == 0
+                    && self.shared.engine().is_drained()
+                {
+                    return;
+                }
+                tokio::select! {
+                    _ = idle => {}
+                    _ = room => {}
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, drained).await.is_err() {
+            warn!("shutdown: timed out waiting for handlers and acknowledgments");
+        }
+        self.disconnect().await;
+    }
+}
+
+/// Resolves the completions among `outs` (the rest is the driver's business).
+fn complete(shared: &Shared, outs: Vec<Output<Done>>) {
+    let mut freed = false;
+    for out in outs {
+        match out {
+            Output::Published {
+                completion: Done::Publish(tx),
+                result,
+            } => {
+                freed = true;
+                let _ = tx.send(result);
+            }
+            Output::Acknowledged {
+                completion: Done::Request(tx),
+                result,
+            } => {
+                freed = true;
+                let _ = tx.send(result);
+            }
+            _ => {}
+        }
+    }
+    if freed {
+        shared.room.notify_waiters();
+    }
+}
+
+impl Driver {
+    /// A stream of raw events. Unbounded, so a slow reader never stalls the connection; take it
+    /// only if you read it.
+    pub fn events(&mut self) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events = Some(tx);
+        rx
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Runs the connection until [`Client::disconnect`]: connects, reconnects with back-off,
+    /// moves messages.
+    pub async fn run(self) {
+        let span = tracing::info_span!(
+            "mqtt",
+            broker = %self.shared.options.broker,
+            client_id = %self.shared.options.client_id
+        );
+        self.run_inner().instrument(span).await;
+    }
+
+    async fn run_inner(self) {
+        let sh = self.shared.clone();
+        let mut rx = BytesMut::with_capacity(64 * 1024);
+        let mut tx = vec![0u8; 64 * 1024];
+        loop {
+            let at = {
+                let e = sh.engine();
+                if e.is_closed() {
+                    break;
+                }
+                e.reconnect_at()
+            };
+            if let Some(at) = at {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(sh.deadline(at)) => {}
+                    // A disconnect() while waiting.
+                    _ = sh.wake.notified() => continue,
+                }
+                if sh.engine().reconnect_at().is_some_and(|t| t > sh.now()) {
+                    continue;
+                }
+            }
+            debug!("connecting");
+            let connect =
+                tokio::time::timeout(sh.options.connect_timeout, Transport::connect(&sh.options));
+            let mut transport = match connect.await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    self.failed(ConnectError::Unreachable(e.to_string()));
+                    continue;
+                }
+                Err(_) => {
+                    self.failed(ConnectError::Unreachable(format!(
+                        "no connection within {:?}",
+                        sh.options.connect_timeout
+                    )));
+                    continue;
+                }
+            };
+            let start = sh.engine().start(sh.now(), &mut tx);
+            if let Err(e) = start {
+                warn!(error = %e, "cannot encode CONNECT");
+                self.failed(ConnectError::Unreachable(e.to_string()));
+                continue;
+            }
+            let written = transport.write_all(&tx).await;
+            // CONNECT is written: the transmit buffer goes back to its working size.
+            tx.resize(tx.capacity().max(64 * 1024), 0);
+            if let Err(e) = written {
+                self.failed(ConnectError::Unreachable(e.to_string()));
+                continue;
+            }
+            let error = self.connection(&mut transport, &mut rx, &mut tx).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.shutdown()).await;
+            rx.clear();
+            let mut outs = Vec::new();
+            let delay = sh.engine().transport_closed(sh.now(), &mut outs);
+            self.dispatch(outs);
+            if let Some(e) = error {
+                if !sh.engine().is_closed() {
+                    info!(error = %e, retry_in = ?delay, "connection lost");
+                }
+                self.emit(Event::Disconnected(e));
+            }
+        }
+        info!("client closed");
+        let mut outs = Vec::new();
+        sh.engine().transport_closed(sh.now(), &mut outs);
+        self.dispatch(outs);
+        let _ = self.status.send(Status::Closed);
+    }
+
+    /// An attempt failed before CONNACK: report it and schedule the next.
+    fn failed(&self, error: ConnectError) {
+        let sh = &self.shared;
+        let mut outs = Vec::new();
+        let delay = sh.engine().transport_closed(sh.now(), &mut outs);
+        self.dispatch(outs);
+        warn!(error = %error, retry_in = ?delay, "connect failed");
+        self.emit(Event::ConnectFailed(error.to_string()));
+        let _ = self.status.send(Status::Failed(error));
+    }
+
+    /// Moves packets until the connection ends; returns why it ended.
+    async fn connection(
+        &self,
+        t: &mut Transport,
+        rx: &mut BytesMut,
+        tx: &mut Vec<u8>,
+    ) -> Option<ConnectionError> {
+        let sh = &self.shared;
+        let mut lost = None;
+        loop {
+            // Everything due goes out first, in as few writes as the buffer allows.
+            loop {
+                let mut outs = Vec::new();
+                let n = sh.engine().transmit(sh.now(), tx, &mut outs);
+                lost = lost.or(self.dispatch(outs));
+                if n == 0 {
+                    break;
+                }
+                if t.write_all(&tx[..n]).await.is_err() {
+                    return Some(lost.unwrap_or(ConnectionError::TransportClosed));
+                }
+            }
+            if lost.is_some() || sh.engine().is_closed() {
+                return lost;
+            }
+            let deadline = sh.engine().poll_timeout().map(|at| sh.deadline(at));
+            tokio::select! {
+                read = t.read(rx) => match read {
+                    Ok(0) | Err(_) => return Some(ConnectionError::TransportClosed),
+                    Ok(_) => loop {
+                        let mut outs = Vec::new();
+                        let status = sh.engine().handle_read(sh.now(), rx, &mut outs);
+                        lost = lost.or(self.dispatch(outs));
+                        match status {
+                            ReadStatus::NeedMore(n) => {
+                                rx.reserve(n.max(4096));
+                                break;
+                            }
+                            ReadStatus::Closed => break,
+                            ReadStatus::TransmitFirst => {
+                                let mut outs = Vec::new();
+                                let n = sh.engine().transmit(sh.now(), tx, &mut outs);
+                                lost = lost.or(self.dispatch(outs));
+                                if n > 0 && t.write_all(&tx[..n]).await.is_err() {
+                                    return Some(ConnectionError::TransportClosed);
+                                }
+                            }
+                        }
+                    },
+                },
+                _ = sh.wake.notified() => {}
+                _ = sleep_until(deadline) => {
+                    let mut outs = Vec::new();
+                    sh.engine().handle_timeout(sh.now(), &mut outs);
+                    lost = lost.or(self.dispatch(outs));
+                }
+            }
+        }
+    }
+
+    /// Acts on outputs outside the engine lock; returns the connection's end, if one is among
+    /// them.
+    fn dispatch(&self, outs: Vec<Output<Done>>) -> Option<ConnectionError> {
+        if outs.is_empty() {
+            return None;
+        }
+        let mut lost = None;
+        let mut rest = Vec::new();
+        for out in outs {
+            match out {
+                Output::Connected { session_present } => {
+                    info!(session_present, "connected");
+                    let _ = self.status.send(Status::Connected);
+                    self.emit(Event::Connected { session_present });
+                }
+                Output::Message { message, routes } => {
+                    trace!(topic = %message.topic, payload = ?message.payload, "received");
+                    self.deliver(&message, &routes);
+                    self.emit(Event::Message(message));
+                }
+                Output::ConnectionLost(e) => {
+                    if let ConnectionError::Refused(_) = e {
+                        warn!(error = %e, "connection refused");
+                        let _ = self.status.send(Status::Failed(ConnectError::Refused(e)));
+                    } else if !matches!(*self.shared.status.borrow(), Status::Connected) {
+                        let _ = self.status.send(Status::Failed(ConnectError::Lost(e)));
+                    }
+                    lost = Some(e);
+                }
+                Output::SubscriptionNotKept => {
+                    warn!("a subscription could not be kept for restoring: the queue is full");
+                }
+                other => rest.push(other),
+            }
+        }
+        complete(&self.shared, rest);
+        lost
+    }
+
+    /// Starts a task per matching handler.
+    fn deliver(&self, message: &Message, routes: &[u64]) {
+        if routes.is_empty() {
+            return;
+        }
+        let handlers: Vec<Handler> = {
+            let map = self
+                .shared
+                .handlers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            routes.iter().filter_map(|k| map.get(k).cloned()).collect()
+        };
+        for handler in handlers {
+            let shared = self.shared.clone();
+            let message = message.clone();
+            shared.running.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                // Acquired in the task, not the driver: the driver never waits on handlers,
+                // so a handler that publishes cannot deadlock it.
+                let permit = shared.limit.clone().acquire_owned().await;
+                let topic = message.topic.clone();
+                match AssertUnwindSafe(async { handler(message).await })
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(topic, error = %e, "handler failed"),
+                    Err(_) => warn!(topic, "handler panicked"),
+                }
+                drop(permit);
+                if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    shared.idle.notify_waiters();
+                }
+            });
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
