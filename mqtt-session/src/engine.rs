@@ -394,7 +394,17 @@ impl<C> Engine<C> {
                     };
                     let message = Message { payload, ..message };
                     self.stats.received += 1;
-                    let routes = self.router.matches(&message.topic);
+                    let mut routes = self.router.matches(&message.topic);
+                    if let Some(p) = &message.properties
+                        && !p.subscription_ids.is_empty()
+                    {
+                        // Each copy goes to the routes whose subscriptions it came through.
+                        routes.retain(|k| p.subscription_ids.iter().any(|&id| u64::from(id) == *k));
+                    } else if self.version().is_v5() {
+                        // A copy for a subscription without identifier (a plain subscribe):
+                        // the routes get theirs through their own subscriptions.
+                        routes.clear();
+                    }
                     out.push(Output::Message { message, routes });
                 }
                 Some(event) => {
@@ -586,8 +596,20 @@ impl<C> Engine<C> {
         filter: TopicFilter<'_>,
         options: SubscriptionOptions,
     ) -> Result<u64, Error> {
-        self.subscribe(now, &[(filter, options)], None)?;
+        if !self.accepting {
+            return Err(Error::Closed);
+        }
         let key = self.next_route;
+        // MQTT 5: the route's key is its subscription identifier, so a message the server
+        // sends once per overlapping subscription reaches each handler once.
+        let id = u32::try_from(key).unwrap_or(0);
+        let props = [Property::SubscriptionIdentifier(id)];
+        let props: &[Property<'_>] = if self.version().is_v5() && id != 0 && id < (1 << 28) {
+            &props
+        } else {
+            &[]
+        };
+        self.session.subscribe(now, &[(filter, options)], props)?;
         self.next_route += 1;
         self.router.insert(filter, key);
         Ok(key)
