@@ -35,6 +35,10 @@ pub struct Config {
     /// Highest incoming topic alias accepted (MQTT 5; 0 refuses aliases). At most 16: their
     /// topic names share a 1 KiB table of their own.
     pub topic_alias_maximum: u16,
+    /// The Receive Maximum announced to MQTT 5 servers (0: the `RX` capacity). Announcing less
+    /// than `RX` leaves room for servers that count their quota loosely (mosquitto 2.0 frees
+    /// it at PUBREC, not PUBCOMP), instead of closing the connection with 0x93.
+    pub receive_maximum: u16,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             response_timeout: Duration::from_secs(10),
             manual_acks: false,
             topic_alias_maximum: 16,
+            receive_maximum: 0,
         }
     }
 }
@@ -528,6 +533,10 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                     .then_some(Property::SessionExpiryInterval(self.cfg.session_expiry)),
                 u16::try_from(RX)
                     .ok()
+                    .map(|rx| match self.cfg.receive_maximum {
+                        0 => rx,
+                        n => n.min(rx),
+                    })
                     .filter(|&n| n > 0 && n < u16::MAX)
                     .map(Property::ReceiveMaximum),
                 (self.cfg.max_packet_size != u32::MAX)

@@ -37,8 +37,9 @@ use crate::{
     Read, Router, State,
 };
 
-/// Received QoS 2 messages in progress at once (the MQTT 5 Receive Maximum we announce).
-pub const RECEIVE_MAXIMUM: usize = 128;
+/// Received QoS 2 messages the session can track at once: eight times the Receive Maximum
+/// the options announce by default, for brokers that overshoot it.
+pub const RECEIVE_MAXIMUM: usize = 1024;
 
 /// The session type an engine drives.
 pub type EngineSession = HeapClient<RECEIVE_MAXIMUM>;
@@ -400,11 +401,9 @@ impl<C> Engine<C> {
                     {
                         // Each copy goes to the routes whose subscriptions it came through.
                         routes.retain(|k| p.subscription_ids.iter().any(|&id| u64::from(id) == *k));
-                    } else if self.version().is_v5() {
-                        // A copy for a subscription without identifier (a plain subscribe):
-                        // the routes get theirs through their own subscriptions.
-                        routes.clear();
                     }
+                    // Without identifiers (MQTT 3.x, a plain subscribe, or a broker that lost
+                    // them in a restart) every matching route gets it: better twice than never.
                     out.push(Output::Message { message, routes });
                 }
                 Some(event) => {

@@ -69,6 +69,9 @@
 //! - [`options`] (feature `std`): connection options of the `std` runtimes (broker URL, TLS
 //!   files, limits), parsed from URLs, TOML and `MQTT_*` variables.
 //! - [`router`] (feature `alloc`): maps topic filters to handler keys with a trie on levels.
+//! - [`runtime`] (feature `std`): the client API types and the [`runtime::Core`] (engine,
+//!   handlers) that the tokio and smol clients wrap.
+//! - [`tls`] (feature `rustls`): the rustls client configuration of the `std` runtimes.
 #![no_std]
 #![cfg_attr(
     not(test),
@@ -94,8 +97,12 @@ pub mod options;
 pub mod packet_id;
 #[cfg(feature = "alloc")]
 pub mod router;
+#[cfg(feature = "std")]
+pub mod runtime;
 pub mod store;
 pub mod time;
+#[cfg(feature = "rustls")]
+pub mod tls;
 
 pub use backoff::Backoff;
 #[cfg(feature = "alloc")]

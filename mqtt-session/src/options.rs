@@ -1,6 +1,9 @@
 //! Connection options of the `std` runtimes: the broker URL, identity, limits and TLS files.
 //!
 //! Pure data and parsing: the runtimes read files and the environment and open sockets.
+//!
+//! With the `config` feature, `Options::from_toml_str` reads a TOML document and
+//! `Options::apply_env` applies `MQTT_*` variables (see `ENV_VARS`).
 
 use std::fmt;
 use std::format;
@@ -448,6 +451,8 @@ impl Options {
             inflight: self.inflight,
             max_packet_size: self.max_packet_size,
             response_timeout: self.response_timeout,
+            // The session tracks 1024; announcing 128 tolerates brokers that overshoot.
+            receive_maximum: 128,
             ..Config::default()
         }
     }
@@ -465,6 +470,478 @@ impl Options {
     /// The reconnect back-off, with jitter from `seed`.
     pub fn backoff_policy(&self, seed: u64) -> Backoff {
         Backoff::new(self.backoff_min, self.backoff_max, seed)
+    }
+}
+
+/// The broker URL used when neither a file nor the environment names one.
+pub const DEFAULT_URL: &str = "mqtt://localhost:1883";
+
+/// The environment variables [`Options::apply_env`] reads, with what they set.
+#[cfg(feature = "config")]
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("MQTT_URL", "broker URL (mqtt://, mqtts://, ws://, wss://)"),
+    ("MQTT_CLIENT_ID", "client identifier"),
+    ("MQTT_USERNAME", "user name"),
+    ("MQTT_PASSWORD", "password"),
+    ("MQTT_VERSION", "protocol version: 3.1.1 or 5"),
+    ("MQTT_KEEP_ALIVE", "keep-alive in seconds"),
+    ("MQTT_CLEAN_START", "true or false"),
+    ("MQTT_SESSION_EXPIRY", "session expiry in seconds (MQTT 5)"),
+    ("MQTT_INFLIGHT", "most unacknowledged QoS 1/2 messages"),
+    ("MQTT_MAX_PACKET_SIZE", "largest packet accepted, in bytes"),
+    ("MQTT_QUEUE_MESSAGES", "queue capacity in messages"),
+    ("MQTT_QUEUE_BYTES", "queue capacity in bytes"),
+    (
+        "MQTT_CONNECT_TIMEOUT",
+        "transport set-up timeout in seconds",
+    ),
+    ("MQTT_BACKOFF_MIN_MS", "shortest reconnect back-off in ms"),
+    ("MQTT_BACKOFF_MAX_MS", "longest reconnect back-off in ms"),
+    ("MQTT_HANDLER_CONCURRENCY", "handlers running at once"),
+    ("MQTT_CA_FILE", "PEM file of CA certificates to trust"),
+    ("MQTT_CERT_FILE", "PEM client certificate (mutual TLS)"),
+    ("MQTT_KEY_FILE", "PEM client key (mutual TLS)"),
+    (
+        "MQTT_SERVER_NAME",
+        "name to verify in the server certificate",
+    ),
+];
+
+/// Parses a protocol version as users write it: `3.1.1` (or `311`, `4`) and `5` (or `5.0`).
+pub fn parse_version(s: &str) -> Result<ProtocolVersion, OptionsError> {
+    let t = s.trim();
+    let t = t.strip_prefix(['v', 'V']).unwrap_or(t);
+    match t {
+        "3.1.1" | "311" | "4" => Ok(ProtocolVersion::V311),
+        "5" | "5.0" | "50" => Ok(ProtocolVersion::V5),
+        _ => Err(bad(format!(
+            "unknown protocol version {s:?} (use 3.1.1 or 5)"
+        ))),
+    }
+}
+
+#[cfg(feature = "config")]
+mod file {
+    use std::string::String;
+
+    use serde::Deserialize;
+
+    /// A version written as a string (`"3.1.1"`) or a number (`5`, `311`).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Version {
+        Text(String),
+        Number(i64),
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Tls {
+        pub ca_file: Option<String>,
+        pub cert_file: Option<String>,
+        pub key_file: Option<String>,
+        pub server_name: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Will {
+        pub topic: String,
+        #[serde(default)]
+        pub payload: String,
+        #[serde(default)]
+        pub qos: u8,
+        #[serde(default)]
+        pub retain: bool,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct File {
+        pub url: Option<String>,
+        pub client_id: Option<String>,
+        pub version: Option<Version>,
+        pub username: Option<String>,
+        pub password: Option<String>,
+        pub keep_alive_secs: Option<u64>,
+        pub clean_start: Option<bool>,
+        pub session_expiry_secs: Option<u64>,
+        pub inflight: Option<u16>,
+        pub max_packet_size: Option<u32>,
+        pub queue_messages: Option<usize>,
+        pub queue_bytes: Option<usize>,
+        pub connect_timeout_secs: Option<u64>,
+        pub backoff_min_ms: Option<u64>,
+        pub backoff_max_ms: Option<u64>,
+        pub handler_concurrency: Option<usize>,
+        pub tls: Option<Tls>,
+        pub will: Option<Will>,
+    }
+}
+
+#[cfg(feature = "config")]
+fn parse_env<T: std::str::FromStr>(name: &str, value: &str, what: &str) -> Result<T, OptionsError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("{name}={value:?}: expected {what}")))
+}
+
+#[cfg(feature = "config")]
+fn parse_bool(name: &str, value: &str) -> Result<bool, OptionsError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(format!("{name}={value:?}: expected true or false"))),
+    }
+}
+
+#[cfg(feature = "config")]
+impl Options {
+    /// Options from a TOML document, over the defaults, validated.
+    ///
+    /// Keys (all optional): `url` (default [`DEFAULT_URL`]), `client_id`, `version` (`"3.1.1"`
+    /// or `"5"`), `username`, `password`, `keep_alive_secs`, `clean_start`,
+    /// `session_expiry_secs`, `inflight`, `max_packet_size`, `queue_messages`, `queue_bytes`,
+    /// `connect_timeout_secs`, `backoff_min_ms`, `backoff_max_ms`, `handler_concurrency`; a
+    /// `[tls]` table with `ca_file`, `cert_file`, `key_file`, `server_name`; a `[will]` table
+    /// with `topic`, `payload`, `qos`, `retain`. An unknown key is an error that names it.
+    ///
+    /// ```
+    /// use mqtt_session::options::Options;
+    /// let o = Options::from_toml_str("url = \"mqtts://broker:8883\"\nclient_id = \"a\"\n[tls]\nca_file = \"/ca.pem\"")?;
+    /// assert_eq!(o.broker.port, 8883);
+    /// # Ok::<(), mqtt_session::options::OptionsError>(())
+    /// ```
+    pub fn from_toml_str(toml: &str) -> Result<Options, OptionsError> {
+        let o = Options::new(DEFAULT_URL)?.merge_toml_str(toml)?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Applies the keys of a TOML document (see [`Options::from_toml_str`]) without
+    /// validating the result, for layering file, environment and command line.
+    pub fn merge_toml_str(mut self, toml: &str) -> Result<Options, OptionsError> {
+        let f: file::File =
+            toml::from_str(toml).map_err(|e| bad(format!("config: {}", e.to_string().trim())))?;
+        if let Some(url) = f.url {
+            self.broker = url.parse()?;
+        }
+        if let Some(v) = f.client_id {
+            self.client_id = v;
+        }
+        if let Some(v) = f.version {
+            self.version = match v {
+                file::Version::Text(s) => parse_version(&s),
+                file::Version::Number(n) => parse_version(&n.to_string()),
+            }
+            .map_err(|e| bad(format!("config key `version`: {e}")))?;
+        }
+        if let Some(v) = f.username {
+            self.username = Some(v);
+        }
+        if let Some(v) = f.password {
+            self.password = Some(v);
+        }
+        if let Some(v) = f.keep_alive_secs {
+            self.keep_alive = Duration::from_secs(v);
+        }
+        if let Some(v) = f.clean_start {
+            self.clean_start = v;
+        }
+        if let Some(v) = f.session_expiry_secs {
+            self.session_expiry = Duration::from_secs(v);
+        }
+        if let Some(v) = f.inflight {
+            self.inflight = v;
+        }
+        if let Some(v) = f.max_packet_size {
+            self.max_packet_size = v;
+        }
+        if let Some(v) = f.queue_messages {
+            self.queue_messages = v;
+        }
+        if let Some(v) = f.queue_bytes {
+            self.queue_bytes = v;
+        }
+        if let Some(v) = f.connect_timeout_secs {
+            self.connect_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = f.backoff_min_ms {
+            self.backoff_min = Duration::from_millis(v);
+        }
+        if let Some(v) = f.backoff_max_ms {
+            self.backoff_max = Duration::from_millis(v);
+        }
+        if let Some(v) = f.handler_concurrency {
+            self.handler_concurrency = v;
+        }
+        if let Some(t) = f.tls {
+            if let Some(v) = t.ca_file {
+                self.tls.ca_file = Some(v.into());
+            }
+            if let Some(v) = t.cert_file {
+                self.tls.cert_file = Some(v.into());
+            }
+            if let Some(v) = t.key_file {
+                self.tls.key_file = Some(v.into());
+            }
+            if let Some(v) = t.server_name {
+                self.tls.server_name = Some(v);
+            }
+        }
+        if let Some(w) = f.will {
+            let qos = QoS::from_u8(w.qos).ok_or_else(|| {
+                bad(format!(
+                    "config key `will.qos`: {} is not a QoS (0, 1 or 2)",
+                    w.qos
+                ))
+            })?;
+            self = self.will(w.topic, w.payload.into_bytes(), qos, w.retain);
+        }
+        Ok(self)
+    }
+
+    /// Applies the `MQTT_*` variables among `vars` (see [`ENV_VARS`]), then validates.
+    ///
+    /// Pass `std::env::vars()`; other variables are ignored, and so are empty values. A value
+    /// that does not parse is an error naming the variable.
+    pub fn apply_env(
+        self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Options, OptionsError> {
+        let o = self.merge_env(vars)?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// [`Options::apply_env`] without validating the result, for layering.
+    pub fn merge_env(
+        mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Options, OptionsError> {
+        let secs = |n: &str, v: &str| parse_env::<u64>(n, v, "a number of seconds");
+        let ms = |n: &str, v: &str| parse_env::<u64>(n, v, "a number of milliseconds");
+        for (name, value) in vars {
+            if !name.starts_with("MQTT_") || value.is_empty() {
+                continue;
+            }
+            let (n, v) = (name.as_str(), value.as_str());
+            match n {
+                "MQTT_URL" => {
+                    self.broker = v.parse().map_err(|e| bad(format!("{n}: {e}")))?;
+                }
+                "MQTT_CLIENT_ID" => self.client_id = value,
+                "MQTT_USERNAME" => self.username = Some(value),
+                "MQTT_PASSWORD" => self.password = Some(value),
+                "MQTT_VERSION" => {
+                    self.version = parse_version(v).map_err(|e| bad(format!("{n}: {e}")))?;
+                }
+                "MQTT_KEEP_ALIVE" => self.keep_alive = Duration::from_secs(secs(n, v)?),
+                "MQTT_CLEAN_START" => self.clean_start = parse_bool(n, v)?,
+                "MQTT_SESSION_EXPIRY" => self.session_expiry = Duration::from_secs(secs(n, v)?),
+                "MQTT_INFLIGHT" => self.inflight = parse_env(n, v, "a number from 1 to 65535")?,
+                "MQTT_MAX_PACKET_SIZE" => {
+                    self.max_packet_size = parse_env(n, v, "a number of bytes")?;
+                }
+                "MQTT_QUEUE_MESSAGES" => {
+                    self.queue_messages = parse_env(n, v, "a number of messages")?;
+                }
+                "MQTT_QUEUE_BYTES" => self.queue_bytes = parse_env(n, v, "a number of bytes")?,
+                "MQTT_CONNECT_TIMEOUT" => {
+                    self.connect_timeout = Duration::from_secs(secs(n, v)?);
+                }
+                "MQTT_BACKOFF_MIN_MS" => self.backoff_min = Duration::from_millis(ms(n, v)?),
+                "MQTT_BACKOFF_MAX_MS" => self.backoff_max = Duration::from_millis(ms(n, v)?),
+                "MQTT_HANDLER_CONCURRENCY" => {
+                    self.handler_concurrency = parse_env(n, v, "a number")?;
+                }
+                "MQTT_CA_FILE" => self.tls.ca_file = Some(value.into()),
+                "MQTT_CERT_FILE" => self.tls.cert_file = Some(value.into()),
+                "MQTT_KEY_FILE" => self.tls.key_file = Some(value.into()),
+                "MQTT_SERVER_NAME" => self.tls.server_name = Some(value),
+                // Other tools use the prefix too: not ours to refuse.
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(all(test, feature = "config"))]
+mod config_tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_every_toml_key() {
+        let o = Options::from_toml_str(
+            r#"
+            url = "mqtts://broker.example:8884"
+            client_id = "dev-1"
+            version = "3.1.1"
+            username = "u"
+            password = "p"
+            keep_alive_secs = 15
+            clean_start = false
+            session_expiry_secs = 3600
+            inflight = 10
+            max_packet_size = 65536
+            queue_messages = 100
+            queue_bytes = 100000
+            connect_timeout_secs = 3
+            backoff_min_ms = 50
+            backoff_max_ms = 5000
+            handler_concurrency = 4
+            [tls]
+            ca_file = "/etc/ca.pem"
+            cert_file = "/etc/c.pem"
+            key_file = "/etc/k.pem"
+            server_name = "broker"
+            [will]
+            topic = "dev/1/status"
+            payload = "offline"
+            qos = 1
+            retain = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(o.broker.scheme, Scheme::Tls);
+        assert_eq!(o.broker.port, 8884);
+        assert_eq!(o.client_id, "dev-1");
+        assert_eq!(o.version, ProtocolVersion::V311);
+        assert_eq!(o.effective_username(), Some("u"));
+        assert_eq!(o.effective_password(), Some("p"));
+        assert_eq!(o.keep_alive, Duration::from_secs(15));
+        assert!(!o.clean_start);
+        assert_eq!(o.session_expiry, Duration::from_secs(3600));
+        assert_eq!((o.inflight, o.max_packet_size), (10, 65536));
+        assert_eq!((o.queue_messages, o.queue_bytes), (100, 100_000));
+        assert_eq!(o.connect_timeout, Duration::from_secs(3));
+        assert_eq!(o.backoff_min, Duration::from_millis(50));
+        assert_eq!(o.backoff_max, Duration::from_millis(5000));
+        assert_eq!(o.handler_concurrency, 4);
+        assert_eq!(o.tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(o.tls.server_name.as_deref(), Some("broker"));
+        let w = o.will.unwrap();
+        assert_eq!(
+            (w.topic.as_str(), &w.payload[..], w.qos, w.retain),
+            ("dev/1/status", &b"offline"[..], QoS::AtLeastOnce, true)
+        );
+    }
+
+    #[test]
+    fn empty_toml_gives_defaults() {
+        let o = Options::from_toml_str("").unwrap();
+        assert_eq!(o, Options::new(DEFAULT_URL).unwrap());
+        let o = Options::from_toml_str("version = 5").unwrap();
+        assert_eq!(o.version, ProtocolVersion::V5);
+    }
+
+    #[test]
+    fn toml_errors_name_the_problem() {
+        let cases = [
+            ("colour = \"red\"", "colour"),
+            ("[tls]\ncafile = \"x\"", "cafile"),
+            ("[will]\ntopic = \"t\"\nqos = 3", "will.qos"),
+            ("[will]\ntopic = \"a/#\"", "will topic"),
+            ("version = \"4.0\"", "version"),
+            ("inflight = \"many\"", "inflight"),
+            ("inflight = 0", "inflight"),
+            ("url = \"http://x\"", "scheme"),
+            (
+                "url = \"mqtt://h\"\n[tls]\nca_file = \"/ca\"",
+                "not encrypted",
+            ),
+            ("backoff_min_ms = 10\nbackoff_max_ms = 1", "back-off"),
+            ("keep_alive_secs = 70000", "keep-alive"),
+            ("url = ", "config"),
+        ];
+        for (toml, needle) in cases {
+            let e = Options::from_toml_str(toml).unwrap_err().0;
+            assert!(e.contains(needle), "{toml:?}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_and_validates() {
+        let o = Options::from_toml_str("client_id = \"file\"\nkeep_alive_secs = 5")
+            .unwrap()
+            .apply_env(env(&[
+                ("MQTT_URL", "mqtts://h:9999"),
+                ("MQTT_CLIENT_ID", "env"),
+                ("MQTT_USERNAME", "user"),
+                ("MQTT_PASSWORD", "pw"),
+                ("MQTT_VERSION", "3.1.1"),
+                ("MQTT_KEEP_ALIVE", "60"),
+                ("MQTT_CLEAN_START", "false"),
+                ("MQTT_INFLIGHT", "7"),
+                ("MQTT_CA_FILE", "/ca.pem"),
+                ("MQTT_CERT_FILE", "/c.pem"),
+                ("MQTT_KEY_FILE", "/k.pem"),
+                ("MQTT_SERVER_NAME", "srv"),
+                ("MQTT_SOMETHING_ELSE", "ignored"),
+                ("MQTT_QUEUE_BYTES", ""),
+                ("HOME", "/root"),
+            ]))
+            .unwrap();
+        assert_eq!((o.broker.host.as_str(), o.broker.port), ("h", 9999));
+        assert_eq!(o.client_id, "env");
+        assert_eq!(o.effective_username(), Some("user"));
+        assert_eq!(o.effective_password(), Some("pw"));
+        assert_eq!(o.version, ProtocolVersion::V311);
+        assert_eq!(o.keep_alive, Duration::from_secs(60));
+        assert!(!o.clean_start);
+        assert_eq!(o.inflight, 7);
+        assert_eq!(o.tls.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(o.tls.server_name.as_deref(), Some("srv"));
+        assert_eq!(
+            o.queue_bytes,
+            Options::new(DEFAULT_URL).unwrap().queue_bytes
+        );
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let base = Options::new(DEFAULT_URL).unwrap();
+        let cases = [
+            ("MQTT_KEEP_ALIVE", "soon"),
+            ("MQTT_KEEP_ALIVE", "-1"),
+            ("MQTT_VERSION", "6"),
+            ("MQTT_URL", "localhost:1883"),
+            ("MQTT_INFLIGHT", "70000"),
+            ("MQTT_CLEAN_START", "maybe"),
+            ("MQTT_BACKOFF_MIN_MS", "1.5"),
+        ];
+        for (k, v) in cases {
+            let e = base.clone().apply_env(env(&[(k, v)])).unwrap_err().0;
+            assert!(e.contains(k), "{k}={v}: {e:?}");
+        }
+        // Valid values, invalid combination: validation says why.
+        let e = base
+            .apply_env(env(&[("MQTT_CA_FILE", "/ca.pem")]))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("not encrypted"), "{e}");
+    }
+
+    #[test]
+    fn versions_parse() {
+        for (s, v) in [
+            ("3.1.1", ProtocolVersion::V311),
+            ("311", ProtocolVersion::V311),
+            ("v5", ProtocolVersion::V5),
+            ("5.0", ProtocolVersion::V5),
+        ] {
+            assert_eq!(parse_version(s).unwrap(), v);
+        }
+        assert!(parse_version("3").is_err());
     }
 }
 

@@ -270,6 +270,7 @@ fn cfg(v: ProtocolVersion) -> Config {
         manual_acks: false,
         // No incoming topic aliases unless a test offers them.
         topic_alias_maximum: 0,
+        receive_maximum: 0,
     }
 }
 

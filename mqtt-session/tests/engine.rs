@@ -328,3 +328,54 @@ fn payloads_share_the_read_buffer_and_split_packets_wait() {
         [Output::Message { message, .. }] if &message.payload[..] == b"payload"
     ));
 }
+
+/// The engine announces a Receive Maximum below what it can track, so a broker that frees
+/// its quota early (mosquitto 2.0 counts at PUBREC) does not make it close the connection.
+#[test]
+fn receive_maximum_leaves_room_for_brokers_that_overshoot() {
+    let v = ProtocolVersion::V5;
+    let cfg = Config {
+        version: v,
+        receive_maximum: 128,
+        ..Config::default()
+    };
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 7);
+    let mut t = T::new(v, 64);
+    t.e = Engine::new(
+        cfg,
+        Identity::default(),
+        backoff,
+        64,
+        64 * 1024,
+        Instant::ZERO,
+    );
+    t.e.start(t.now, &mut t.tx).unwrap();
+    let Ok(Status::Complete((Packet::Connect(c), _))) = decode(&t.tx, v, usize::MAX) else {
+        panic!("not a CONNECT")
+    };
+    assert_eq!(
+        c.properties.get(mqtt_proto::PropertyId::ReceiveMaximum),
+        Some(Property::ReceiveMaximum(128))
+    );
+    t.feed(&Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)));
+    // 200 QoS 2 messages whose PUBREL has not arrived yet: more than announced, all kept.
+    for id in 1..=200u16 {
+        let status = t.feed(&Packet::Publish(Publish {
+            qos: QoS::ExactlyOnce,
+            packet_id: PacketId::new(id),
+            ..Publish::new("q2", b"x")
+        }));
+        if status == ReadStatus::TransmitFirst {
+            let _ = t.sent();
+            let _ = t.e.handle_read(t.now, &mut t.rx, &mut t.outs);
+        }
+        let _ = t.sent();
+    }
+    assert!(t.e.is_connected());
+    let delivered = t
+        .take()
+        .iter()
+        .filter(|o| matches!(o, Output::Message { .. }))
+        .count();
+    assert_eq!(delivered, 200);
+}

@@ -1,20 +1,17 @@
 //! The client handle, its driver task and handler routing.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::FutureExt;
-use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
+use mqtt_proto::{Publish, QoS, ReasonCode};
 use mqtt_session::engine::{Engine, Failure, Output, ReadStatus, Stats};
-use mqtt_session::options::{Options, OptionsError};
+use mqtt_session::options::Options;
+use mqtt_session::runtime::{Core, HandlerFailure, Status, publish_of, run_handler};
 use mqtt_session::{ConnectionError, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, trace, warn};
@@ -22,113 +19,9 @@ use tracing::{Instrument, debug, info, trace, warn};
 use crate::transport::Transport;
 
 pub use mqtt_session::engine::Message;
-
-/// Priority of messages published without one (1 is dropped first from a full queue, 10 last).
-pub const DEFAULT_PRIORITY: u8 = 5;
-
-/// Why a client call was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The queue is full (`try_publish` only; `publish` waits for room).
-    QueueFull,
-    /// The client is shutting down or was disconnected.
-    Closed,
-    /// The topic, filter or message is not valid MQTT.
-    Invalid(String),
-    /// The message is larger than the whole queue.
-    TooLarge,
-    /// The server does not support this (QoS above its maximum, retain).
-    NotSupported(ReasonCode),
-    /// The options are not valid.
-    Options(OptionsError),
-    /// The request completed with a failure.
-    Failed(Failure),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::QueueFull => f.write_str("the outgoing queue is full"),
-            ClientError::Closed => f.write_str("the client is closed"),
-            ClientError::Invalid(e) => write!(f, "invalid: {e}"),
-            ClientError::TooLarge => f.write_str("message larger than the whole queue"),
-            ClientError::NotSupported(rc) => write!(f, "not supported by the server: {rc}"),
-            ClientError::Options(e) => write!(f, "bad options: {e}"),
-            ClientError::Failed(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<mqtt_session::Error> for ClientError {
-    fn from(e: mqtt_session::Error) -> Self {
-        use mqtt_session::Error as E;
-        match e {
-            E::QueueFull | E::PacketIdsExhausted | E::WouldBlock => ClientError::QueueFull,
-            E::Closed => ClientError::Closed,
-            E::TooLarge => ClientError::TooLarge,
-            E::NotSupported(rc) => ClientError::NotSupported(rc),
-            other => ClientError::Invalid(other.to_string()),
-        }
-    }
-}
-
-/// Why the first connection attempt failed (see [`Client::wait_connected`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// The broker could not be reached (DNS, TCP, TLS or WebSocket set-up).
-    Unreachable(String),
-    /// The broker refused the connection (bad credentials, not authorized, ...).
-    Refused(ConnectionError),
-    /// The connection was lost before it was accepted.
-    Lost(ConnectionError),
-    /// No outcome in the time given.
-    Timeout,
-    /// The client was closed.
-    Closed,
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Unreachable(e) => write!(f, "cannot reach the broker: {e}"),
-            ConnectError::Refused(e) | ConnectError::Lost(e) => write!(f, "{e}"),
-            ConnectError::Timeout => f.write_str("timed out waiting for the broker"),
-            ConnectError::Closed => f.write_str("the client is closed"),
-        }
-    }
-}
-
-impl std::error::Error for ConnectError {}
-
-/// Something that happened on the connection, for those who consume raw events.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Event {
-    /// The broker accepted the connection.
-    Connected {
-        /// Whether the broker resumed the session.
-        session_present: bool,
-    },
-    /// The connection ended; the client reconnects unless it was closed.
-    Disconnected(ConnectionError),
-    /// An attempt to open the transport failed; the client tries again after the back-off.
-    ConnectFailed(String),
-    /// A message arrived.
-    Message(Message),
-}
-
-/// Where the connection stands, as [`Client::wait_connected`] sees it.
-#[derive(Debug, Clone)]
-enum Status {
-    Connecting,
-    Connected,
-    Failed(ConnectError),
-    Closed,
-}
+pub use mqtt_session::runtime::{
+    ClientError, ConnectError, DEFAULT_PRIORITY, Event, HandlerResult, RouteId,
+};
 
 /// The completion of a publish: a future of the broker's acknowledgment.
 ///
@@ -155,50 +48,21 @@ enum Done {
     Request(oneshot::Sender<Acks>),
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-type Handler = Arc<dyn Fn(Message) -> BoxFuture + Send + Sync>;
-
-/// What a handler may return: nothing, or a `Result` whose error is logged.
-pub trait HandlerResult {
-    /// The error to log, if any.
-    fn into_result(self) -> Result<(), String>;
-}
-
-impl HandlerResult for () {
-    fn into_result(self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-impl<E: fmt::Display> HandlerResult for Result<(), E> {
-    fn into_result(self) -> Result<(), String> {
-        self.map_err(|e| e.to_string())
-    }
-}
-
-/// The identifier of a route, to remove it with [`Client::unroute`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RouteId(u64);
-
 struct Shared {
-    engine: Mutex<Engine<Done>>,
-    options: Options,
+    core: Core<Done>,
     epoch: tokio::time::Instant,
     /// Wakes the driver: there is something to send, or the state changed.
     wake: Notify,
     /// Wakes publishers waiting for queue room, and `shutdown` waiting for completions.
     room: Notify,
-    handlers: Mutex<HashMap<u64, Handler>>,
     limit: Arc<Semaphore>,
-    running: AtomicUsize,
     idle: Notify,
     status: watch::Receiver<Status>,
 }
 
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Engine<Done>> {
-        // A panic while holding the lock leaves the engine consistent between calls.
-        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+        self.core.engine()
     }
 
     fn now(&self) -> Instant {
@@ -232,8 +96,8 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("broker", &self.shared.options.broker)
-            .field("client_id", &self.shared.options.client_id)
+            .field("broker", &self.shared.core.options().broker)
+            .field("client_id", &self.shared.core.options().client_id)
             .finish_non_exhaustive()
     }
 }
@@ -248,30 +112,15 @@ pub struct Driver {
 impl Client {
     /// A client and its driver; nothing connects until the driver runs.
     pub fn new(options: Options) -> Result<(Client, Driver), ClientError> {
-        options.validate().map_err(ClientError::Options)?;
         let epoch = tokio::time::Instant::now();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            ^ std::process::id() as u64;
-        let engine = Engine::new(
-            options.session_config(),
-            options.identity(),
-            options.backoff_policy(seed),
-            options.queue_messages,
-            options.queue_bytes,
-            Instant::ZERO,
-        );
         let (status_tx, status_rx) = watch::channel(Status::Connecting);
+        let limit = Arc::new(Semaphore::new(options.handler_concurrency));
         let shared = Arc::new(Shared {
-            engine: Mutex::new(engine),
-            limit: Arc::new(Semaphore::new(options.handler_concurrency)),
-            options,
+            core: Core::new(options)?,
+            limit,
             epoch,
             wake: Notify::new(),
             room: Notify::new(),
-            handlers: Mutex::new(HashMap::new()),
-            running: AtomicUsize::new(0),
             idle: Notify::new(),
             status: status_rx,
         });
@@ -292,7 +141,7 @@ impl Client {
 
     /// The options the client was made with.
     pub fn options(&self) -> &Options {
-        &self.shared.options
+        self.shared.core.options()
     }
 
     /// Waits for the outcome of the current connection attempt: connected, refused or
@@ -301,11 +150,8 @@ impl Client {
         let mut status = self.shared.status.clone();
         let wait = async {
             loop {
-                match &*status.borrow_and_update() {
-                    Status::Connected => return Ok(()),
-                    Status::Failed(e) => return Err(e.clone()),
-                    Status::Closed => return Err(ConnectError::Closed),
-                    Status::Connecting => {}
+                if let Some(outcome) = status.borrow_and_update().outcome() {
+                    return outcome;
                 }
                 if status.changed().await.is_err() {
                     return Err(ConnectError::Closed);
@@ -326,11 +172,7 @@ impl Client {
         qos: QoS,
         retain: bool,
     ) -> Result<Delivery, ClientError> {
-        let msg = Publish {
-            qos,
-            retain,
-            ..Publish::new(topic, payload.as_ref())
-        };
+        let msg = publish_of(topic, payload.as_ref(), qos, retain);
         self.try_publish_with(&msg, DEFAULT_PRIORITY)
     }
 
@@ -343,11 +185,7 @@ impl Client {
         qos: QoS,
         retain: bool,
     ) -> Result<Delivery, ClientError> {
-        let msg = Publish {
-            qos,
-            retain,
-            ..Publish::new(topic, payload.as_ref())
-        };
+        let msg = publish_of(topic, payload.as_ref(), qos, retain);
         self.publish_with(&msg, DEFAULT_PRIORITY).await
     }
 
@@ -378,9 +216,8 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         let now = self.shared.now();
         self.shared
-            .engine()
-            .publish(now, msg, priority, Done::Publish(tx))
-            .map_err(|(e, _)| ClientError::from(e))?;
+            .core
+            .publish(now, msg, priority, Done::Publish(tx))?;
         trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
         self.shared.wake.notify_one();
         Ok(Delivery(rx))
@@ -392,19 +229,11 @@ impl Client {
         &self,
         filters: &[(&str, QoS)],
     ) -> Result<Vec<ReasonCode>, ClientError> {
-        let parsed = filters
-            .iter()
-            .map(|(f, qos)| {
-                TopicFilter::new(f)
-                    .map(|f| (f, SubscriptionOptions::new(*qos)))
-                    .map_err(|e| ClientError::Invalid(format!("topic filter {f:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = oneshot::channel();
         let now = self.shared.now();
         self.shared
-            .engine()
-            .subscribe(now, &parsed, Some(Done::Request(tx)))?;
+            .core
+            .subscribe(now, filters, Done::Request(tx))?;
         self.shared.wake.notify_one();
         rx.await
             .unwrap_or(Err(Failure::Closed))
@@ -424,18 +253,11 @@ impl Client {
 
     /// Unsubscribes from filters and waits for UNSUBACK (reason codes from MQTT 5 on).
     pub async fn unsubscribe(&self, filters: &[&str]) -> Result<Vec<ReasonCode>, ClientError> {
-        let parsed = filters
-            .iter()
-            .map(|f| {
-                TopicFilter::new(f)
-                    .map_err(|e| ClientError::Invalid(format!("topic filter {f:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = oneshot::channel();
         let now = self.shared.now();
         self.shared
-            .engine()
-            .unsubscribe(now, &parsed, Some(Done::Request(tx)))?;
+            .core
+            .unsubscribe(now, filters, Done::Request(tx))?;
         self.shared.wake.notify_one();
         rx.await
             .unwrap_or(Err(Failure::Closed))
@@ -468,49 +290,25 @@ impl Client {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
-        let parsed = TopicFilter::new(filter)
-            .map_err(|e| ClientError::Invalid(format!("topic filter {filter:?}: {e}")))?;
-        let handler: Handler = Arc::new(move |m| {
-            let fut = handler(m);
-            Box::pin(async move { fut.await.into_result() })
-        });
-        // Lock order: handlers, then engine (the driver never holds both).
-        let mut handlers = self
-            .shared
-            .handlers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         let now = self.shared.now();
-        let key = self
-            .shared
-            .engine()
-            .route(now, parsed, SubscriptionOptions::new(qos))?;
-        handlers.insert(key, handler);
-        drop(handlers);
+        let id = self.shared.core.route(now, filter, qos, handler)?;
         self.shared.wake.notify_one();
-        Ok(RouteId(key))
+        Ok(id)
     }
 
     /// Stops routing to a handler (the subscription stays).
     pub fn unroute(&self, id: RouteId) -> bool {
-        let mut handlers = self
-            .shared
-            .handlers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        handlers.remove(&id.0);
-        self.shared.engine().unroute(id.0)
+        self.shared.core.unroute(id)
     }
 
     /// A snapshot of the connection state, queue and counters.
     pub fn stats(&self) -> Stats {
-        let now = self.shared.now();
-        self.shared.engine().stats(now)
+        self.shared.core.stats(self.shared.now())
     }
 
     /// Handlers running now.
     pub fn running_handlers(&self) -> usize {
-        self.shared.running.load(Ordering::Acquire)
+        self.shared.core.running_handlers()
     }
 
     /// Ends the session at once: DISCONNECT (if connected), no reconnect; queued messages
@@ -535,9 +333,7 @@ impl Client {
                 tokio::pin!(idle, room);
                 idle.as_mut().enable();
                 room.as_mut().enable();
-                if self.shared.running.load(Ordering::Acquire) == 0
-                    && self.shared.engine().is_drained()
-                {
+                if self.shared.core.is_idle() {
                     return;
                 }
                 tokio::select! {
@@ -600,8 +396,8 @@ impl Driver {
     pub async fn run(self) {
         let span = tracing::info_span!(
             "mqtt",
-            broker = %self.shared.options.broker,
-            client_id = %self.shared.options.client_id
+            broker = %self.shared.core.options().broker,
+            client_id = %self.shared.core.options().client_id
         );
         self.run_inner().instrument(span).await;
     }
@@ -629,8 +425,10 @@ impl Driver {
                 }
             }
             debug!("connecting");
-            let connect =
-                tokio::time::timeout(sh.options.connect_timeout, Transport::connect(&sh.options));
+            let connect = tokio::time::timeout(
+                sh.core.options().connect_timeout,
+                Transport::connect(sh.core.options()),
+            );
             let mut transport = match connect.await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
@@ -640,7 +438,7 @@ impl Driver {
                 Err(_) => {
                     self.failed(ConnectError::Unreachable(format!(
                         "no connection within {:?}",
-                        sh.options.connect_timeout
+                        sh.core.options().connect_timeout
                     )));
                     continue;
                 }
@@ -739,7 +537,11 @@ impl Driver {
                         }
                     },
                 },
-                _ = sh.wake.notified() => {}
+                _ = sh.wake.notified() => {
+                    // Let publishers running beside us queue more, so one write carries many
+                    // messages (fewer system calls here and at the broker).
+                    tokio::task::yield_now().await;
+                }
                 _ = sleep_until(deadline) => {
                     let mut outs = Vec::new();
                     sh.engine().handle_timeout(sh.now(), &mut outs);
@@ -772,9 +574,10 @@ impl Driver {
                 Output::ConnectionLost(e) => {
                     if let ConnectionError::Refused(_) = e {
                         warn!(error = %e, "connection refused");
-                        let _ = self.status.send(Status::Failed(ConnectError::Refused(e)));
-                    } else if !matches!(*self.shared.status.borrow(), Status::Connected) {
-                        let _ = self.status.send(Status::Failed(ConnectError::Lost(e)));
+                    }
+                    let next = self.shared.status.borrow().after_loss(e);
+                    if let Some(status) = next {
+                        let _ = self.status.send(status);
                     }
                     lost = Some(e);
                 }
@@ -790,36 +593,22 @@ impl Driver {
 
     /// Starts a task per matching handler.
     fn deliver(&self, message: &Message, routes: &[u64]) {
-        if routes.is_empty() {
-            return;
-        }
-        let handlers: Vec<Handler> = {
-            let map = self
-                .shared
-                .handlers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            routes.iter().filter_map(|k| map.get(k).cloned()).collect()
-        };
+        let handlers = self.shared.core.handlers_for(routes);
         for handler in handlers {
             let shared = self.shared.clone();
             let message = message.clone();
-            shared.running.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(async move {
                 // Acquired in the task, not the driver: the driver never waits on handlers,
                 // so a handler that publishes cannot deadlock it.
                 let permit = shared.limit.clone().acquire_owned().await;
                 let topic = message.topic.clone();
-                match AssertUnwindSafe(async { handler(message).await })
-                    .catch_unwind()
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(topic, error = %e, "handler failed"),
-                    Err(_) => warn!(topic, "handler panicked"),
+                match run_handler(handler, message).await {
+                    Ok(()) => {}
+                    Err(HandlerFailure::Error(e)) => warn!(topic, error = %e, "handler failed"),
+                    Err(HandlerFailure::Panicked) => warn!(topic, "handler panicked"),
                 }
                 drop(permit);
-                if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if shared.core.handler_done() {
                     shared.idle.notify_waiters();
                 }
             });

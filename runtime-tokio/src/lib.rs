@@ -10,6 +10,10 @@
 //! - [`Driver`]: the task that owns the connection, reconnects with back-off and jitter,
 //!   restores subscriptions and resends what was not acknowledged.
 //! - [`MqttCodec`]: a `tokio_util` codec for those who frame MQTT themselves.
+//! - [`load_options`]: [`Options`] from a TOML file and `MQTT_*` environment variables.
+//!
+//! The package also builds the `mqtt` command-line tool (`mqtt pub`, `mqtt sub`), whose flags
+//! follow `mosquitto_pub` and `mosquitto_sub`; `mqtt --help` lists them and its exit codes.
 //!
 //! ```no_run
 //! use mqtt_tokio::{Client, Options, QoS};
@@ -37,4 +41,32 @@ pub use codec::MqttCodec;
 pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
 pub use mqtt_session::ConnectionError;
 pub use mqtt_session::engine::{Failure, MessageProperties, Stats};
-pub use mqtt_session::options::{Broker, Options, OptionsError, Scheme, TlsOptions};
+pub use mqtt_session::options::{
+    Broker, DEFAULT_URL, ENV_VARS, Options, OptionsError, Scheme, TlsOptions,
+};
+
+use std::path::Path;
+
+/// Options from a TOML file (when given) and the process's `MQTT_*` environment variables,
+/// over the defaults, validated. See [`Options::from_toml_str`] for the keys and [`ENV_VARS`]
+/// for the variables; the environment wins over the file.
+pub fn load_options(path: Option<&Path>) -> Result<Options, OptionsError> {
+    let options = load_options_unvalidated(path)?;
+    options.validate()?;
+    Ok(options)
+}
+
+/// [`load_options`] without the final validation, for callers that layer more settings (such
+/// as command-line flags) on top and validate at the end.
+pub fn load_options_unvalidated(path: Option<&Path>) -> Result<Options, OptionsError> {
+    let mut options = Options::new(DEFAULT_URL)?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            OptionsError(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        options = options
+            .merge_toml_str(&text)
+            .map_err(|e| OptionsError(format!("{}: {e}", path.display())))?;
+    }
+    options.merge_env(std::env::vars())
+}

@@ -5,9 +5,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use mqtt_session::options::{Options, Scheme};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -86,58 +83,9 @@ impl Transport {
     }
 }
 
-fn invalid(msg: String) -> io::Error {
-    io_error(io::ErrorKind::InvalidInput, msg)
-}
-
-/// The rustls client configuration: the CA file's roots (or the web PKI roots) and an
-/// optional client certificate.
-pub(crate) fn tls_config(opts: &Options) -> io::Result<rustls::ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    match &opts.tls.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| invalid(format!("CA file {}: {e}", path.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| invalid(format!("CA file {}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| invalid(format!("CA file {}: {e}", path.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(invalid(format!(
-                    "CA file {} holds no certificate",
-                    path.display()
-                )));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(format!("TLS: {e}")))?
-        .with_root_certificates(roots);
-    match (&opts.tls.cert_file, &opts.tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid(format!("certificate file {}: {e}", cert.display())))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| invalid(format!("key file {}: {e}", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| invalid(format!("client certificate: {e}")))
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
 async fn tls(opts: &Options, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-    let config = tls_config(opts)?;
-    let name = opts.tls.server_name.as_deref().unwrap_or(&opts.broker.host);
-    let name = ServerName::try_from(name.to_string())
-        .map_err(|e| invalid(format!("TLS server name {name:?}: {e}")))?;
+    let config = mqtt_session::tls::client_config(opts, |p| std::fs::read(p))?;
+    let name = mqtt_session::tls::server_name(opts)?;
     TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await

@@ -1,0 +1,456 @@
+//! What the `std` runtimes' client handles share, whatever their async ecosystem: the error
+//! and event types of their public API, the engine and handler registry behind the lock, and
+//! the decisions that do not depend on a runtime (filter parsing, connection status, handler
+//! outcomes).
+//!
+//! A runtime crate (tokio, smol) wraps a [`Core`] with its own wake-ups, timers, channels and
+//! spawning, and re-exports these types; so both clients refuse the same input with the same
+//! messages and report the same events.
+
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::fmt;
+use std::format;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::string::{String, ToString};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::vec::Vec;
+
+use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
+
+use crate::engine::{Engine, Failure, Message, Stats};
+use crate::options::{Options, OptionsError};
+use crate::{ConnectionError, Instant};
+
+/// Priority of messages published without one (1 is dropped first from a full queue, 10 last).
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// Why a client call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The queue is full (`try_publish` only; `publish` waits for room).
+    QueueFull,
+    /// The client is shutting down or was disconnected.
+    Closed,
+    /// The topic, filter or message is not valid MQTT.
+    Invalid(String),
+    /// The message is larger than the whole queue.
+    TooLarge,
+    /// The server does not support this (QoS above its maximum, retain).
+    NotSupported(ReasonCode),
+    /// The options are not valid.
+    Options(OptionsError),
+    /// The request completed with a failure.
+    Failed(Failure),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::QueueFull => f.write_str("the outgoing queue is full"),
+            ClientError::Closed => f.write_str("the client is closed"),
+            ClientError::Invalid(e) => write!(f, "invalid: {e}"),
+            ClientError::TooLarge => f.write_str("message larger than the whole queue"),
+            ClientError::NotSupported(rc) => write!(f, "not supported by the server: {rc}"),
+            ClientError::Options(e) => write!(f, "bad options: {e}"),
+            ClientError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<crate::Error> for ClientError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error as E;
+        match e {
+            E::QueueFull | E::PacketIdsExhausted | E::WouldBlock => ClientError::QueueFull,
+            E::Closed => ClientError::Closed,
+            E::TooLarge => ClientError::TooLarge,
+            E::NotSupported(rc) => ClientError::NotSupported(rc),
+            other => ClientError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// Why the first connection attempt failed (see `Client::wait_connected`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The broker could not be reached (DNS, TCP, TLS or WebSocket set-up).
+    Unreachable(String),
+    /// The broker refused the connection (bad credentials, not authorized, ...).
+    Refused(ConnectionError),
+    /// The connection was lost before it was accepted.
+    Lost(ConnectionError),
+    /// No outcome in the time given.
+    Timeout,
+    /// The client was closed.
+    Closed,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::Unreachable(e) => write!(f, "cannot reach the broker: {e}"),
+            ConnectError::Refused(e) | ConnectError::Lost(e) => write!(f, "{e}"),
+            ConnectError::Timeout => f.write_str("timed out waiting for the broker"),
+            ConnectError::Closed => f.write_str("the client is closed"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Something that happened on the connection, for those who consume raw events.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The broker accepted the connection.
+    Connected {
+        /// Whether the broker resumed the session.
+        session_present: bool,
+    },
+    /// The connection ended; the client reconnects unless it was closed.
+    Disconnected(ConnectionError),
+    /// An attempt to open the transport failed; the client tries again after the back-off.
+    ConnectFailed(String),
+    /// A message arrived.
+    Message(Message),
+}
+
+/// Where the connection stands, as `Client::wait_connected` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// The first (or current) attempt has no outcome yet.
+    Connecting,
+    /// The broker accepted the connection.
+    Connected,
+    /// The last attempt failed; the driver tries again.
+    Failed(ConnectError),
+    /// The driver finished.
+    Closed,
+}
+
+impl Status {
+    /// What `wait_connected` returns in this status; `None`: keep waiting.
+    pub fn outcome(&self) -> Option<Result<(), ConnectError>> {
+        match self {
+            Status::Connecting => None,
+            Status::Connected => Some(Ok(())),
+            Status::Failed(e) => Some(Err(e.clone())),
+            Status::Closed => Some(Err(ConnectError::Closed)),
+        }
+    }
+
+    /// The status after the connection ended with `error` (`None`: unchanged): a refusal is
+    /// always reported; another loss only before the connection was accepted.
+    pub fn after_loss(&self, error: ConnectionError) -> Option<Status> {
+        match error {
+            ConnectionError::Refused(_) => Some(Status::Failed(ConnectError::Refused(error))),
+            _ if *self != Status::Connected => Some(Status::Failed(ConnectError::Lost(error))),
+            _ => None,
+        }
+    }
+}
+
+/// What a handler may return: nothing, or a `Result` whose error is logged.
+pub trait HandlerResult {
+    /// The error to log, if any.
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl HandlerResult for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display> HandlerResult for Result<(), E> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The identifier of a route, to remove it with `Client::unroute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteId(u64);
+
+/// The future a handler gives, boxed.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A message handler, type-erased.
+pub type Handler = Arc<dyn Fn(Message) -> BoxFuture + Send + Sync>;
+
+/// How a handler ended when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerFailure {
+    /// It returned this error.
+    Error(String),
+    /// It panicked.
+    Panicked,
+}
+
+/// Runs `handler` on `message`, catching a panic: the outcome is for the runtime to log.
+pub fn run_handler(
+    handler: Handler,
+    message: Message,
+) -> impl Future<Output = Result<(), HandlerFailure>> + Send {
+    CatchUnwind(Some(handler(message)))
+}
+
+/// Polls a boxed handler future, turning a panic into [`HandlerFailure::Panicked`].
+struct CatchUnwind(Option<BoxFuture>);
+
+impl Future for CatchUnwind {
+    type Output = Result<(), HandlerFailure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.0.as_mut() else {
+            return Poll::Ready(Err(HandlerFailure::Panicked));
+        };
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(r)) => {
+                self.0 = None;
+                Poll::Ready(r.map_err(HandlerFailure::Error))
+            }
+            Err(_) => {
+                // A future that panicked is not polled again.
+                self.0 = None;
+                Poll::Ready(Err(HandlerFailure::Panicked))
+            }
+        }
+    }
+}
+
+/// Parses a topic filter, with the error message every runtime gives.
+pub fn parse_filter(filter: &str) -> Result<TopicFilter<'_>, ClientError> {
+    TopicFilter::new(filter)
+        .map_err(|e| ClientError::Invalid(format!("topic filter {filter:?}: {e}")))
+}
+
+/// A PUBLISH of `payload` to `topic`, without properties.
+pub fn publish_of<'a>(topic: &'a str, payload: &'a [u8], qos: QoS, retain: bool) -> Publish<'a> {
+    Publish {
+        qos,
+        retain,
+        ..Publish::new(topic, payload)
+    }
+}
+
+/// A back-off jitter seed from the wall clock and the process id.
+pub fn jitter_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
+
+/// The engine, the handlers and the options a runtime's client handles and driver share.
+///
+/// Every method takes the current time from the runtime's clock and never blocks beyond a
+/// short lock; the runtime wakes its driver after calls that queue packets.
+pub struct Core<C> {
+    engine: Mutex<Engine<C>>,
+    handlers: Mutex<HashMap<u64, Handler>>,
+    running: AtomicUsize,
+    options: Options,
+}
+
+impl<C> Core<C> {
+    /// A core for valid `options`, its engine connecting at [`Instant::ZERO`].
+    pub fn new(options: Options) -> Result<Self, ClientError> {
+        options.validate().map_err(ClientError::Options)?;
+        let engine = Engine::new(
+            options.session_config(),
+            options.identity(),
+            options.backoff_policy(jitter_seed()),
+            options.queue_messages,
+            options.queue_bytes,
+            Instant::ZERO,
+        );
+        Ok(Core {
+            engine: Mutex::new(engine),
+            handlers: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+            options,
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The engine, locked. Never hold it across an await.
+    pub fn engine(&self) -> MutexGuard<'_, Engine<C>> {
+        // A panic while holding the lock leaves the engine consistent between calls.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handlers(&self) -> MutexGuard<'_, HashMap<u64, Handler>> {
+        self.handlers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a publish whose completion is `completion`.
+    pub fn publish(
+        &self,
+        now: Instant,
+        msg: &Publish<'_>,
+        priority: u8,
+        completion: C,
+    ) -> Result<(), ClientError> {
+        self.engine()
+            .publish(now, msg, priority, completion)
+            .map_err(|(e, _)| ClientError::from(e))
+    }
+
+    /// Queues a SUBSCRIBE to `filters`, each at its QoS.
+    pub fn subscribe(
+        &self,
+        now: Instant,
+        filters: &[(&str, QoS)],
+        completion: C,
+    ) -> Result<(), ClientError> {
+        let parsed = filters
+            .iter()
+            .map(|(f, qos)| parse_filter(f).map(|f| (f, SubscriptionOptions::new(*qos))))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.engine().subscribe(now, &parsed, Some(completion))?;
+        Ok(())
+    }
+
+    /// Queues an UNSUBSCRIBE from `filters`.
+    pub fn unsubscribe(
+        &self,
+        now: Instant,
+        filters: &[&str],
+        completion: C,
+    ) -> Result<(), ClientError> {
+        let parsed = filters
+            .iter()
+            .map(|f| parse_filter(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.engine().unsubscribe(now, &parsed, Some(completion))?;
+        Ok(())
+    }
+
+    /// Routes messages matching `filter` to `handler` and subscribes at `qos`.
+    pub fn route<F, Fut>(
+        &self,
+        now: Instant,
+        filter: &str,
+        qos: QoS,
+        handler: F,
+    ) -> Result<RouteId, ClientError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
+        let parsed = parse_filter(filter)?;
+        let handler: Handler = Arc::new(move |m| {
+            let fut = handler(m);
+            Box::pin(async move { fut.await.into_result() })
+        });
+        // Lock order: handlers, then engine (the driver never holds both).
+        let mut handlers = self.handlers();
+        let key = self
+            .engine()
+            .route(now, parsed, SubscriptionOptions::new(qos))?;
+        handlers.insert(key, handler);
+        Ok(RouteId(key))
+    }
+
+    /// Stops routing to a handler (the subscription stays).
+    pub fn unroute(&self, id: RouteId) -> bool {
+        let mut handlers = self.handlers();
+        handlers.remove(&id.0);
+        self.engine().unroute(id.0)
+    }
+
+    /// The handlers of these route keys (from [`crate::engine::Output::Message`]), each
+    /// counted as running until [`Core::handler_done`].
+    pub fn handlers_for(&self, routes: &[u64]) -> Vec<Handler> {
+        if routes.is_empty() {
+            return Vec::new();
+        }
+        let found: Vec<Handler> = {
+            let map = self.handlers();
+            routes.iter().filter_map(|k| map.get(k).cloned()).collect()
+        };
+        self.running.fetch_add(found.len(), Ordering::AcqRel);
+        found
+    }
+
+    /// A handler from [`Core::handlers_for`] finished; true when none runs any more.
+    pub fn handler_done(&self) -> bool {
+        self.running.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// Handlers running now.
+    pub fn running_handlers(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Whether no handler runs and every accepted message and request completed.
+    pub fn is_idle(&self) -> bool {
+        self.running_handlers() == 0 && self.engine().is_drained()
+    }
+
+    /// A snapshot of the connection state, queue and counters.
+    pub fn stats(&self, now: Instant) -> Stats {
+        self.engine().stats(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_status() {
+        let lost = ConnectionError::TransportClosed;
+        assert_eq!(Status::Connected.after_loss(lost), None);
+        assert_eq!(
+            Status::Connecting.after_loss(lost),
+            Some(Status::Failed(ConnectError::Lost(lost)))
+        );
+        let refused = ConnectionError::Refused(ReasonCode::NotAuthorized);
+        assert_eq!(
+            Status::Connected.after_loss(refused),
+            Some(Status::Failed(ConnectError::Refused(refused)))
+        );
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        let e = parse_filter("a/#/b").unwrap_err();
+        assert!(matches!(e, ClientError::Invalid(m) if m.starts_with("topic filter \"a/#/b\"")));
+    }
+
+    #[test]
+    fn panics_are_caught() {
+        let handler: Handler = Arc::new(|_| Box::pin(async { panic!("boom") }));
+        let msg = Message {
+            topic: "t".to_string(),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: None,
+        };
+        let mut fut = Box::pin(run_handler(handler, msg));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert_eq!(
+            fut.as_mut().poll(&mut cx),
+            Poll::Ready(Err(HandlerFailure::Panicked))
+        );
+    }
+}
