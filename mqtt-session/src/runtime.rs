@@ -20,11 +20,99 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::vec::Vec;
 
+use futures_channel::oneshot;
 use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
 
-use crate::engine::{Engine, Failure, Message, Stats};
+use crate::engine::{Engine, Failure, Message, Output, Stats};
 use crate::options::{Options, OptionsError};
 use crate::{ConnectionError, Instant};
+
+/// The completion a client handle gives the engine with each publish and request.
+#[derive(Debug)]
+pub enum Done {
+    /// A publish: resolves its [`Delivery`].
+    Publish(oneshot::Sender<Result<ReasonCode, Failure>>),
+    /// A SUBSCRIBE or UNSUBSCRIBE: resolves its [`Acks`].
+    Request(oneshot::Sender<Result<Vec<ReasonCode>, Failure>>),
+}
+
+impl Done {
+    /// The completion of a publish and the future it resolves.
+    pub fn publish() -> (Done, Delivery) {
+        let (tx, rx) = oneshot::channel();
+        (Done::Publish(tx), Delivery(rx))
+    }
+
+    /// The completion of a request and the future it resolves.
+    pub fn request() -> (Done, Acks) {
+        let (tx, rx) = oneshot::channel();
+        (Done::Request(tx), Acks(rx))
+    }
+}
+
+/// Resolves the completions among `outs`, ignoring the rest; returns whether any resolved
+/// (so queue room may have been freed).
+pub fn complete(outs: Vec<Output<Done>>) -> bool {
+    let mut freed = false;
+    for out in outs {
+        match out {
+            Output::Published {
+                completion: Done::Publish(tx),
+                result,
+            } => {
+                freed = true;
+                let _ = tx.send(result);
+            }
+            Output::Acknowledged {
+                completion: Done::Request(tx),
+                result,
+            } => {
+                freed = true;
+                let _ = tx.send(result);
+            }
+            _ => {}
+        }
+    }
+    freed
+}
+
+/// The completion of a publish: a future of the broker's acknowledgment.
+///
+/// QoS 0 completes once written; QoS 1 at PUBACK; QoS 2 at PUBCOMP. Dropping it does not
+/// cancel the publish.
+#[must_use = "await it to learn whether the broker acknowledged the message, or drop it"]
+pub struct Delivery(oneshot::Receiver<Result<ReasonCode, Failure>>);
+
+impl Future for Delivery {
+    type Output = Result<ReasonCode, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Failure::Closed)))
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery").finish_non_exhaustive()
+    }
+}
+
+/// The broker's answer to a SUBSCRIBE or UNSUBSCRIBE: one reason code per filter.
+#[must_use = "await it for the broker's answer"]
+pub struct Acks(oneshot::Receiver<Result<Vec<ReasonCode>, Failure>>);
+
+impl Future for Acks {
+    type Output = Result<Vec<ReasonCode>, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or(Err(Failure::Closed))
+                .map_err(ClientError::Failed)
+        })
+    }
+}
 
 /// Priority of messages published without one (1 is dropped first from a full queue, 10 last).
 pub const DEFAULT_PRIORITY: u8 = 5;

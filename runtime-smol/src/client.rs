@@ -2,59 +2,25 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant as StdInstant};
 
 use async_io::Timer;
 use bytes::BytesMut;
 use event_listener::Event as Signal;
-use futures_channel::oneshot;
 use futures_lite::future;
 use mqtt_proto::{Publish, QoS, ReasonCode};
 use mqtt_session::engine::{Failure, Message, Output, ReadStatus, Stats};
 use mqtt_session::options::{Options, OptionsError, Scheme};
 use mqtt_session::runtime::{
-    ClientError, ConnectError, Core, DEFAULT_PRIORITY, Event, HandlerFailure, HandlerResult,
-    RouteId, Status, publish_of, run_handler,
+    self, ClientError, ConnectError, Core, DEFAULT_PRIORITY, Delivery, Done, Event, HandlerFailure,
+    HandlerResult, RouteId, Status, publish_of, run_handler,
 };
 use mqtt_session::{ConnectionError, Instant};
 use smol::lock::Semaphore;
 use tracing::{Instrument, debug, info, trace, warn};
 
 use crate::transport::Transport;
-
-type Acks = Result<Vec<ReasonCode>, Failure>;
-
-/// What the engine hands back when something completes.
-enum Done {
-    Publish(oneshot::Sender<Result<ReasonCode, Failure>>),
-    Request(oneshot::Sender<Acks>),
-}
-
-/// The completion of a publish: a future of the broker's acknowledgment.
-///
-/// QoS 0 completes once written; QoS 1 at PUBACK; QoS 2 at PUBCOMP. Dropping it does not
-/// cancel the publish.
-#[must_use = "await it to learn whether the broker acknowledged the message, or drop it"]
-pub struct Delivery(oneshot::Receiver<Result<ReasonCode, Failure>>);
-
-impl Future for Delivery {
-    type Output = Result<ReasonCode, Failure>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Failure::Closed)))
-    }
-}
-
-impl fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery").finish_non_exhaustive()
-    }
-}
 
 struct Shared {
     core: Core<Done>,
@@ -253,13 +219,12 @@ impl Client {
         msg: &Publish<'_>,
         priority: u8,
     ) -> Result<Delivery, ClientError> {
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = Done::publish();
         let sh = &self.shared;
-        sh.core
-            .publish(sh.now(), msg, priority, Done::Publish(tx))?;
+        sh.core.publish(sh.now(), msg, priority, done)?;
         trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
         sh.wake();
-        Ok(Delivery(rx))
+        Ok(rx)
     }
 
     /// Subscribes to filters and waits for the broker's answer: one reason code per filter
@@ -268,13 +233,11 @@ impl Client {
         &self,
         filters: &[(&str, QoS)],
     ) -> Result<Vec<ReasonCode>, ClientError> {
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = Done::request();
         let sh = &self.shared;
-        sh.core.subscribe(sh.now(), filters, Done::Request(tx))?;
+        sh.core.subscribe(sh.now(), filters, done)?;
         sh.wake();
         rx.await
-            .unwrap_or(Err(Failure::Closed))
-            .map_err(ClientError::Failed)
     }
 
     /// Subscribes to one filter; returns the broker's reason code (granted QoS or refusal).
@@ -290,13 +253,11 @@ impl Client {
 
     /// Unsubscribes from filters and waits for UNSUBACK (reason codes from MQTT 5 on).
     pub async fn unsubscribe(&self, filters: &[&str]) -> Result<Vec<ReasonCode>, ClientError> {
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = Done::request();
         let sh = &self.shared;
-        sh.core.unsubscribe(sh.now(), filters, Done::Request(tx))?;
+        sh.core.unsubscribe(sh.now(), filters, done)?;
         sh.wake();
         rx.await
-            .unwrap_or(Err(Failure::Closed))
-            .map_err(ClientError::Failed)
     }
 
     /// Routes every message matching `filter` to `handler` (with every other matching handler)
@@ -382,29 +343,9 @@ impl Client {
     }
 }
 
-/// Resolves the completions among `outs` (the rest is the driver's business).
+/// Resolves the completions among `outs` and wakes whoever waits for queue room.
 fn complete(shared: &Shared, outs: Vec<Output<Done>>) {
-    let mut freed = false;
-    for out in outs {
-        match out {
-            Output::Published {
-                completion: Done::Publish(tx),
-                result,
-            } => {
-                freed = true;
-                let _ = tx.send(result);
-            }
-            Output::Acknowledged {
-                completion: Done::Request(tx),
-                result,
-            } => {
-                freed = true;
-                let _ = tx.send(result);
-            }
-            _ => {}
-        }
-    }
-    if freed {
+    if runtime::complete(outs) {
         shared.room.notify(usize::MAX);
     }
 }

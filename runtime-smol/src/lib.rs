@@ -31,11 +31,11 @@
 mod client;
 mod transport;
 
-pub use client::{Client, Delivery, Driver};
+pub use client::{Client, Driver};
 pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
 pub use mqtt_session::ConnectionError;
 pub use mqtt_session::engine::{Failure, Message, MessageProperties, Stats};
 pub use mqtt_session::options::{Broker, Options, OptionsError, Scheme, TlsOptions};
 pub use mqtt_session::runtime::{
-    ClientError, ConnectError, DEFAULT_PRIORITY, Event, HandlerResult, RouteId,
+    ClientError, ConnectError, DEFAULT_PRIORITY, Delivery, Event, HandlerResult, RouteId,
 };

@@ -2,51 +2,24 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mqtt_proto::{Publish, QoS, ReasonCode};
 use mqtt_session::engine::{Engine, Failure, Output, ReadStatus, Stats};
 use mqtt_session::options::Options;
-use mqtt_session::runtime::{Core, HandlerFailure, Status, publish_of, run_handler};
+use mqtt_session::runtime::{self, Core, Done, HandlerFailure, Status, publish_of, run_handler};
 use mqtt_session::{ConnectionError, Instant};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, info, trace, warn};
 
 use crate::transport::Transport;
 
 pub use mqtt_session::engine::Message;
 pub use mqtt_session::runtime::{
-    ClientError, ConnectError, DEFAULT_PRIORITY, Event, HandlerResult, RouteId,
+    ClientError, ConnectError, DEFAULT_PRIORITY, Delivery, Event, HandlerResult, RouteId,
 };
-
-/// The completion of a publish: a future of the broker's acknowledgment.
-///
-/// QoS 0 completes once written; QoS 1 at PUBACK; QoS 2 at PUBCOMP. Dropping it does not
-/// cancel the publish.
-#[must_use = "await it to learn whether the broker acknowledged the message, or drop it"]
-pub struct Delivery(oneshot::Receiver<Result<ReasonCode, Failure>>);
-
-impl Future for Delivery {
-    type Output = Result<ReasonCode, Failure>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Failure::Closed)))
-    }
-}
-
-type Acks = Result<Vec<ReasonCode>, Failure>;
-
-/// What the engine hands back when something completes.
-enum Done {
-    Publish(oneshot::Sender<Result<ReasonCode, Failure>>),
-    Request(oneshot::Sender<Acks>),
-}
 
 struct Shared {
     core: Core<Done>,
@@ -213,14 +186,12 @@ impl Client {
         msg: &Publish<'_>,
         priority: u8,
     ) -> Result<Delivery, ClientError> {
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = Done::publish();
         let now = self.shared.now();
-        self.shared
-            .core
-            .publish(now, msg, priority, Done::Publish(tx))?;
+        self.shared.core.publish(now, msg, priority, done)?;
         trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
         self.shared.wake.notify_one();
-        Ok(Delivery(rx))
+        Ok(rx)
     }
 
     /// Subscribes to filters and waits for the broker's answer: one reason code per filter
@@ -229,15 +200,11 @@ impl Client {
         &self,
         filters: &[(&str, QoS)],
     ) -> Result<Vec<ReasonCode>, ClientError> {
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = Done::request();
         let now = self.shared.now();
-        self.shared
-            .core
-            .subscribe(now, filters, Done::Request(tx))?;
+        self.shared.core.subscribe(now, filters, done)?;
         self.shared.wake.notify_one();
         rx.await
-            .unwrap_or(Err(Failure::Closed))
-            .map_err(ClientError::Failed)
     }
 
     /// Subscribes to one filter; returns the broker's reason code (granted QoS or refusal).
@@ -253,15 +220,11 @@ impl Client {
 
     /// Unsubscribes from filters and waits for UNSUBACK (reason codes from MQTT 5 on).
     pub async fn unsubscribe(&self, filters: &[&str]) -> Result<Vec<ReasonCode>, ClientError> {
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = Done::request();
         let now = self.shared.now();
-        self.shared
-            .core
-            .unsubscribe(now, filters, Done::Request(tx))?;
+        self.shared.core.unsubscribe(now, filters, done)?;
         self.shared.wake.notify_one();
         rx.await
-            .unwrap_or(Err(Failure::Closed))
-            .map_err(ClientError::Failed)
     }
 
     /// Routes every message matching `filter` to `handler` (with every other matching handler)
@@ -349,29 +312,9 @@ impl Client {
     }
 }
 
-/// Resolves the completions among `outs` (the rest is the driver's business).
+/// Resolves the completions among `outs` and wakes whoever waits for queue room.
 fn complete(shared: &Shared, outs: Vec<Output<Done>>) {
-    let mut freed = false;
-    for out in outs {
-        match out {
-            Output::Published {
-                completion: Done::Publish(tx),
-                result,
-            } => {
-                freed = true;
-                let _ = tx.send(result);
-            }
-            Output::Acknowledged {
-                completion: Done::Request(tx),
-                result,
-            } => {
-                freed = true;
-                let _ = tx.send(result);
-            }
-            _ => {}
-        }
-    }
-    if freed {
+    if runtime::complete(outs) {
         shared.room.notify_waiters();
     }
 }
