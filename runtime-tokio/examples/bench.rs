@@ -366,9 +366,24 @@ async fn rumqttc_latency(port: u16, q: u8, run: usize) -> Res<Vec<u64>> {
     Ok(lat)
 }
 
+/// The pid of the mosquitto the bench started, to read its CPU time.
+static BROKER_PID: OnceLock<u32> = OnceLock::new();
+
 /// CPU time this process has used (user + system), from `/proc/self/stat` (10 ms ticks).
 fn cpu_time() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
+    cpu_time_of("self")
+}
+
+/// CPU time the broker has used so far.
+fn broker_cpu_time() -> Duration {
+    BROKER_PID
+        .get()
+        .map_or(Duration::ZERO, |pid| cpu_time_of(&pid.to_string()))
+}
+
+/// CPU time (user + system) of a process, from `/proc/<pid>/stat` (10 ms ticks).
+fn cpu_time_of(pid: &str) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(") ")?.1.to_string();
@@ -384,7 +399,8 @@ fn cpu_time() -> Duration {
 
 // ---- the table ------------------------------------------------------------------------------
 
-/// Messages per second, and the client process's CPU microseconds per message.
+/// Messages per second, the client process's CPU microseconds per message, and the share of
+/// one core the broker used during the run.
 async fn throughput(
     kind: Kind,
     port: u16,
@@ -392,8 +408,9 @@ async fn throughput(
     size: usize,
     n: usize,
     run: usize,
-) -> Res<(f64, f64)> {
+) -> Res<(f64, f64, f64)> {
     let cpu = cpu_time();
+    let broker_cpu = broker_cpu_time();
     let fut = async {
         match kind {
             Kind::Ours => ours_throughput(port, q, size, n, run).await,
@@ -404,7 +421,8 @@ async fn throughput(
         .await
         .map_err(|_| format!("{kind:?}: no result within {RUN_LIMIT:?}"))??;
     let cpu = (cpu_time() - cpu).as_secs_f64() * 1e6 / n as f64;
-    Ok((n as f64 / took.as_secs_f64(), cpu))
+    let broker = (broker_cpu_time() - broker_cpu).as_secs_f64() / took.as_secs_f64();
+    Ok((n as f64 / took.as_secs_f64(), cpu, broker))
 }
 
 async fn latency(kind: Kind, port: u16, q: u8, run: usize) -> Res<(f64, f64)> {
@@ -447,6 +465,7 @@ fn env_f64(name: &str, default: f64) -> f64 {
 fn main() -> Res<()> {
     let broker = Mosquitto::start()?;
     let port = broker.port;
+    let _ = BROKER_PID.set(broker.child.id());
     let scale = env_f64("BENCH_SCALE", 1.0);
     let repeat = env_f64("BENCH_REPEAT", 3.0).max(1.0) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -464,6 +483,9 @@ fn main() -> Res<()> {
             "mosquitto on 127.0.0.1:{port}; best of {repeat} runs; MQTT 3.1.1, inflight {INFLIGHT}"
         );
         println!(
+            "(client CPU µs/msg ours / rumqttc; broker: mosquitto's share of one core in the best run)"
+        );
+        println!(
             "{:<12} {:>18} {:>18} {:>8}",
             "throughput", "ours", "rumqttc", "ratio"
         );
@@ -478,11 +500,19 @@ fn main() -> Res<()> {
             let n = ((n as f64 * scale) as usize).max(1000);
             let (mut ours, mut theirs) = (0f64, 0f64);
             let (mut ours_cpu, mut theirs_cpu) = (f64::MAX, f64::MAX);
+            let (mut ours_broker, mut theirs_broker) = (0f64, 0f64);
             for _ in 0..repeat {
-                let (rate, cpu) = throughput(Kind::Ours, port, q, size, n, run).await?;
+                let (rate, cpu, broker) = throughput(Kind::Ours, port, q, size, n, run).await?;
+                if rate > ours {
+                    ours_broker = broker;
+                }
                 ours = ours.max(rate);
                 ours_cpu = ours_cpu.min(cpu);
-                let (rate, cpu) = throughput(Kind::Rumqttc, port, q, size, n, run).await?;
+                let (rate, cpu, broker) =
+                    throughput(Kind::Rumqttc, port, q, size, n, run).await?;
+                if rate > theirs {
+                    theirs_broker = broker;
+                }
                 theirs = theirs.max(rate);
                 theirs_cpu = theirs_cpu.min(cpu);
                 run += 1;
@@ -493,12 +523,15 @@ fn main() -> Res<()> {
                 format!("qos{q} {size}B")
             };
             println!(
-                "{label:<12} {:>12} msg/s {:>12} msg/s {:>7.2}x   {:>5.2} / {:>5.2} us",
+                "{label:<12} {:>12} msg/s {:>12} msg/s {:>7.2}x   {:>5.2} / {:>5.2} us   \
+                 broker {:>3.0}% / {:>3.0}%",
                 grouped(ours),
                 grouped(theirs),
                 ours / theirs,
                 ours_cpu,
-                theirs_cpu
+                theirs_cpu,
+                ours_broker * 100.0,
+                theirs_broker * 100.0
             );
         }
         println!(
