@@ -20,7 +20,7 @@
 //! driver's runtime) can always publish.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
@@ -253,7 +253,7 @@ pub struct Engine<C> {
     wait: Option<Duration>,
     router: Router<u64>,
     next_route: u64,
-    publishes: BTreeMap<u32, C>,
+    publishes: ByToken<C>,
     requests: BTreeMap<u16, C>,
     accepting: bool,
     ever_connected: bool,
@@ -279,7 +279,7 @@ impl<C> Engine<C> {
             wait: None,
             router: Router::new(),
             next_route: 1,
-            publishes: BTreeMap::new(),
+            publishes: ByToken::new(),
             requests: BTreeMap::new(),
             accepting: true,
             ever_connected: false,
@@ -457,7 +457,7 @@ impl<C> Engine<C> {
             Ok(_) => self.stats.sent += 1,
             Err(_) => self.stats.dropped += 1,
         }
-        if let Some(completion) = self.publishes.remove(&token) {
+        if let Some(completion) = self.publishes.remove(token) {
             out.push(Output::Published { completion, result });
         }
     }
@@ -482,7 +482,7 @@ impl<C> Engine<C> {
 
     /// Fails every pending completion (after [`Engine::disconnect`]).
     fn fail_all(&mut self, out: &mut Vec<Output<C>>) {
-        for (_, completion) in core::mem::take(&mut self.publishes) {
+        for completion in core::mem::replace(&mut self.publishes, ByToken::new()).into_values() {
             self.stats.dropped += 1;
             out.push(Output::Published {
                 completion,
@@ -660,6 +660,71 @@ impl<C> Engine<C> {
     }
 }
 
+/// Publish completions by session token. Tokens are handed out in increasing order and
+/// mostly finish in order, so a ring starting at the oldest unfinished token costs O(1) per
+/// insert and per removal (a `BTreeMap` costs a search and rebalancing for each).
+struct ByToken<C> {
+    /// The token of the ring's front.
+    first: u32,
+    /// `None`: finished, or a token never inserted (a wrap skips 0).
+    ring: VecDeque<Option<C>>,
+    /// Tokens too far from the ring to fit it (not produced by the session; kept for safety).
+    outliers: BTreeMap<u32, C>,
+}
+
+/// How many never-inserted tokens the ring bridges before a token goes to the outliers.
+const MAX_GAP: usize = 64;
+
+impl<C> ByToken<C> {
+    fn new() -> Self {
+        ByToken {
+            first: 0,
+            ring: VecDeque::new(),
+            outliers: BTreeMap::new(),
+        }
+    }
+
+    fn insert(&mut self, token: u32, completion: C) {
+        if self.ring.is_empty() {
+            self.first = token;
+        }
+        let at = token.wrapping_sub(self.first) as usize;
+        if at < self.ring.len() || at > self.ring.len() + MAX_GAP {
+            self.outliers.insert(token, completion);
+            return;
+        }
+        while self.ring.len() < at {
+            self.ring.push_back(None);
+        }
+        self.ring.push_back(Some(completion));
+    }
+
+    fn remove(&mut self, token: u32) -> Option<C> {
+        let at = token.wrapping_sub(self.first) as usize;
+        let found = self.ring.get_mut(at).and_then(Option::take);
+        if found.is_none() {
+            return self.outliers.remove(&token);
+        }
+        while let Some(None) = self.ring.front() {
+            self.ring.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
+        found
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty() && self.outliers.is_empty()
+    }
+
+    /// Every completion, oldest token first.
+    fn into_values(self) -> impl Iterator<Item = C> {
+        self.ring
+            .into_iter()
+            .flatten()
+            .chain(self.outliers.into_values())
+    }
+}
+
 /// An event copied out of the session's borrow.
 enum Owned {
     Connected(bool),
@@ -698,5 +763,46 @@ impl Owned {
             } => Owned::Acked(packet_id, reason_codes.iter().collect()),
             _ => Owned::Other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_token_removes_in_any_order_and_shrinks_from_the_front() {
+        let mut t = ByToken::new();
+        for token in 1..=5u32 {
+            t.insert(token, token * 10);
+        }
+        assert_eq!(t.remove(3), Some(30));
+        assert_eq!(t.remove(3), None);
+        assert_eq!(t.remove(1), Some(10));
+        assert_eq!((t.first, t.ring.len()), (2, 4));
+        assert_eq!(t.remove(2), Some(20));
+        // 3 was already gone: the front moves past it.
+        assert_eq!((t.first, t.ring.len()), (4, 2));
+        assert_eq!(t.into_values().collect::<Vec<_>>(), [40, 50]);
+    }
+
+    #[test]
+    fn by_token_bridges_the_wrap_and_keeps_outliers() {
+        let mut t = ByToken::new();
+        t.insert(u32::MAX, 1);
+        // The session skips token 0 when it wraps.
+        t.insert(1, 2);
+        assert_eq!(t.ring.len(), 3);
+        // Far from the ring, or older than its front: kept aside, still found.
+        t.insert(1_000_000, 3);
+        t.insert(u32::MAX - 5, 4);
+        assert_eq!(t.outliers.len(), 2);
+        assert_eq!(t.remove(1), Some(2));
+        assert_eq!(t.remove(u32::MAX), Some(1));
+        assert!(t.ring.is_empty());
+        assert!(!t.is_empty());
+        assert_eq!(t.remove(1_000_000), Some(3));
+        assert_eq!(t.remove(u32::MAX - 5), Some(4));
+        assert!(t.is_empty());
     }
 }

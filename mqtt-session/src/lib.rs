@@ -64,14 +64,10 @@
 //! - [`backoff`]: the reconnect delay policy (exponential, bounded, full jitter from a seed).
 //! - [`packet_id`]: the packet identifier allocator shared by PUBLISH, SUBSCRIBE, UNSUBSCRIBE.
 //! - [`store`]: ordered, compacting storage of outgoing messages as encoded packets.
-//! - [`engine`] (feature `alloc`): what `std` runtimes keep around the session (completions,
-//!   routing, reconnect timing, statistics), shared by the tokio and smol clients.
-//! - [`options`] (feature `std`): connection options of the `std` runtimes (broker URL, TLS
-//!   files, limits), parsed from URLs, TOML and `MQTT_*` variables.
+//! - [`engine`] (feature `alloc`): what an allocating client keeps around the session
+//!   (completions, routing, reconnect timing, statistics), still sans-IO; the async client of
+//!   the `std` runtimes (`mqtt-client`) drives it.
 //! - [`router`] (feature `alloc`): maps topic filters to handler keys with a trie on levels.
-//! - [`runtime`] (feature `std`): the client API types and the [`runtime::Core`] (engine,
-//!   handlers) that the tokio and smol clients wrap.
-//! - [`tls`] (feature `rustls`): the rustls client configuration of the `std` runtimes.
 #![no_std]
 #![cfg_attr(
     not(test),
@@ -92,17 +88,11 @@ pub mod backoff;
 pub mod client;
 #[cfg(feature = "alloc")]
 pub mod engine;
-#[cfg(feature = "std")]
-pub mod options;
 pub mod packet_id;
 #[cfg(feature = "alloc")]
 pub mod router;
-#[cfg(feature = "std")]
-pub mod runtime;
 pub mod store;
 pub mod time;
-#[cfg(feature = "rustls")]
-pub mod tls;
 
 pub use backoff::Backoff;
 #[cfg(feature = "alloc")]

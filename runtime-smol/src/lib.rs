@@ -1,9 +1,9 @@
 //! An async MQTT 3.1.1 / 5.0 client on smol.
 //!
-//! A thin adapter over the sans-IO [`mqtt_session`] core: this crate owns the socket (TCP, or
-//! TLS with rustls), the clock (`async_io::Timer`) and the tasks; every protocol rule, and the
-//! client API's types and decisions ([`mqtt_session::runtime`]), live in the core, so this
-//! client behaves exactly like the tokio one. WebSocket URLs are refused.
+//! The client of [`mqtt_client`] on smol: this crate supplies the tasks (`smol::spawn`), the
+//! clock (`async_io::Timer`) and TCP (`async_net`); the client, TLS (rustls) and WebSocket
+//! (`ws://`, `wss://`) are written once in `mqtt-client`, over the sans-IO core, so this
+//! client behaves exactly like the tokio one.
 //!
 //! - [`Client`]: a cloneable handle. `publish` queues a message and gives back a [`Delivery`]
 //!   to await its acknowledgment; `route` sends matching messages to async handlers;
@@ -28,14 +28,86 @@
 //! # }
 //! ```
 
-mod client;
-mod transport;
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll};
 
-pub use client::{Client, Driver};
-pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
-pub use mqtt_session::ConnectionError;
-pub use mqtt_session::engine::{Failure, Message, MessageProperties, Stats};
-pub use mqtt_session::options::{Broker, Options, OptionsError, Scheme, TlsOptions};
-pub use mqtt_session::runtime::{
-    ClientError, ConnectError, DEFAULT_PRIORITY, Delivery, Event, HandlerResult, RouteId,
+use async_net::TcpStream;
+
+pub use mqtt_client::{
+    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Event, Failure,
+    HandlerResult, Message, MessageProperties, Options, OptionsError, ProtocolVersion, QoS,
+    ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
+
+/// A cloneable handle to an MQTT client whose connection runs in a [`Driver`] on smol.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqtt_smol::{Client, Options, QoS};
+/// smol::block_on(async {
+///     let client = Client::spawn(Options::new("mqtt://localhost:1883")?.client_id("demo"))?;
+///     client.route("sensors/+/temperature", |msg: mqtt_smol::Message| async move {
+///         println!("{} = {:?}", msg.topic, msg.payload);
+///     })?;
+///     client.publish("sensors/7/temperature", "21.5", QoS::AtLeastOnce, false).await?.await?;
+///     client.shutdown(std::time::Duration::from_secs(5)).await;
+///     Ok(())
+/// })
+/// # }
+/// ```
+pub type Client = mqtt_client::Client<Smol>;
+
+/// The task that owns the connection: run it with `smol::spawn(driver.run()).detach()`.
+pub type Driver = mqtt_client::Driver<Smol>;
+
+/// The smol side of the client: tasks on smol's global executor, `async_io` timers and
+/// `async_net` TCP streams.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol;
+
+/// An `async_io` timer, as the client's [`mqtt_client::Timer`].
+#[derive(Debug)]
+pub struct Timer(async_io::Timer);
+
+impl mqtt_client::Timer for Timer {
+    fn reset(&mut self, deadline: std::time::Instant) {
+        self.0.set_at(deadline);
+    }
+
+    fn poll_fire(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl mqtt_client::Runtime for Smol {
+    type Tcp = TcpStream;
+    type Timer = Timer;
+    type EventSender = async_channel::Sender<Event>;
+    type Events = async_channel::Receiver<Event>;
+
+    fn spawn<F>(task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        smol::spawn(task).detach();
+    }
+
+    fn timer(deadline: std::time::Instant) -> Timer {
+        Timer(async_io::Timer::at(deadline))
+    }
+
+    async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    fn event_channel() -> (Self::EventSender, Self::Events) {
+        async_channel::unbounded()
+    }
+
+    fn send_event(sender: &Self::EventSender, event: Event) {
+        let _ = sender.try_send(event);
+    }
+}

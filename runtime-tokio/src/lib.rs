@@ -29,23 +29,92 @@
 //! # Ok(()) }
 //! ```
 
-mod client;
 pub mod codec;
-mod transport;
 
-pub use client::{
-    Client, ClientError, ConnectError, DEFAULT_PRIORITY, Delivery, Driver, Event, HandlerResult,
-    Message, RouteId,
-};
 pub use codec::MqttCodec;
-pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
-pub use mqtt_session::ConnectionError;
-pub use mqtt_session::engine::{Failure, MessageProperties, Stats};
-pub use mqtt_session::options::{
-    Broker, DEFAULT_URL, ENV_VARS, Options, OptionsError, Scheme, TlsOptions,
+pub use mqtt_client::{
+    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, DEFAULT_URL, Delivery,
+    ENV_VARS, Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
+    ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
 
+/// A cloneable handle to an MQTT client whose connection runs in a [`Driver`] on tokio.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqtt_tokio::{Client, Options, QoS};
+/// let client = Client::spawn(Options::new("mqtt://localhost:1883")?.client_id("demo"))?;
+/// client.route("sensors/+/temperature", |msg: mqtt_tokio::Message| async move {
+///     println!("{} = {:?}", msg.topic, msg.payload);
+/// })?;
+/// client.publish("sensors/7/temperature", "21.5", QoS::AtLeastOnce, false).await?.await?;
+/// client.shutdown(std::time::Duration::from_secs(5)).await;
+/// # Ok(()) }
+/// ```
+pub type Client = mqtt_client::Client<Tokio>;
+
+/// The task that owns the connection: run it with `tokio::spawn(driver.run())`.
+pub type Driver = mqtt_client::Driver<Tokio>;
+
+/// The tokio side of the client: tasks, timers and TCP streams of the current tokio runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokio;
+
+/// A tokio sleep that can be moved.
+#[derive(Debug)]
+pub struct Timer(Pin<Box<tokio::time::Sleep>>);
+
+impl mqtt_client::Timer for Timer {
+    fn reset(&mut self, deadline: std::time::Instant) {
+        self.0.as_mut().reset(deadline.into());
+    }
+
+    fn poll_fire(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl mqtt_client::Runtime for Tokio {
+    type Tcp = Compat<TcpStream>;
+    type Timer = Timer;
+    type EventSender = mpsc::UnboundedSender<Event>;
+    type Events = mpsc::UnboundedReceiver<Event>;
+
+    fn spawn<F>(task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(task);
+    }
+
+    fn timer(deadline: std::time::Instant) -> Timer {
+        Timer(Box::pin(tokio::time::sleep_until(deadline.into())))
+    }
+
+    async fn connect_tcp(host: &str, port: u16) -> io::Result<Compat<TcpStream>> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp.compat())
+    }
+
+    fn event_channel() -> (Self::EventSender, Self::Events) {
+        mpsc::unbounded_channel()
+    }
+
+    fn send_event(sender: &Self::EventSender, event: Event) {
+        let _ = sender.send(event);
+    }
+}
+
+use std::future::Future;
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 /// Options from a TOML file (when given) and the process's `MQTT_*` environment variables,
 /// over the defaults, validated. See [`Options::from_toml_str`] for the keys and [`ENV_VARS`]

@@ -261,7 +261,7 @@ fn options(conn: &Conn, role: &str) -> Result<(Options, Option<String>), Fail> {
     if let Some(v) = &conn.version {
         let v = v.trim_start_matches("mqttv");
         o.version =
-            mqtt_session::options::parse_version(v).map_err(|e| Fail::usage(format!("-V: {e}")))?;
+            mqtt_client::options::parse_version(v).map_err(|e| Fail::usage(format!("-V: {e}")))?;
     }
     // A command-line tool reports a failed first connection instead of retrying for long.
     o.backoff_min = o.backoff_min.min(Duration::from_millis(500));

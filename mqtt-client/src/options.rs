@@ -15,8 +15,8 @@ use std::vec::Vec;
 use bytes::Bytes;
 use mqtt_proto::{ProtocolVersion, QoS, TopicName};
 
-use crate::engine::{Identity, LastWill};
-use crate::{Backoff, Config};
+use mqtt_session::engine::{Identity, LastWill};
+use mqtt_session::{Backoff, Config};
 
 /// How to reach the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -608,10 +608,10 @@ impl Options {
     /// with `topic`, `payload`, `qos`, `retain`. An unknown key is an error that names it.
     ///
     /// ```
-    /// use mqtt_session::options::Options;
+    /// use mqtt_client::options::Options;
     /// let o = Options::from_toml_str("url = \"mqtts://broker:8883\"\nclient_id = \"a\"\n[tls]\nca_file = \"/ca.pem\"")?;
     /// assert_eq!(o.broker.port, 8883);
-    /// # Ok::<(), mqtt_session::options::OptionsError>(())
+    /// # Ok::<(), mqtt_client::options::OptionsError>(())
     /// ```
     pub fn from_toml_str(toml: &str) -> Result<Options, OptionsError> {
         let o = Options::new(DEFAULT_URL)?.merge_toml_str(toml)?;

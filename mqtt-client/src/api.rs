@@ -1,11 +1,6 @@
-//! What the `std` runtimes' client handles share, whatever their async ecosystem: the error
-//! and event types of their public API, the engine and handler registry behind the lock, and
-//! the decisions that do not depend on a runtime (filter parsing, connection status, handler
-//! outcomes).
-//!
-//! A runtime crate (tokio, smol) wraps a [`Core`] with its own wake-ups, timers, channels and
-//! spawning, and re-exports these types; so both clients refuse the same input with the same
-//! messages and report the same events.
+//! The client API's types (errors, events, handler results) and the [`Core`] behind the
+//! lock: the engine, the publish slots, the handler registry and the decisions that do not
+//! depend on a runtime (filter parsing, connection status, handler outcomes).
 
 use std::boxed::Box;
 use std::collections::HashMap;
@@ -15,104 +10,18 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::string::{String, ToString};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::vec::Vec;
 
-use futures_channel::oneshot;
 use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
 
-use crate::engine::{Engine, Failure, Message, Output, Stats};
+use mqtt_session::engine::{Engine, Failure, Message, Stats};
+use mqtt_session::{ConnectionError, Instant};
+
+use crate::delivery::{Done, Slot, Slots};
 use crate::options::{Options, OptionsError};
-use crate::{ConnectionError, Instant};
-
-/// The completion a client handle gives the engine with each publish and request.
-#[derive(Debug)]
-pub enum Done {
-    /// A publish: resolves its [`Delivery`].
-    Publish(oneshot::Sender<Result<ReasonCode, Failure>>),
-    /// A SUBSCRIBE or UNSUBSCRIBE: resolves its [`Acks`].
-    Request(oneshot::Sender<Result<Vec<ReasonCode>, Failure>>),
-}
-
-impl Done {
-    /// The completion of a publish and the future it resolves.
-    pub fn publish() -> (Done, Delivery) {
-        let (tx, rx) = oneshot::channel();
-        (Done::Publish(tx), Delivery(rx))
-    }
-
-    /// The completion of a request and the future it resolves.
-    pub fn request() -> (Done, Acks) {
-        let (tx, rx) = oneshot::channel();
-        (Done::Request(tx), Acks(rx))
-    }
-}
-
-/// Resolves the completions among `outs`, ignoring the rest; returns whether any resolved
-/// (so queue room may have been freed).
-pub fn complete(outs: Vec<Output<Done>>) -> bool {
-    let mut freed = false;
-    for out in outs {
-        match out {
-            Output::Published {
-                completion: Done::Publish(tx),
-                result,
-            } => {
-                freed = true;
-                let _ = tx.send(result);
-            }
-            Output::Acknowledged {
-                completion: Done::Request(tx),
-                result,
-            } => {
-                freed = true;
-                let _ = tx.send(result);
-            }
-            _ => {}
-        }
-    }
-    freed
-}
-
-/// The completion of a publish: a future of the broker's acknowledgment.
-///
-/// QoS 0 completes once written; QoS 1 at PUBACK; QoS 2 at PUBCOMP. Dropping it does not
-/// cancel the publish.
-#[must_use = "await it to learn whether the broker acknowledged the message, or drop it"]
-pub struct Delivery(oneshot::Receiver<Result<ReasonCode, Failure>>);
-
-impl Future for Delivery {
-    type Output = Result<ReasonCode, Failure>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Failure::Closed)))
-    }
-}
-
-impl fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery").finish_non_exhaustive()
-    }
-}
-
-/// The broker's answer to a SUBSCRIBE or UNSUBSCRIBE: one reason code per filter.
-#[must_use = "await it for the broker's answer"]
-pub struct Acks(oneshot::Receiver<Result<Vec<ReasonCode>, Failure>>);
-
-impl Future for Acks {
-    type Output = Result<Vec<ReasonCode>, ClientError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.unwrap_or(Err(Failure::Closed))
-                .map_err(ClientError::Failed)
-        })
-    }
-}
 
 /// Priority of messages published without one (1 is dropped first from a full queue, 10 last).
 pub const DEFAULT_PRIORITY: u8 = 5;
@@ -153,9 +62,9 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-impl From<crate::Error> for ClientError {
-    fn from(e: crate::Error) -> Self {
-        use crate::Error as E;
+impl From<mqtt_session::Error> for ClientError {
+    fn from(e: mqtt_session::Error) -> Self {
+        use mqtt_session::Error as E;
         match e {
             E::QueueFull | E::PacketIdsExhausted | E::WouldBlock => ClientError::QueueFull,
             E::Closed => ClientError::Closed,
@@ -340,20 +249,46 @@ pub fn jitter_seed() -> u64 {
         ^ u64::from(std::process::id())
 }
 
-/// The engine, the handlers and the options a runtime's client handles and driver share.
+/// What is behind the client's lock: the engine and the publish slots, changed together.
+pub(crate) struct Inner {
+    /// The sans-IO engine: session, completions, routing, reconnect timing.
+    pub(crate) engine: Engine<Done>,
+    /// The slots of the publishes whose [`crate::Delivery`] is not finished.
+    pub(crate) slots: Slots,
+}
+
+/// Everything the client handles, their deliveries, the handler tasks and the driver share.
 ///
-/// Every method takes the current time from the runtime's clock and never blocks beyond a
-/// short lock; the runtime wakes its driver after calls that queue packets.
-pub struct Core<C> {
-    engine: Mutex<Engine<C>>,
+/// Every method takes the current time from [`Core::now`] and never blocks beyond a short
+/// lock; calls that queue packets wake the driver.
+pub(crate) struct Core {
+    inner: Mutex<Inner>,
     handlers: Mutex<HashMap<u64, Handler>>,
     running: AtomicUsize,
     options: Options,
+    epoch: std::time::Instant,
+    /// Wakes the driver: there is something to send, or the state changed.
+    pub(crate) wake: Wake,
+    /// Wakes publishers waiting for queue room, and `shutdown` waiting for completions.
+    pub(crate) room: event_listener::Event,
+    /// A handler finished and none runs any more.
+    pub(crate) idle: event_listener::Event,
+    status: Mutex<Status>,
+    /// The status changed.
+    pub(crate) status_changed: event_listener::Event,
+    /// Bounds the handlers running at once.
+    pub(crate) limit: Arc<async_lock::Semaphore>,
 }
 
-impl<C> Core<C> {
+/// Locks a mutex, going on after a panic elsewhere: every holder leaves the data consistent
+/// between calls.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
     /// A core for valid `options`, its engine connecting at [`Instant::ZERO`].
-    pub fn new(options: Options) -> Result<Self, ClientError> {
+    pub(crate) fn new(options: Options) -> Result<Self, ClientError> {
         options.validate().map_err(ClientError::Options)?;
         let engine = Engine::new(
             options.session_config(),
@@ -364,73 +299,128 @@ impl<C> Core<C> {
             Instant::ZERO,
         );
         Ok(Core {
-            engine: Mutex::new(engine),
+            inner: Mutex::new(Inner {
+                engine,
+                slots: Slots::new(),
+            }),
             handlers: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
+            limit: Arc::new(async_lock::Semaphore::new(options.handler_concurrency)),
             options,
+            epoch: std::time::Instant::now(),
+            wake: Wake::default(),
+            room: event_listener::Event::new(),
+            idle: event_listener::Event::new(),
+            status: Mutex::new(Status::Connecting),
+            status_changed: event_listener::Event::new(),
         })
     }
 
     /// The options.
-    pub fn options(&self) -> &Options {
+    pub(crate) fn options(&self) -> &Options {
         &self.options
     }
 
-    /// The engine, locked. Never hold it across an await.
-    pub fn engine(&self) -> MutexGuard<'_, Engine<C>> {
-        // A panic while holding the lock leaves the engine consistent between calls.
-        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    /// The engine and slots, locked. Never hold it across an await.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// The time on the engine's clock (milliseconds since the client was made).
+    pub(crate) fn now(&self) -> Instant {
+        let ms = self.epoch.elapsed().as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// The moment `at` on the runtime's clock.
+    pub(crate) fn deadline(&self, at: Instant) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_millis(at.as_millis())
+    }
+
+    /// The current connection status.
+    pub(crate) fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+
+    /// Sets the status and tells whoever waits for it.
+    pub(crate) fn set_status(&self, status: Status) {
+        *lock(&self.status) = status;
+        self.status_changed.notify(usize::MAX);
+    }
+
+    /// Waits until `done` gives a value, re-checking whenever `signal` fires.
+    pub(crate) async fn until<T>(
+        &self,
+        signal: &event_listener::Event,
+        mut done: impl FnMut() -> Option<T>,
+    ) -> T {
+        loop {
+            let listener = signal.listen();
+            if let Some(v) = done() {
+                return v;
+            }
+            listener.await;
+        }
     }
 
     fn handlers(&self) -> MutexGuard<'_, HashMap<u64, Handler>> {
-        self.handlers.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.handlers)
     }
 
-    /// Queues a publish whose completion is `completion`.
-    pub fn publish(
+    /// Queues a publish; gives the key of its slot.
+    pub(crate) fn publish(
         &self,
         now: Instant,
         msg: &Publish<'_>,
         priority: u8,
-        completion: C,
-    ) -> Result<(), ClientError> {
-        self.engine()
-            .publish(now, msg, priority, completion)
-            .map_err(|(e, _)| ClientError::from(e))
+    ) -> Result<usize, ClientError> {
+        let mut inner = self.lock();
+        let key = inner.slots.insert(Slot::Pending);
+        match inner.engine.publish(now, msg, priority, Done::Publish(key)) {
+            Ok(()) => Ok(key),
+            Err((e, _)) => {
+                inner.slots.remove(key);
+                Err(ClientError::from(e))
+            }
+        }
     }
 
     /// Queues a SUBSCRIBE to `filters`, each at its QoS.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         now: Instant,
         filters: &[(&str, QoS)],
-        completion: C,
+        completion: Done,
     ) -> Result<(), ClientError> {
         let parsed = filters
             .iter()
             .map(|(f, qos)| parse_filter(f).map(|f| (f, SubscriptionOptions::new(*qos))))
             .collect::<Result<Vec<_>, _>>()?;
-        self.engine().subscribe(now, &parsed, Some(completion))?;
+        self.lock()
+            .engine
+            .subscribe(now, &parsed, Some(completion))?;
         Ok(())
     }
 
     /// Queues an UNSUBSCRIBE from `filters`.
-    pub fn unsubscribe(
+    pub(crate) fn unsubscribe(
         &self,
         now: Instant,
         filters: &[&str],
-        completion: C,
+        completion: Done,
     ) -> Result<(), ClientError> {
         let parsed = filters
             .iter()
             .map(|f| parse_filter(f))
             .collect::<Result<Vec<_>, _>>()?;
-        self.engine().unsubscribe(now, &parsed, Some(completion))?;
+        self.lock()
+            .engine
+            .unsubscribe(now, &parsed, Some(completion))?;
         Ok(())
     }
 
     /// Routes messages matching `filter` to `handler` and subscribes at `qos`.
-    pub fn route<F, Fut>(
+    pub(crate) fn route<F, Fut>(
         &self,
         now: Instant,
         filter: &str,
@@ -450,22 +440,23 @@ impl<C> Core<C> {
         // Lock order: handlers, then engine (the driver never holds both).
         let mut handlers = self.handlers();
         let key = self
-            .engine()
+            .lock()
+            .engine
             .route(now, parsed, SubscriptionOptions::new(qos))?;
         handlers.insert(key, handler);
         Ok(RouteId(key))
     }
 
     /// Stops routing to a handler (the subscription stays).
-    pub fn unroute(&self, id: RouteId) -> bool {
+    pub(crate) fn unroute(&self, id: RouteId) -> bool {
         let mut handlers = self.handlers();
         handlers.remove(&id.0);
-        self.engine().unroute(id.0)
+        self.lock().engine.unroute(id.0)
     }
 
-    /// The handlers of these route keys (from [`crate::engine::Output::Message`]), each
-    /// counted as running until [`Core::handler_done`].
-    pub fn handlers_for(&self, routes: &[u64]) -> Vec<Handler> {
+    /// The handlers of these route keys (from [`mqtt_session::engine::Output::Message`]),
+    /// each counted as running until [`Core::handler_done`].
+    pub(crate) fn handlers_for(&self, routes: &[u64]) -> Vec<Handler> {
         if routes.is_empty() {
             return Vec::new();
         }
@@ -478,23 +469,52 @@ impl<C> Core<C> {
     }
 
     /// A handler from [`Core::handlers_for`] finished; true when none runs any more.
-    pub fn handler_done(&self) -> bool {
+    pub(crate) fn handler_done(&self) -> bool {
         self.running.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     /// Handlers running now.
-    pub fn running_handlers(&self) -> usize {
+    pub(crate) fn running_handlers(&self) -> usize {
         self.running.load(Ordering::Acquire)
     }
 
     /// Whether no handler runs and every accepted message and request completed.
-    pub fn is_idle(&self) -> bool {
-        self.running_handlers() == 0 && self.engine().is_drained()
+    pub(crate) fn is_idle(&self) -> bool {
+        self.running_handlers() == 0 && self.lock().engine.is_drained()
     }
 
     /// A snapshot of the connection state, queue and counters.
-    pub fn stats(&self, now: Instant) -> Stats {
-        self.engine().stats(now)
+    pub(crate) fn stats(&self, now: Instant) -> Stats {
+        self.lock().engine.stats(now)
+    }
+}
+
+/// The driver's wake-up: set by the handles, taken by the driver. A wake-up sent while the
+/// driver is busy is kept for its next wait, and only the first of many wakes the task.
+#[derive(Default)]
+pub(crate) struct Wake {
+    pending: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Wake {
+    /// Asks the driver to look at the engine again.
+    pub(crate) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready (and reset) when a wake-up came since the last one was taken.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 
