@@ -420,23 +420,14 @@ impl Core {
     }
 
     /// Routes messages matching `filter` to `handler` and subscribes at `qos`.
-    pub(crate) fn route<F, Fut>(
+    pub(crate) fn route(
         &self,
         now: Instant,
         filter: &str,
         qos: QoS,
-        handler: F,
-    ) -> Result<RouteId, ClientError>
-    where
-        F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerResult,
-    {
+        handler: Handler,
+    ) -> Result<RouteId, ClientError> {
         let parsed = parse_filter(filter)?;
-        let handler: Handler = Arc::new(move |m| {
-            let fut = handler(m);
-            Box::pin(async move { fut.await.into_result() })
-        });
         // Lock order: handlers, then engine (the driver never holds both).
         let mut handlers = self.handlers();
         let key = self

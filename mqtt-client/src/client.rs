@@ -14,8 +14,8 @@ use mqtt_session::engine::{Failure, Message, Output, ReadStatus, Stats};
 use tracing::{Instrument, debug, info, trace, warn};
 
 use crate::api::{
-    ClientError, ConnectError, Core, DEFAULT_PRIORITY, Event, HandlerFailure, HandlerResult,
-    RouteId, Status, publish_of, run_handler,
+    ClientError, ConnectError, Core, DEFAULT_PRIORITY, Event, Handler, HandlerFailure,
+    HandlerResult, RouteId, Status, publish_of, run_handler,
 };
 use crate::delivery::{Acks, Delivery, Done, settle};
 use crate::options::Options;
@@ -216,6 +216,10 @@ impl<R: Runtime> Client<R> {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
+        let handler: Handler = Arc::new(move |m| {
+            let fut = handler(m);
+            Box::pin(async move { fut.await.into_result() })
+        });
         let id = self.core.route(self.core.now(), filter, qos, handler)?;
         self.core.wake.wake();
         Ok(id)

@@ -27,9 +27,7 @@ pub trait Runtime: Send + Sync + 'static {
     type Events;
 
     /// Runs `task` to completion in the background.
-    fn spawn<F>(task: F)
-    where
-        F: Future<Output = ()> + Send + 'static;
+    fn spawn(task: impl Future<Output = ()> + Send + 'static);
 
     /// A timer that fires at `deadline`.
     fn timer(deadline: Instant) -> Self::Timer;

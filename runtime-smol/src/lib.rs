@@ -86,10 +86,7 @@ impl mqtt_client::Runtime for Smol {
     type EventSender = async_channel::Sender<Event>;
     type Events = async_channel::Receiver<Event>;
 
-    fn spawn<F>(task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
+    fn spawn(task: impl Future<Output = ()> + Send + 'static) {
         smol::spawn(task).detach();
     }
 

@@ -80,10 +80,7 @@ impl mqtt_client::Runtime for Tokio {
     type EventSender = mpsc::UnboundedSender<Event>;
     type Events = mpsc::UnboundedReceiver<Event>;
 
-    fn spawn<F>(task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
+    fn spawn(task: impl Future<Output = ()> + Send + 'static) {
         tokio::spawn(task);
     }
 
