@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mqtt_proto::{Publish, QoS, ReasonCode};
-use mqtt_session::ConnectionError;
+use mqtt_session::engine::Engine;
 use mqtt_session::engine::{Failure, Message, Output, ReadStatus, Stats};
+use mqtt_session::{ConnectionError, Instant};
 use tracing::{Instrument, debug, info, trace, warn};
 
 use crate::api::{
@@ -314,6 +315,12 @@ struct Buffers {
     rx: BytesMut,
     scratch: Vec<u8>,
     tx: Vec<u8>,
+    out: Outs,
+}
+
+/// What the engine gave and the tasks to wake, acted on by [`Driver::dispatch`].
+#[derive(Default)]
+struct Outs {
     outs: Vec<Output<Done>>,
     wake: Vec<Waker>,
 }
@@ -350,8 +357,7 @@ impl<R: Runtime> Driver<R> {
             rx: BytesMut::with_capacity(BUFFER),
             scratch: vec![0; BUFFER],
             tx: vec![0; BUFFER],
-            outs: Vec::new(),
-            wake: Vec::new(),
+            out: Outs::default(),
         };
         loop {
             let at = {
@@ -425,17 +431,8 @@ impl<R: Runtime> Driver<R> {
     /// The transport is closed (or never opened): tells the engine, acts on what it says and
     /// returns the wait before the next attempt.
     fn closed(&self, b: &mut Buffers) -> Duration {
-        let core = &self.core;
-        let delay = {
-            let mut inner = core.lock();
-            let delay = inner.engine.transport_closed(core.now(), &mut b.outs);
-            let inner = &mut *inner;
-            if settle(&mut inner.slots, &mut b.outs, &mut b.wake) {
-                core.room.notify(usize::MAX);
-            }
-            delay
-        };
-        self.dispatch(b);
+        let delay = self.engine(&mut b.out, |e, now, outs| e.transport_closed(now, outs));
+        self.dispatch(&mut b.out);
         delay
     }
 
@@ -447,17 +444,28 @@ impl<R: Runtime> Driver<R> {
         self.core.set_status(Status::Failed(error));
     }
 
-    /// Fills the transmit buffer with what is due and settles the completions that gives;
-    /// returns the bytes to write.
-    fn transmit(&self, b: &mut Buffers) -> usize {
+    /// Calls the engine under the lock with the time and the output list, then settles the
+    /// publish completions it gave (their tasks are woken by [`Driver::dispatch`]).
+    fn engine<T>(
+        &self,
+        out: &mut Outs,
+        f: impl FnOnce(&mut Engine<Done>, Instant, &mut Vec<Output<Done>>) -> T,
+    ) -> T {
         let core = &self.core;
         let mut inner = core.lock();
-        let n = inner.engine.transmit(core.now(), &mut b.tx, &mut b.outs);
         let inner = &mut *inner;
-        if settle(&mut inner.slots, &mut b.outs, &mut b.wake) {
+        let value = f(&mut inner.engine, core.now(), &mut out.outs);
+        if settle(&mut inner.slots, &mut out.outs, &mut out.wake) {
             core.room.notify(usize::MAX);
         }
-        n
+        value
+    }
+
+    /// Fills the transmit buffer with what is due and acts on what that gives; returns the
+    /// bytes to write and the connection's end, if it came.
+    fn transmit(&self, b: &mut Buffers) -> (usize, Option<ConnectionError>) {
+        let n = self.engine(&mut b.out, |e, now, outs| e.transmit(now, &mut b.tx, outs));
+        (n, self.dispatch(&mut b.out))
     }
 
     /// Moves packets until the connection ends; returns why it ended.
@@ -473,8 +481,8 @@ impl<R: Runtime> Driver<R> {
             // Everything due goes out first, in as few writes as the buffer allows. No wait
             // for more: while we write, publishers queue the next batch.
             loop {
-                let n = self.transmit(b);
-                lost = lost.or(self.dispatch(b));
+                let (n, end) = self.transmit(b);
+                lost = lost.or(end);
                 if n == 0 {
                     break;
                 }
@@ -518,16 +526,10 @@ impl<R: Runtime> Driver<R> {
             match woken {
                 Woken::Read(Ok(0) | Err(_)) => return Some(ConnectionError::TransportClosed),
                 Woken::Read(Ok(_)) => loop {
-                    let status = {
-                        let mut inner = core.lock();
-                        let status = inner.engine.handle_read(core.now(), &mut b.rx, &mut b.outs);
-                        let inner = &mut *inner;
-                        if settle(&mut inner.slots, &mut b.outs, &mut b.wake) {
-                            core.room.notify(usize::MAX);
-                        }
-                        status
-                    };
-                    lost = lost.or(self.dispatch(b));
+                    let rx = &mut b.rx;
+                    let status =
+                        self.engine(&mut b.out, |e, now, outs| e.handle_read(now, rx, outs));
+                    lost = lost.or(self.dispatch(&mut b.out));
                     match status {
                         ReadStatus::NeedMore(n) => {
                             b.rx.reserve(n.max(4096));
@@ -535,8 +537,8 @@ impl<R: Runtime> Driver<R> {
                         }
                         ReadStatus::Closed => break,
                         ReadStatus::TransmitFirst => {
-                            let n = self.transmit(b);
-                            lost = lost.or(self.dispatch(b));
+                            let (n, end) = self.transmit(b);
+                            lost = lost.or(end);
                             if n > 0
                                 && t.write_all(b.tx.get(..n).unwrap_or_default())
                                     .await
@@ -549,15 +551,8 @@ impl<R: Runtime> Driver<R> {
                 },
                 Woken::Wake => {}
                 Woken::Timeout => {
-                    {
-                        let mut inner = core.lock();
-                        inner.engine.handle_timeout(core.now(), &mut b.outs);
-                        let inner = &mut *inner;
-                        if settle(&mut inner.slots, &mut b.outs, &mut b.wake) {
-                            core.room.notify(usize::MAX);
-                        }
-                    }
-                    lost = lost.or(self.dispatch(b));
+                    self.engine(&mut b.out, |e, now, outs| e.handle_timeout(now, outs));
+                    lost = lost.or(self.dispatch(&mut b.out));
                 }
             }
         }
@@ -565,14 +560,14 @@ impl<R: Runtime> Driver<R> {
 
     /// Wakes the deliveries settled under the lock and acts on the other outputs; returns the
     /// connection's end, if one is among them.
-    fn dispatch(&self, b: &mut Buffers) -> Option<ConnectionError> {
-        b.wake.drain(..).for_each(Waker::wake);
-        if b.outs.is_empty() {
+    fn dispatch(&self, out: &mut Outs) -> Option<ConnectionError> {
+        out.wake.drain(..).for_each(Waker::wake);
+        if out.outs.is_empty() {
             return None;
         }
         let mut lost = None;
         let mut answered = false;
-        for out in b.outs.drain(..) {
+        for out in out.outs.drain(..) {
             match out {
                 Output::Connected { session_present } => {
                     info!(session_present, "connected");
