@@ -64,6 +64,15 @@ impl<R: Runtime> fmt::Debug for Driver<R> {
     }
 }
 
+impl<R: Runtime> Drop for Driver<R> {
+    fn drop(&mut self) {
+        // A driver that ends, or is dropped without running, releases whoever waits for it.
+        if self.core.status() != Status::Closed {
+            self.core.set_status(Status::Closed);
+        }
+    }
+}
+
 impl<R: Runtime> Client<R> {
     /// A client and its driver; nothing connects until the driver runs.
     pub fn new(options: Options) -> Result<(Client<R>, Driver<R>), ClientError> {

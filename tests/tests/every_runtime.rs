@@ -346,6 +346,30 @@ async fn tls_mutual_tls_and_websocket<R: TestRuntime>() {
     .await;
 }
 
+/// A driver dropped without running releases `wait_connected` and `disconnect` at once.
+async fn a_dropped_driver_releases_waiters<R: Runtime>() {
+    let (client, driver) = Client::<R>::new(options(
+        "mqtt://127.0.0.1:1",
+        "dropped",
+        ProtocolVersion::V5,
+    ))
+    .unwrap();
+    drop(driver);
+    let outcome = within::<R, _>(WAIT, client.wait_connected(WAIT)).await;
+    assert_eq!(outcome, Some(Err(ConnectError::Closed)));
+    assert_eq!(within::<R, _>(WAIT, client.disconnect()).await, Some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_a_dropped_driver_releases_waiters() {
+    a_dropped_driver_releases_waiters::<Tokio>().await;
+}
+
+#[test]
+fn smol_a_dropped_driver_releases_waiters() {
+    smol::block_on(a_dropped_driver_releases_waiters::<Smol>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_qos_routing_and_reconnect() {
     qos_routing_and_reconnect::<Tokio>().await;
