@@ -2,6 +2,8 @@
 //!
 //! `cargo run --release -p runtime-tokio --example bench` (needs `mosquitto` installed; set
 //! `BENCH_SCALE=0.2` for a quicker, noisier run, `BENCH_REPEAT` for more repetitions).
+//! `BENCH_PROFILE=ours` (or `rumqttc`) runs one client alone, 300 000 messages of 64 B at
+//! `BENCH_Q` (default 1), for `perf stat` / `perf record`.
 //!
 //! Both clients speak MQTT 3.1.1 with the same settings (inflight 100, 1 MiB maximum packet,
 //! TCP_NODELAY, keep-alive 30 s) on a 2-worker tokio runtime:
@@ -479,6 +481,17 @@ fn main() -> Res<()> {
         throughput(Kind::Ours, port, 1, 64, 2000, 0).await?;
         throughput(Kind::Rumqttc, port, 1, 64, 2000, 0).await?;
 
+        if let Ok(k) = std::env::var("BENCH_PROFILE") {
+            let kind = if k == "ours" { Kind::Ours } else { Kind::Rumqttc };
+            let q = env_f64("BENCH_Q", 1.0) as u8;
+            let (rate, cpu, broker) = throughput(kind, port, q, 64, 300_000, 99).await?;
+            println!(
+                "{kind:?} qos{q} 64B: {} msg/s, {cpu:.2} us/msg, broker {:.0}%",
+                grouped(rate),
+                broker * 100.0
+            );
+            return Ok(());
+        }
         println!(
             "mosquitto on 127.0.0.1:{port}; best of {repeat} runs; MQTT 3.1.1, inflight {INFLIGHT}"
         );
