@@ -768,6 +768,32 @@ impl Options {
     }
 }
 
+/// Options from a TOML file (when given) and the process's `MQTT_*` environment variables,
+/// over the defaults, validated. See [`Options::from_toml_str`] for the keys and [`ENV_VARS`]
+/// for the variables; the environment wins over the file.
+#[cfg(feature = "config")]
+pub fn load_options(path: Option<&std::path::Path>) -> Result<Options, OptionsError> {
+    let options = load_options_unvalidated(path)?;
+    options.validate()?;
+    Ok(options)
+}
+
+/// [`load_options`] without the final validation, for callers that layer more settings (such
+/// as command-line flags) on top and validate at the end.
+#[cfg(feature = "config")]
+pub fn load_options_unvalidated(path: Option<&std::path::Path>) -> Result<Options, OptionsError> {
+    let mut options = Options::new(DEFAULT_URL)?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            OptionsError(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        options = options
+            .merge_toml_str(&text)
+            .map_err(|e| OptionsError(format!("{}: {e}", path.display())))?;
+    }
+    options.merge_env(std::env::vars())
+}
+
 #[cfg(all(test, feature = "config"))]
 mod config_tests {
     use super::*;

@@ -1,8 +1,10 @@
 //! An async MQTT 3.1.1 / 5.0 client on tokio.
 //!
-//! A thin adapter over the sans-IO [`mqtt_session`] core: this crate owns the socket (TCP, TLS
-//! with rustls, WebSocket), the clock and the tasks; every protocol rule lives in the core, so
-//! this client behaves exactly like the smol and embassy ones.
+//! The client of [`mqtt_client`] on tokio: this crate supplies the tasks (`tokio::spawn`), the
+//! clock (`tokio::time`) and TCP (`tokio::net`, through `tokio_util::compat`) as the [`Tokio`]
+//! runtime; the client, TLS (rustls) and WebSocket are written once in `mqtt-client` over the
+//! sans-IO core, so this client behaves exactly like the smol one (and, protocol-wise, the
+//! embassy one).
 //!
 //! - [`Client`]: a cloneable handle. `publish` queues a message and gives back a [`Delivery`]
 //!   to await its acknowledgment; `route` sends matching messages to async handlers;
@@ -32,6 +34,7 @@
 pub mod codec;
 
 pub use codec::MqttCodec;
+pub use mqtt_client::options::{load_options, load_options_unvalidated};
 pub use mqtt_client::{
     Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, DEFAULT_URL, Delivery,
     ENV_VARS, Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
@@ -105,34 +108,9 @@ impl mqtt_client::Runtime for Tokio {
 
 use std::future::Future;
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-
-/// Options from a TOML file (when given) and the process's `MQTT_*` environment variables,
-/// over the defaults, validated. See [`Options::from_toml_str`] for the keys and [`ENV_VARS`]
-/// for the variables; the environment wins over the file.
-pub fn load_options(path: Option<&Path>) -> Result<Options, OptionsError> {
-    let options = load_options_unvalidated(path)?;
-    options.validate()?;
-    Ok(options)
-}
-
-/// [`load_options`] without the final validation, for callers that layer more settings (such
-/// as command-line flags) on top and validate at the end.
-pub fn load_options_unvalidated(path: Option<&Path>) -> Result<Options, OptionsError> {
-    let mut options = Options::new(DEFAULT_URL)?;
-    if let Some(path) = path {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            OptionsError(format!("cannot read config file {}: {e}", path.display()))
-        })?;
-        options = options
-            .merge_toml_str(&text)
-            .map_err(|e| OptionsError(format!("{}: {e}", path.display())))?;
-    }
-    options.merge_env(std::env::vars())
-}
