@@ -133,7 +133,8 @@ impl BrokerBuilder {
         self
     }
 
-    /// Adds a `protocol websockets` listener ([`Broker::ws_port`], [`Broker::ws_url`]).
+    /// Adds a `protocol websockets` listener ([`Broker::ws_port`], [`Broker::ws_url`]). With
+    /// [`BrokerBuilder::tls`] it is encrypted too, with the same certificate (`wss://`).
     pub fn websockets(mut self, on: bool) -> Self {
         self.websockets = on;
         self
@@ -307,6 +308,11 @@ impl BrokerBuilder {
             c.push_str(&format!(
                 "\nlistener {port} 127.0.0.1\nsocket_domain ipv4\nprotocol websockets\n"
             ));
+            if self.tls.is_some() {
+                c.push_str(&format!("cafile {}\n", d.join("ca.pem").display()));
+                c.push_str(&format!("certfile {}\n", d.join("server.crt").display()));
+                c.push_str(&format!("keyfile {}\n", d.join("server.key").display()));
+            }
         }
         c
     }
@@ -422,10 +428,12 @@ impl Broker {
         format!("mqtts://127.0.0.1:{}", self.tls_port())
     }
 
-    /// `ws://127.0.0.1:WS_PORT/mqtt`; panics without a websockets listener.
+    /// `ws://127.0.0.1:WS_PORT/mqtt` (`wss://` for a broker with TLS); panics without a
+    /// websockets listener.
     #[track_caller]
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/mqtt", self.ws_port())
+        let scheme = if self.tls_port.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}/mqtt", self.ws_port())
     }
 
     /// The first user configured with [`BrokerBuilder::password`], as `(user, password)`.

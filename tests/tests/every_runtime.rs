@@ -282,7 +282,8 @@ async fn self_round_trip<R: Runtime>(client: &Client<R>, topic: &str) {
 }
 
 /// TLS with our CA (refused without it), mutual TLS (refused without the client
-/// certificate), and WebSocket: the transports written once, on each runtime.
+/// certificate), WebSocket and WebSocket over TLS: the transports written once, on each
+/// runtime.
 async fn tls_mutual_tls_and_websocket<R: TestRuntime>() {
     let certs = Certs::generate();
     let Some(tls) = start::<R>(Broker::builder().tls(&certs)) else {
@@ -292,6 +293,9 @@ async fn tls_mutual_tls_and_websocket<R: TestRuntime>() {
         return;
     };
     let Some(ws) = start::<R>(Broker::builder().websockets(true)) else {
+        return;
+    };
+    let Some(wss) = start::<R>(Broker::builder().tls(&certs).websockets(true)) else {
         return;
     };
     let name = R::NAME;
@@ -337,11 +341,19 @@ async fn tls_mutual_tls_and_websocket<R: TestRuntime>() {
         without.disconnect().await;
 
         for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
-            let id = format!("{name}-ws-{}", u8::from(version.is_v5()));
-            let c = connect::<R>(options(&ws.ws_url(), &id, version)).await;
-            self_round_trip(&c, &format!("{name}/ws/{}", u8::from(version.is_v5()))).await;
+            let v = u8::from(version.is_v5());
+            let c = connect::<R>(options(&ws.ws_url(), &format!("{name}-ws-{v}"), version)).await;
+            self_round_trip(&c, &format!("{name}/ws/{v}")).await;
             c.disconnect().await;
         }
+        let url = wss.ws_url();
+        assert!(url.starts_with("wss://"), "{url}");
+        let c = connect::<R>(
+            options(&url, &format!("{name}-wss"), ProtocolVersion::V5).ca_file(certs.ca_pem()),
+        )
+        .await;
+        self_round_trip(&c, &format!("{name}/wss")).await;
+        c.disconnect().await;
     })
     .await;
 }
