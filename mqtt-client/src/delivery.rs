@@ -180,3 +180,139 @@ impl Future for Acks {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn published(key: usize, result: Result<ReasonCode, Failure>) -> Output<Done> {
+        Output::Published {
+            completion: Done::Publish(key),
+            result,
+        }
+    }
+
+    #[test]
+    fn settle_fills_wakes_and_frees_abandoned_slots() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let mut slots = Slots::new();
+        let pending = slots.insert(Slot::Pending);
+        let waiting = slots.insert(Slot::Waiting(Waker::from(count.clone())));
+        let abandoned = slots.insert(Slot::Abandoned);
+        let (request, _acks) = Done::request();
+        let mut outs = vec![
+            published(pending, Ok(ReasonCode::Success)),
+            Output::Connected {
+                session_present: false,
+            },
+            published(waiting, Err(Failure::Evicted)),
+            published(abandoned, Ok(ReasonCode::Success)),
+            Output::Acknowledged {
+                completion: request,
+                result: Ok(vec![]),
+            },
+        ];
+        let mut wake = Vec::new();
+        assert!(settle(&mut slots, &mut outs, &mut wake));
+        // What is not a publish completion stays for the driver.
+        assert!(matches!(
+            outs.as_slice(),
+            [Output::Connected { .. }, Output::Acknowledged { .. }]
+        ));
+        assert!(matches!(
+            slots.get(pending),
+            Some(Slot::Ready(Ok(ReasonCode::Success)))
+        ));
+        assert!(matches!(
+            slots.get(waiting),
+            Some(Slot::Ready(Err(Failure::Evicted)))
+        ));
+        assert!(!slots.contains(abandoned));
+        assert_eq!(slots.len(), 2);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "woken only after the lock"
+        );
+        wake.into_iter().for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn nothing_to_settle_frees_nothing() {
+        let mut slots = Slots::new();
+        let mut outs = vec![Output::Connected {
+            session_present: true,
+        }];
+        assert!(!settle(&mut slots, &mut outs, &mut Vec::new()));
+        assert_eq!(outs.len(), 1);
+    }
+
+    fn core() -> Arc<Core> {
+        let options = crate::options::Options::new("mqtt://127.0.0.1:1").unwrap();
+        Arc::new(Core::new(options).unwrap())
+    }
+
+    fn complete(core: &Core, key: usize, result: Result<ReasonCode, Failure>) {
+        let mut wake = Vec::new();
+        let mut inner = core.lock();
+        settle(
+            &mut inner.slots,
+            &mut vec![published(key, result)],
+            &mut wake,
+        );
+        drop(inner);
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    #[test]
+    fn a_delivery_waits_then_takes_its_result_and_frees_the_slot() {
+        let core = core();
+        let key = core.lock().slots.insert(Slot::Pending);
+        let mut delivery = Delivery::new(core.clone(), key);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut delivery).poll(&mut cx).is_pending());
+        assert!(matches!(core.lock().slots.get(key), Some(Slot::Waiting(_))));
+        complete(&core, key, Ok(ReasonCode::NoMatchingSubscribers));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            Pin::new(&mut delivery).poll(&mut cx),
+            Poll::Ready(Ok(ReasonCode::NoMatchingSubscribers))
+        );
+        assert!(core.lock().slots.is_empty());
+        drop(delivery);
+        assert!(core.lock().slots.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_delivery_frees_its_slot_before_or_after_completion() {
+        let core = core();
+        let early = core.lock().slots.insert(Slot::Pending);
+        drop(Delivery::new(core.clone(), early));
+        assert!(matches!(
+            core.lock().slots.get(early),
+            Some(Slot::Abandoned)
+        ));
+        complete(&core, early, Ok(ReasonCode::Success));
+        assert!(core.lock().slots.is_empty());
+
+        let late = core.lock().slots.insert(Slot::Pending);
+        let delivery = Delivery::new(core.clone(), late);
+        complete(&core, late, Err(Failure::Closed));
+        assert!(matches!(core.lock().slots.get(late), Some(Slot::Ready(_))));
+        drop(delivery);
+        assert!(core.lock().slots.is_empty());
+    }
+}
