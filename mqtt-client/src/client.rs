@@ -486,6 +486,7 @@ impl<R: Runtime> Driver<R> {
         let core = &self.core;
         let mut lost = None;
         let mut timer: Option<(std::time::Instant, R::Timer)> = None;
+        let mut fired = false;
         loop {
             // Everything due goes out first, in as few writes as the buffer allows. No wait
             // for more: while we write, publishers queue the next batch.
@@ -509,11 +510,15 @@ impl<R: Runtime> Driver<R> {
                 }
                 inner.engine.poll_timeout().map(|at| core.deadline(at))
             };
-            // One timer per connection, moved only when the deadline does.
+            // One timer per connection. It moves earlier with the deadline but not later
+            // until it fires: most moves are later (each acknowledgment pushes the deadline
+            // on), and firing early is harmless (`handle_timeout` does what is due, nothing
+            // else), so this saves a timer update per packet.
             match (deadline, &mut timer) {
-                (Some(at), Some((set, timer))) if *set != at => {
+                (Some(at), Some((set, timer))) if at < *set || fired => {
                     timer.reset(at);
                     *set = at;
+                    fired = false;
                 }
                 (Some(at), None) => timer = Some((at, R::timer(at))),
                 _ => {}
@@ -560,6 +565,7 @@ impl<R: Runtime> Driver<R> {
                 },
                 Woken::Wake => {}
                 Woken::Timeout => {
+                    fired = true;
                     self.engine(&mut b.out, |e, now, outs| e.handle_timeout(now, outs));
                     lost = lost.or(self.dispatch(&mut b.out));
                 }

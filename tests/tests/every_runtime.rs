@@ -358,6 +358,43 @@ async fn tls_mutual_tls_and_websocket<R: TestRuntime>() {
     .await;
 }
 
+/// An idle connection stays up on the driver's timer alone: with a 1 s keep-alive mosquitto
+/// drops a client silent for 1.5 s, so 3.5 s idle needs the pings.
+async fn keep_alive_holds_an_idle_connection<R: TestRuntime>() {
+    let Some(broker) = start::<R>(Broker::builder()) else {
+        return;
+    };
+    let name = R::NAME;
+    bounded::<R>(async {
+        let c = connect::<R>(
+            options(
+                &broker.url(),
+                &format!("{name}-idle"),
+                ProtocolVersion::V311,
+            )
+            .keep_alive(Duration::from_secs(1)),
+        )
+        .await;
+        sleep::<R>(Duration::from_millis(3500)).await;
+        let stats = c.stats();
+        assert!(stats.connected, "{stats:?}\n{}", broker.log());
+        assert_eq!(stats.reconnects, 0, "{stats:?}\n{}", broker.log());
+        self_round_trip(&c, &format!("{name}/idle")).await;
+        c.disconnect().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_keep_alive_holds_an_idle_connection() {
+    keep_alive_holds_an_idle_connection::<Tokio>().await;
+}
+
+#[test]
+fn smol_keep_alive_holds_an_idle_connection() {
+    smol::block_on(keep_alive_holds_an_idle_connection::<Smol>());
+}
+
 /// A driver dropped without running releases `wait_connected` and `disconnect` at once.
 async fn a_dropped_driver_releases_waiters<R: Runtime>() {
     let (client, driver) = Client::<R>::new(options(
