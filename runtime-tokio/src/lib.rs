@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod client;
 pub mod codec;
 mod transport;

@@ -1,0 +1,426 @@
+//! `mqtt bench` against a private mosquitto per test, on a free loopback port.
+//!
+//! Without mosquitto installed the tests are skipped (with a note on stderr), except under
+//! `CI=true`, where they fail.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::mosquitto::Broker;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt");
+/// Longest a single run may take before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// A broker without a connection limit (mosquitto's own `max_connections`); the file limit
+/// its process inherits is raised first, so 1 000 connections fit on both sides.
+fn broker() -> Option<Broker> {
+    let _ = rlimit::increase_nofile_limit(8192);
+    Broker::builder()
+        .config("max_connections -1")
+        .start_or_skip()
+}
+
+/// How a run ended, with its output.
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "--json output does not parse: {e}\nstdout: {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// A running `mqtt bench`, its output collected on threads so pipes never fill up.
+struct Running {
+    child: Child,
+    stdout: thread::JoinHandle<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn spawn(broker: &Broker, args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .arg("bench")
+        .args([
+            "-h",
+            broker.host(),
+            "-p",
+            &broker.port().to_string(),
+            "--quiet",
+        ])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mqtt bench");
+    let mut out = child.stdout.take().expect("stdout");
+    let stdout = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Running {
+        child,
+        stdout,
+        stderr: rx,
+    }
+}
+
+impl Running {
+    /// Waits for a line on stderr containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while start.elapsed() < Duration::from_secs(15) {
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = self.child.kill();
+        panic!("mqtt bench never printed {needle:?}; stderr: {seen:#?}");
+    }
+
+    /// Waits for the end (at most [`RUN_LIMIT`]).
+    fn finish(mut self) -> Outcome {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if start.elapsed() > RUN_LIMIT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("mqtt bench did not finish within {RUN_LIMIT:?}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        Outcome {
+            code: status.code(),
+            stdout,
+            stderr: stderr.join("\n"),
+        }
+    }
+}
+
+fn bench(broker: &Broker, args: &[&str]) -> Outcome {
+    spawn(broker, args).finish()
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v:#}"))
+}
+
+#[track_caller]
+fn assert_exact(v: &Value, sent: u64, expected: Option<u64>) {
+    assert_eq!(v["ok"], Value::Bool(true), "{v:#}");
+    assert_eq!(u(v, "sent"), sent, "{v:#}");
+    assert_eq!(u(v, "acked"), sent, "{v:#}");
+    match expected {
+        Some(e) => {
+            assert_eq!(u(v, "expected"), e, "{v:#}");
+            assert_eq!(u(v, "received"), e, "{v:#}");
+            assert_eq!(u(v, "unique"), e, "{v:#}");
+            assert_eq!(
+                v["latency_us"]["count"].as_u64(),
+                Some(e),
+                "every message is timed: {v:#}"
+            );
+        }
+        None => assert_eq!(u(v, "received"), 0, "{v:#}"),
+    }
+    assert_eq!(u(v, "lost"), 0, "{v:#}");
+    assert_eq!(u(v, "duplicates"), 0, "{v:#}");
+    assert_eq!(u(v, "out_of_order"), 0, "{v:#}");
+    assert_eq!(v["connect"]["errors"].as_u64(), Some(0), "{v:#}");
+    assert!(v["errors"].as_array().is_some_and(Vec::is_empty), "{v:#}");
+}
+
+#[test]
+fn every_scenario_counts_exactly() {
+    let Some(broker) = broker() else { return };
+    // (scenario, QoS, publishers, copies of each message)
+    let n = 3u64;
+    let count = 40u64;
+    let cases: [(&str, &str, u64, u64); 6] = [
+        ("pub", "1", n, 0),
+        ("p2p", "1", n, 1),
+        ("p2p", "2", n, 1),
+        ("fan-in", "2", n, 1),
+        ("fan-out", "1", 1, n),
+        ("mesh", "1", n, n),
+    ];
+    for (scenario, qos, publishers, fan) in cases {
+        let out = bench(
+            &broker,
+            &[scenario, "-c", "3", "--count", "40", "-q", qos, "--json"],
+        );
+        assert_eq!(out.code, Some(0), "{scenario}: {}", out.stderr);
+        let v = out.json();
+        assert_eq!(v["scenario"], Value::String(scenario.into()));
+        let sent = publishers * count;
+        let expected = (fan > 0).then_some(sent * fan);
+        assert_exact(&v, sent, expected);
+        assert!(
+            v["msg_per_s_out"].as_f64().is_some_and(|r| r > 0.0),
+            "{v:#}"
+        );
+    }
+}
+
+#[test]
+fn text_summary_and_out_file_agree_at_qos0() {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("result.json");
+    let file_arg = file.display().to_string();
+    let out = bench(
+        &broker,
+        &[
+            "p2p", "-c", "2", "--count", "100", "-s", "200", "--out", &file_arg,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let text = &out.stdout;
+    assert!(text.contains("received      200 of 200 expected"), "{text}");
+    assert!(
+        text.contains("lost 0, duplicates 0, out of order 0"),
+        "{text}"
+    );
+    assert!(text.contains("latency") && text.contains("p99.9"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("--out file"))
+        .expect("--out holds JSON");
+    assert_exact(&v, 200, Some(200));
+    assert_eq!(u(&v, "size"), 200);
+    let per_byte =
+        v["bytes_per_s_in"].as_f64().unwrap_or(0.0) / v["msg_per_s_in"].as_f64().unwrap_or(1.0);
+    assert!(
+        (per_byte - 200.0).abs() < 1e-6,
+        "bytes/s = msg/s × size: {v:#}"
+    );
+}
+
+#[test]
+fn fixed_rate_duration_and_warmup_are_exact() {
+    let Some(broker) = broker() else { return };
+    // 200 msg/s for 1 s: messages due at 0, 5, ..., 995 ms; the first 300 ms are warm-up.
+    let out = bench(
+        &broker,
+        &[
+            "p2p",
+            "-c",
+            "1",
+            "--rate",
+            "200/s",
+            "--duration",
+            "1s",
+            "--warmup",
+            "300ms",
+            "-q",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(u(&v, "sent"), 200, "{v:#}");
+    assert_eq!(u(&v, "unique"), 200, "{v:#}");
+    assert_eq!(v["latency_us"]["count"].as_u64(), Some(140), "{v:#}");
+    let secs = v["duration_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        (0.95..2.0).contains(&secs),
+        "paced over about a second: {v:#}"
+    );
+    let rate = v["msg_per_s_out"].as_f64().unwrap_or(0.0);
+    assert!((150.0..260.0).contains(&rate), "about 200 msg/s: {v:#}");
+
+    // --rate-total splits the rate: 2 publishers at 100/s each for 0.5 s.
+    let out = bench(
+        &broker,
+        &[
+            "pub",
+            "-c",
+            "2",
+            "--rate",
+            "200",
+            "--rate-total",
+            "--duration",
+            "0.5",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(u(&v, "sent"), 100, "{v:#}");
+    assert_eq!(v["rate_per_publisher"].as_f64(), Some(100.0), "{v:#}");
+}
+
+#[test]
+fn sub_counts_what_another_bench_publishes() {
+    let Some(broker) = broker() else { return };
+    // Two subscribers to bench/#; two publishers of 50 each: each subscriber gets all 100.
+    let mut sub = spawn(
+        &broker,
+        &["sub", "-c", "2", "--count", "100", "-q", "1", "--json"],
+    );
+    sub.wait_for_line("2 subscribers ready");
+    let publ = bench(
+        &broker,
+        &["pub", "-c", "2", "--count", "50", "-q", "1", "--json"],
+    );
+    assert_eq!(publ.code, Some(0), "{}", publ.stderr);
+    assert_exact(&publ.json(), 100, None);
+    let out = sub.finish();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(u(&v, "received"), 200, "{v:#}");
+    assert_eq!(u(&v, "unique"), 200, "{v:#}");
+    assert_eq!(u(&v, "lost"), 0, "no gaps: {v:#}");
+    assert_eq!(u(&v, "duplicates"), 0, "{v:#}");
+    assert_eq!(v["latency_us"]["count"].as_u64(), Some(200), "{v:#}");
+}
+
+#[test]
+fn conn_opens_a_thousand_connections() {
+    let Some(broker) = broker() else { return };
+    let out = bench(
+        &broker,
+        &[
+            "conn",
+            "-c",
+            "1000",
+            "--rate",
+            "5000/s",
+            "--duration",
+            "1s",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, out.stdout);
+    let v = out.json();
+    let k = &v["connect"];
+    assert_eq!(k["attempted"].as_u64(), Some(1000), "{v:#}");
+    assert_eq!(k["connected"].as_u64(), Some(1000), "{v:#}");
+    assert_eq!(k["errors"].as_u64(), Some(0), "{v:#}");
+    assert_eq!(k["lost"].as_u64(), Some(0), "held without loss: {v:#}");
+    assert_eq!(k["latency_us"]["count"].as_u64(), Some(1000), "{v:#}");
+    // Paced at 5000/s, the last connection starts about 200 ms in.
+    let rate = k["per_second"].as_f64().unwrap_or(0.0);
+    assert!(rate > 500.0 && rate < 6000.0, "{v:#}");
+    assert!(u(&v, "file_limit") >= 1064, "{v:#}");
+}
+
+#[test]
+fn bad_password_is_a_clear_error() {
+    let Some(broker) = Broker::builder()
+        .password("bench", "secret")
+        .start_or_skip()
+    else {
+        return;
+    };
+    let out = bench(
+        &broker,
+        &[
+            "p2p", "-c", "2", "--count", "10", "-u", "bench", "-P", "wrong",
+        ],
+    );
+    assert_eq!(out.code, Some(5), "{}\n{}", out.stderr, out.stdout);
+    // mosquitto 2.0 answers a bad password to an MQTT 5 client with "not authorized".
+    assert!(
+        out.stderr.contains("connection refused: not authorized")
+            || out
+                .stderr
+                .contains("connection refused: bad user name or password"),
+        "stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("failed"),
+        "the summary is printed: {}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("error: "), "{}", out.stdout);
+
+    // The right password works against the same broker.
+    let out = bench(
+        &broker,
+        &[
+            "p2p", "-c", "2", "--count", "10", "-u", "bench", "-P", "secret", "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_exact(&out.json(), 20, Some(20));
+}
+
+#[test]
+fn broker_killed_mid_run_is_an_error_with_a_summary() {
+    let Some(mut broker) = broker() else { return };
+    let run = spawn(
+        &broker,
+        &[
+            "p2p",
+            "-c",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "20s",
+            "-q",
+            "1",
+            "--json",
+        ],
+    );
+    thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    let started = Instant::now();
+    let out = run.finish();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the run stops soon after the broker is gone"
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("connection lost"),
+        "stderr: {}",
+        out.stderr
+    );
+    let v = out.json();
+    assert_eq!(v["ok"], Value::Bool(false));
+    let sent = u(&v, "sent");
+    assert!(
+        sent >= 150,
+        "what was measured before the kill is reported: {v:#}"
+    );
+    assert!(u(&v, "unique") >= 100, "{v:#}");
+    assert!(
+        v["connect"]["lost"].as_u64().is_some_and(|n| n >= 1),
+        "{v:#}"
+    );
+}
