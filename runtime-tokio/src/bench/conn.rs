@@ -152,6 +152,21 @@ struct Publishing<'a> {
     outstanding: usize,
     exhausted: bool,
     reported: bool,
+    /// Completions not yet added to the shared counters (added once per loop round, not
+    /// once per message: the counters are shared by every thread).
+    completed: u64,
+}
+
+impl Publishing<'_> {
+    /// Adds what this publisher completed since the last call to the shared counters.
+    fn commit(&mut self, ctx: &Ctx) {
+        if self.completed > 0 {
+            let c = &ctx.counters;
+            c.completed.fetch_add(self.completed, Relaxed);
+            c.last_completed_ns.fetch_max(ctx.clock.now_ns(), Relaxed);
+            self.completed = 0;
+        }
+    }
 }
 
 async fn connection(
@@ -166,9 +181,11 @@ async fn connection(
             _ = phase.wait_for(|p| *p == Phase::Stopping) => return Ok(()),
         }
     }
-    let started = ctx.clock.now_ns();
+    let started;
     let mut link = {
         let _permit = ctx.gate.acquire().await;
+        // Waiting for the gate is the generator's own queue, not the broker's latency.
+        started = ctx.clock.now_ns();
         tokio::select! {
             link = open(ctx, plan) => link?,
             _ = phase.wait_for(|p| *p == Phase::Stopping) => return Ok(()),
@@ -195,11 +212,15 @@ async fn connection(
             outstanding: 0,
             exhausted: false,
             reported: false,
+            completed: 0,
         }
     });
     let result = drive(ctx, &mut link, phase, &mut publishing, &mut receiver).await;
     if let Some(r) = &mut receiver {
         r.finish(c);
+    }
+    if let Some(p) = &mut publishing {
+        p.commit(ctx);
     }
     if result.is_ok() {
         link.s.disconnect(mqtt_proto::ReasonCode::Success);
@@ -229,13 +250,25 @@ async fn open(ctx: &Ctx, plan: &Plan) -> Result<Link, Failure> {
     // The store holds the window's messages, the SUBSCRIBE and the kept subscription.
     let packet = ctx.size + plan.publish.as_ref().map_or(0, |p| p.topic.len()) + 32;
     let filter = plan.subscribe.as_ref().map_or(0, |f| f.len() + 32);
-    let slots = ctx.window + 4;
-    let bytes = slots * packet + 2 * filter + 64;
+    // A connection that only subscribes (or only holds) needs no room for publishes: at
+    // 10 000 connections every kilobyte here is 10 MB.
+    let (slots, publishes) = match plan.publish {
+        Some(_) => (ctx.window + 4, ctx.window + 1),
+        None => (4, 0),
+    };
+    let bytes = publishes * packet + 2 * filter + 64;
     let mut link = Link {
         t,
         s: Core::with_backing(ctx.config, Heap::new(slots, bytes)),
         rx: BytesMut::with_capacity(256),
-        tx: vec![0u8; (packet * 8).clamp(512, 64 * 1024)],
+        tx: vec![
+            0u8;
+            if plan.publish.is_some() {
+                (packet * 8).clamp(512, 64 * 1024)
+            } else {
+                512
+            }
+        ],
     };
     let password = o.effective_password().map(str::as_bytes);
     let opts = ConnectOptions {
@@ -393,6 +426,12 @@ async fn drive(
             next_due = publish_due(ctx, &mut link.s, p)?;
         }
         link.flush(ctx, publishing).await?;
+        if let Some(p) = publishing.as_mut() {
+            p.commit(ctx);
+        }
+        if let Some(r) = receiver.as_mut() {
+            r.commit(c);
+        }
         if let Some(p) = publishing.as_mut()
             && p.exhausted
             && p.outstanding == 0
@@ -456,10 +495,15 @@ fn publish_due(ctx: &Ctx, s: &mut Core, p: &mut Publishing<'_>) -> Result<Option
     let size = u64::try_from(p.payload.len()).unwrap_or(0);
     // A burst is bounded so that reading goes on between them.
     let mut burst = ctx.window.min(256);
-    while !p.exhausted && p.outstanding < ctx.window {
+    let first = p.next;
+    let mut measured = 0;
+    let result = loop {
+        if p.exhausted || p.outstanding >= ctx.window {
+            break Ok(None);
+        }
         if p.plan.count.is_some_and(|n| p.next >= n) {
             p.exhausted = true;
-            break;
+            break Ok(None);
         }
         let scheduled = match p.plan.interval_ns {
             Some(iv) => run_start + p.plan.offset_ns + p.next.saturating_mul(iv),
@@ -467,13 +511,13 @@ fn publish_due(ctx: &Ctx, s: &mut Core, p: &mut Publishing<'_>) -> Result<Option
         };
         if end.is_some_and(|end| scheduled >= end) {
             p.exhausted = true;
-            break;
+            break Ok(None);
         }
         if scheduled > now_ns {
-            return Ok(Some(scheduled));
+            break Ok(Some(scheduled));
         }
         if burst == 0 {
-            return Ok(Some(0));
+            break Ok(Some(0));
         }
         Header {
             run: ctx.run,
@@ -486,18 +530,26 @@ fn publish_due(ctx: &Ctx, s: &mut Core, p: &mut Publishing<'_>) -> Result<Option
             qos: ctx.qos,
             ..Publish::new(&p.plan.topic, &p.payload)
         };
-        s.publish(now, &msg, 5)
-            .map_err(|e| Failure::Lost(format!("cannot publish to {:?}: {e}", p.plan.topic)))?;
+        if let Err(e) = s.publish(now, &msg, 5) {
+            break Err(Failure::Lost(format!(
+                "cannot publish to {:?}: {e}",
+                p.plan.topic
+            )));
+        }
         p.next += 1;
         p.outstanding += 1;
         burst -= 1;
-        c.published.fetch_add(1, Relaxed);
-        c.bytes_out.fetch_add(size, Relaxed);
         if scheduled >= measure_from {
-            c.published_measured.fetch_add(1, Relaxed);
+            measured += 1;
         }
+    };
+    let n = p.next - first;
+    if n > 0 {
+        c.published.fetch_add(n, Relaxed);
+        c.bytes_out.fetch_add(n * size, Relaxed);
+        c.published_measured.fetch_add(measured, Relaxed);
     }
-    Ok(None)
+    result
 }
 
 impl Link {
@@ -525,13 +577,13 @@ impl Link {
             }
             while let Some(n) = self.s.poll_notice() {
                 match n {
-                    Notice::Sent { .. } => completed(ctx, publishing, true),
+                    Notice::Sent { .. } => completed(publishing, true),
                     Notice::Dropped { reason_code, .. } => {
                         ctx.counters.refused.fetch_add(1, Relaxed);
-                        completed(ctx, publishing, false);
+                        completed(publishing, false);
                         ctx.fail(format!("a publish was refused: {reason_code}"));
                     }
-                    Notice::Evicted { .. } => completed(ctx, publishing, false),
+                    Notice::Evicted { .. } => completed(publishing, false),
                     Notice::ConnectionLost(e) => return Err(Failure::Lost(e.to_string())),
                     _ => {}
                 }
@@ -571,7 +623,7 @@ impl Link {
                                 c.refused.fetch_add(1, Relaxed);
                                 ctx.fail(format!("a publish was refused: {reason_code}"));
                             }
-                            completed(ctx, publishing, ok);
+                            completed(publishing, ok);
                         }
                         _ => {}
                     }
@@ -596,14 +648,12 @@ impl Link {
 }
 
 /// A publish completed (`ok`: written at QoS 0, acknowledged at QoS 1 and 2).
-fn completed(ctx: &Ctx, publishing: &mut Option<Publishing<'_>>, ok: bool) {
+fn completed(publishing: &mut Option<Publishing<'_>>, ok: bool) {
     if let Some(p) = publishing.as_mut() {
         p.outstanding = p.outstanding.saturating_sub(1);
-    }
-    if ok {
-        let c = &ctx.counters;
-        c.completed.fetch_add(1, Relaxed);
-        c.last_completed_ns.fetch_max(ctx.clock.now_ns(), Relaxed);
+        if ok {
+            p.completed += 1;
+        }
     }
 }
 

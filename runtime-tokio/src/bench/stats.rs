@@ -236,19 +236,21 @@ pub struct Receiver {
     batch: Batch,
     /// Distinct messages this connection received.
     pub unique: u64,
+    /// Counts not yet added to the shared counters: received, bytes, distinct, measured.
+    pending: [u64; 4],
+    last_ns: u64,
 }
 
 impl Receiver {
     /// Accounts for one received payload at `now_ns`; latencies of messages due before
     /// `measure_from_ns` (the warm-up) are not recorded.
     pub fn receive(&mut self, payload: &[u8], now_ns: u64, measure_from_ns: u64, c: &Counters) {
-        c.received.fetch_add(1, Relaxed);
-        c.bytes_in
-            .fetch_add(u64::try_from(payload.len()).unwrap_or(0), Relaxed);
-        c.last_received_ns.fetch_max(now_ns, Relaxed);
+        self.pending[0] += 1;
+        self.pending[1] += u64::try_from(payload.len()).unwrap_or(0);
+        self.last_ns = now_ns;
         let Some(h) = Header::read(payload) else {
             c.foreign.fetch_add(1, Relaxed);
-            c.unique.fetch_add(1, Relaxed);
+            self.pending[2] += 1;
             self.unique += 1;
             return;
         };
@@ -264,16 +266,31 @@ impl Receiver {
             Arrival::InOrder => {}
         }
         self.unique += 1;
-        c.unique.fetch_add(1, Relaxed);
+        self.pending[2] += 1;
         if h.scheduled_ns >= measure_from_ns {
-            c.received_measured.fetch_add(1, Relaxed);
+            self.pending[3] += 1;
             let us = now_ns.saturating_sub(h.scheduled_ns) / 1000;
             self.batch.push(us, &c.latency);
         }
     }
 
-    /// Flushes latencies and adds the gaps still open to the counters.
+    /// Adds the counts since the last call to the shared counters (once per batch of reads,
+    /// not once per message: the counters are shared by every thread).
+    pub fn commit(&mut self, c: &Counters) {
+        if self.pending[0] == 0 {
+            return;
+        }
+        let [received, bytes, unique, measured] = std::mem::take(&mut self.pending);
+        c.received.fetch_add(received, Relaxed);
+        c.bytes_in.fetch_add(bytes, Relaxed);
+        c.unique.fetch_add(unique, Relaxed);
+        c.received_measured.fetch_add(measured, Relaxed);
+        c.last_received_ns.fetch_max(self.last_ns, Relaxed);
+    }
+
+    /// Flushes latencies and counts, and adds the gaps still open to the counters.
     pub fn finish(&mut self, c: &Counters) {
+        self.commit(c);
         self.batch.flush(&c.latency);
         let gaps: u64 = self.tracks.values().map(SeqTrack::missing).sum();
         c.gaps.fetch_add(gaps, Relaxed);
