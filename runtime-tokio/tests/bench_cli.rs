@@ -424,3 +424,57 @@ fn broker_killed_mid_run_is_an_error_with_a_summary() {
         "{v:#}"
     );
 }
+
+#[test]
+fn over_tls_with_a_client_certificate_and_over_websocket() {
+    let certs = tests::certs::Certs::generate();
+    let Some(broker) = Broker::builder()
+        .tls(&certs)
+        .require_certificate(true)
+        .websockets(true)
+        .start_or_skip()
+    else {
+        return;
+    };
+    let ca = certs.ca_pem().display().to_string();
+    let cert = certs.client_cert().display().to_string();
+    let key = certs.client_key().display().to_string();
+    let tls_port = broker.tls_port().to_string();
+    let url = broker.ws_url();
+    let runs: [Vec<&str>; 2] = [
+        vec![
+            "-p", &tls_port, "--cafile", &ca, "--cert", &cert, "--key", &key,
+        ],
+        vec!["-L", &url],
+    ];
+    for conn in runs {
+        let mut args = vec![
+            "bench", "p2p", "-c", "2", "--count", "30", "-q", "1", "--json",
+        ];
+        // -L conflicts with -h/-p, so these runs give their own connection flags.
+        if conn[0] == "-p" {
+            args.extend(["-h", broker.host()]);
+        }
+        args.extend(conn.iter().copied());
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--quiet")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mqtt bench");
+        let outcome = Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_eq!(outcome.code, Some(0), "{conn:?}: {}", outcome.stderr);
+        let v = outcome.json();
+        assert_exact(&v, 60, Some(60));
+        let scheme = if conn[0] == "-p" { "mqtts://" } else { "ws://" };
+        assert!(
+            v["broker"].as_str().is_some_and(|b| b.starts_with(scheme)),
+            "{v:#}"
+        );
+    }
+}

@@ -53,13 +53,10 @@ impl Progress {
                     if !switched {
                         switched = true;
                         match messages {
-                            Some(n) => {
-                                b.set_length(n);
-                                b.set_style(bar_style.clone());
-                            }
+                            Some(n) => b.set_length(n),
                             None => {
-                                b.set_length(0);
                                 b.set_style(spinner.clone());
+                                b.unset_length();
                             }
                         }
                         b.set_prefix("sent");
@@ -69,7 +66,7 @@ impl Progress {
                     b.set_position(Counters::get(&c.connected));
                 }
                 b.set_message(format!(
-                    "| out {rate_out:.0} msg/s | in {rate_in:.0} msg/s | received {inn} | in flight {in_flight} | errors {errors}"
+                    "| out {rate_out:.0}/s | in {rate_in:.0}/s | received {inn} | in flight {in_flight} | errors {errors}"
                 ));
             }
         });
