@@ -478,3 +478,23 @@ fn over_tls_with_a_client_certificate_and_over_websocket() {
         );
     }
 }
+
+#[test]
+fn a_file_limit_that_cannot_be_raised_is_named() {
+    // `ulimit -n` in sh sets the hard limit too, so the bench cannot raise it back.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 256 && exec {BIN} bench conn -c 1000 -h 127.0.0.1 -p 9 --quiet"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1000 connections need about 1064 open files, but the limit is 256"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hard limit 256"), "{stderr}");
+}

@@ -610,8 +610,9 @@ impl Link {
     ) -> Result<(), Failure> {
         let c = &ctx.counters;
         let measure_from = ctx.measure_from_ns.load(Relaxed);
+        // One reading for the whole batch: the core's clock counts milliseconds.
+        let now = ctx.clock.session_now();
         loop {
-            let now = ctx.clock.session_now();
             let used = match self.s.handle_read(now, &self.rx) {
                 Read::Packet { used, event } => {
                     match event {

@@ -22,17 +22,16 @@ pub struct Header {
 }
 
 impl Header {
-    /// Writes the header over the start of `payload` (at least [`HEADER_LEN`] bytes).
+    /// Writes the header over the start of `payload` (nothing if it is shorter than
+    /// [`HEADER_LEN`]).
     pub fn write(&self, payload: &mut [u8]) {
-        let fields = self
-            .run
-            .to_be_bytes()
-            .into_iter()
-            .chain(self.publisher.to_be_bytes())
-            .chain(self.seq.to_be_bytes())
-            .chain(self.scheduled_ns.to_be_bytes());
-        for (dst, b) in payload.iter_mut().zip(fields) {
-            *dst = b;
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&self.run.to_be_bytes());
+        h[4..8].copy_from_slice(&self.publisher.to_be_bytes());
+        h[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        h[16..].copy_from_slice(&self.scheduled_ns.to_be_bytes());
+        if let Some(dst) = payload.get_mut(..HEADER_LEN) {
+            dst.copy_from_slice(&h);
         }
     }
 
