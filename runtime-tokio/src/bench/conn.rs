@@ -10,7 +10,8 @@ use mqtt_proto::{EncodeError, Publish, QoS, SubscriptionOptions, TopicFilter};
 use mqtt_session::options::Options;
 use mqtt_session::store::Heap;
 use mqtt_session::{Config, ConnectOptions, Error, Event, Notice, Read, Session};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::payload::{Clock, Header};
 use super::stats::{Counters, Receiver};
@@ -22,17 +23,6 @@ const RX: usize = 256;
 
 /// The session core of one benchmark connection.
 type Core = Session<Heap, RX>;
-
-/// Where the run stands; every connection watches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Connections are being opened (and subscriptions made).
-    Connecting,
-    /// Publishers publish; subscribers count.
-    Running,
-    /// Disconnect and finish.
-    Stopping,
-}
 
 /// What one publishing connection sends.
 #[derive(Debug, Clone)]
@@ -101,6 +91,10 @@ pub struct Ctx {
     pub aborted: AtomicBool,
     /// Wakes the coordinator on abort.
     pub abort_notify: Notify,
+    /// Cancelled when every connection is up: publishers start.
+    pub started: CancellationToken,
+    /// Cancelled when the run ends: every connection disconnects.
+    pub stopped: CancellationToken,
 }
 
 impl Ctx {
@@ -122,8 +116,8 @@ enum Failure {
 }
 
 /// Runs one connection until the run stops (or it fails), accounting into the counters.
-pub async fn run(ctx: Arc<Ctx>, plan: Plan, mut phase: watch::Receiver<Phase>) {
-    match connection(&ctx, &plan, &mut phase).await {
+pub async fn run(ctx: Arc<Ctx>, plan: Plan) {
+    match connection(&ctx, &plan).await {
         Ok(()) => {}
         Err(Failure::Connect(e)) => {
             ctx.counters.connect_errors.fetch_add(1, Relaxed);
@@ -169,16 +163,12 @@ impl Publishing<'_> {
     }
 }
 
-async fn connection(
-    ctx: &Ctx,
-    plan: &Plan,
-    phase: &mut watch::Receiver<Phase>,
-) -> Result<(), Failure> {
+async fn connection(ctx: &Ctx, plan: &Plan) -> Result<(), Failure> {
     if let Some(iv) = ctx.connect_interval_ns {
         let at = ctx.start_ns + plan.order.saturating_mul(iv);
         tokio::select! {
             _ = tokio::time::sleep_until(ctx.clock.at_ns(at)) => {}
-            _ = phase.wait_for(|p| *p == Phase::Stopping) => return Ok(()),
+            _ = ctx.stopped.cancelled() => return Ok(()),
         }
     }
     let started;
@@ -188,7 +178,7 @@ async fn connection(
         started = ctx.clock.now_ns();
         tokio::select! {
             link = open(ctx, plan) => link?,
-            _ = phase.wait_for(|p| *p == Phase::Stopping) => return Ok(()),
+            _ = ctx.stopped.cancelled() => return Ok(()),
         }
     };
     let connected = ctx.clock.now_ns();
@@ -215,7 +205,7 @@ async fn connection(
             completed: 0,
         }
     });
-    let result = drive(ctx, &mut link, phase, &mut publishing, &mut receiver).await;
+    let result = drive(ctx, &mut link, &mut publishing, &mut receiver).await;
     if let Some(r) = &mut receiver {
         r.finish(c);
     }
@@ -411,21 +401,26 @@ impl Failure {
 async fn drive(
     ctx: &Ctx,
     link: &mut Link,
-    phase: &mut watch::Receiver<Phase>,
     publishing: &mut Option<Publishing<'_>>,
     receiver: &mut Option<Receiver>,
 ) -> Result<(), Failure> {
     let c = &ctx.counters;
     let mut sub_reported = false;
+    // The futures of the loop live across its rounds: made once, not once per message (at
+    // low rates per connection, each round is one message, and their setup showed in
+    // profiles).
+    let stopped = ctx.stopped.clone().cancelled_owned();
+    let started = ctx.started.clone().cancelled_owned();
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(stopped, started, sleep);
+    let mut armed = None;
     loop {
-        let now_phase = *phase.borrow_and_update();
-        if now_phase == Phase::Stopping {
+        if ctx.stopped.is_cancelled() {
             return Ok(());
         }
+        let running = ctx.started.is_cancelled();
         let mut next_due = None;
-        if now_phase == Phase::Running
-            && let Some(p) = publishing.as_mut()
-        {
+        if running && let Some(p) = publishing.as_mut() {
             next_due = publish_due(ctx, &mut link.s, p)?;
         }
         link.flush(ctx, publishing).await?;
@@ -452,19 +447,25 @@ async fn drive(
         }
         // Room in the window and nothing scheduled later: go round again at once (QoS 0
         // publishes complete when written, so the flush may just have made room).
-        let room = now_phase == Phase::Running
+        let room = running
             && publishing
                 .as_ref()
                 .is_some_and(|p| !p.exhausted && p.outstanding < ctx.window);
         let due_now = room && matches!(next_due, None | Some(0));
-        let timer = link.s.poll_timeout().map(|at| ctx.clock.at_session(at));
+        let timeout = link.s.poll_timeout();
         let wake = match (
             next_due.filter(|&d| d > 0).map(|d| ctx.clock.at_ns(d)),
-            timer,
+            timeout.map(|at| ctx.clock.at_session(at)),
         ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if wake != armed {
+            if let Some(at) = wake {
+                sleep.as_mut().reset(at);
+            }
+            armed = wake;
+        }
         tokio::select! {
             biased;
             read = link.t.read(&mut link.rx) => match read {
@@ -472,13 +473,16 @@ async fn drive(
                 Err(e) => return Err(Failure::Lost(e.to_string())),
                 Ok(_) => link.read_packets(ctx, publishing, receiver).await?,
             },
-            _ = phase.changed() => {}
+            _ = &mut stopped => return Ok(()),
+            _ = &mut started, if !running => {}
             _ = std::future::ready(()), if due_now => {}
-            _ = sleep_until(wake), if !due_now => {}
+            _ = &mut sleep, if armed.is_some() && !due_now => armed = None,
         }
-        let now = ctx.clock.session_now();
-        if link.s.poll_timeout().is_some_and(|at| at <= now) {
-            link.s.handle_timeout(now);
+        if let Some(at) = timeout {
+            let now = ctx.clock.session_now();
+            if at <= now {
+                link.s.handle_timeout(now);
+            }
         }
     }
 }
@@ -661,19 +665,13 @@ fn completed(publishing: &mut Option<Publishing<'_>>, ok: bool) {
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(Arc<Ctx>, Plan, watch::Receiver<Phase>) -> Fut,
+        F: FnOnce(Arc<Ctx>, Plan) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

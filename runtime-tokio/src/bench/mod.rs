@@ -27,9 +27,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use mqtt_proto::QoS;
 use mqtt_session::options::Options;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use conn::{Ctx, Phase, Plan, PubPlan};
+use conn::{Ctx, Plan, PubPlan};
 pub use report::Summary;
 use stats::Counters;
 
@@ -415,16 +416,16 @@ async fn coordinate(
         abort_on_error: args.scenario != Scenario::Conn,
         aborted: AtomicBool::new(false),
         abort_notify: Notify::new(),
+        started: CancellationToken::new(),
+        stopped: CancellationToken::new(),
         options,
     });
     let cpu_start = cpu_time::ProcessTime::try_now().ok();
-    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let total = layout.plans.len();
     let mut tasks = tokio::task::JoinSet::new();
     for plan in layout.plans {
-        tasks.spawn(conn::run(ctx.clone(), plan, phase_rx.clone()));
+        tasks.spawn(conn::run(ctx.clone(), plan));
     }
-    drop(phase_rx);
     let total_messages = layout
         .count
         .map(|n| n.saturating_mul(layout.publishers as u64));
@@ -453,7 +454,7 @@ async fn coordinate(
     ctx.run_start_ns.store(run_start, Relaxed);
     let running = !interrupted && !ctx.aborted.load(Relaxed);
     if running {
-        let _ = phase_tx.send(Phase::Running);
+        ctx.started.cancel();
         progress.running();
         if args.scenario == Scenario::Sub {
             // Another process (or script) waits for this line before it starts publishing.
@@ -509,7 +510,7 @@ async fn coordinate(
     let end_ns = ctx.clock.now_ns();
 
     // 4. Stop: every connection disconnects and flushes its counts.
-    let _ = phase_tx.send(Phase::Stopping);
+    ctx.stopped.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     })
