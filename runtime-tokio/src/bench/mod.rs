@@ -333,11 +333,16 @@ fn raise_file_limit(connections: usize) -> Result<u64, BenchError> {
     if limit >= needed {
         return Ok(limit);
     }
+    // Past the hard limit only a process with CAP_SYS_RESOURCE gets further; try once.
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, needed, needed).is_ok() {
+        return Ok(needed);
+    }
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((limit, limit));
     Err(BenchError(format!(
         "{connections} connections need about {needed} open files, but the limit is {soft} \
-         (hard limit {hard}, which only root can raise: ulimit -Hn, LimitNOFILE=, or \
-         /etc/security/limits.conf)"
+         (hard limit {hard}, which this process may not raise: it takes CAP_SYS_RESOURCE, \
+         e.g. root outside a container, or a higher ulimit -Hn / LimitNOFILE= / \
+         /etc/security/limits.conf for the user)"
     )))
 }
 

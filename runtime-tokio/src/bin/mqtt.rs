@@ -35,7 +35,8 @@ const EXIT_REFUSED: u8 = 5;
 /// Exit code: `sub -W` timed out (as mosquitto_sub).
 const EXIT_TIMEOUT: u8 = 27;
 
-/// Publish and subscribe to an MQTT broker (flags as mosquitto_pub / mosquitto_sub).
+/// Publish and subscribe to an MQTT broker (flags as mosquitto_pub / mosquitto_sub), and
+/// load-test it (`mqtt bench`).
 #[derive(Parser)]
 #[command(name = "mqtt", version, disable_help_flag = true, after_help = AFTER_HELP)]
 struct Cli {
