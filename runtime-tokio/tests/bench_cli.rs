@@ -498,3 +498,114 @@ fn a_file_limit_that_cannot_be_raised_is_named() {
     );
     assert!(stderr.contains("hard limit 256"), "{stderr}");
 }
+
+/// `kill -SIGNAL pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn a_stalled_broker_shows_in_the_latency_of_every_message_it_delayed() {
+    let Some(broker) = broker() else { return };
+    let pid = broker.pid().expect("broker pid");
+    // 200 msg/s for 2 s; the broker stops for 500 ms in the middle. At a fixed rate the
+    // schedule goes on, and each delayed message is timed from when it was due: about 100
+    // messages wait between 0 and 500 ms, so a tenth of all samples exceed 100 ms. A
+    // generator that waited for the broker would record one slow sample, not a hundred.
+    let run = spawn(
+        &broker,
+        &[
+            "p2p",
+            "-c",
+            "1",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "-q",
+            "1",
+            "--json",
+        ],
+    );
+    thread::sleep(Duration::from_millis(800));
+    signal(pid, "-STOP");
+    thread::sleep(Duration::from_millis(500));
+    signal(pid, "-CONT");
+    let out = run.finish();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v = out.json();
+    assert_exact(&v, 400, Some(400));
+    let lat = &v["latency_us"];
+    let us = |k: &str| lat[k].as_u64().unwrap_or(0);
+    assert!(
+        us("max") >= 350_000,
+        "the stall shows in the maximum: {v:#}"
+    );
+    assert!(
+        us("p90") >= 100_000,
+        "and in the p90, not only one sample: {v:#}"
+    );
+    assert!(us("p50") < 100_000, "most messages were not delayed: {v:#}");
+}
+
+#[test]
+fn messages_the_broker_drops_are_reported_lost() {
+    let Some(broker) = broker() else { return };
+    // mosquitto 2.0 acknowledges but drops QoS 2 messages from an MQTT 3.1.1 client beyond
+    // its max_inflight_messages (20) in flight; at --inflight 20 nothing is lost.
+    let out = bench(
+        &broker,
+        &[
+            "p2p",
+            "-c",
+            "1",
+            "--count",
+            "100",
+            "-q",
+            "2",
+            "-V",
+            "311",
+            "--inflight",
+            "64",
+            "--drain",
+            "1s",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let v = out.json();
+    assert_eq!(u(&v, "sent"), 100, "{v:#}");
+    assert_eq!(
+        u(&v, "acked"),
+        100,
+        "the broker acknowledged them all: {v:#}"
+    );
+    let lost = u(&v, "lost");
+    assert!(lost > 0, "{v:#}");
+    assert_eq!(u(&v, "unique") + lost, 100, "{v:#}");
+    assert!(out.stderr.contains("lost at QoS 2"), "{}", out.stderr);
+
+    let out = bench(
+        &broker,
+        &[
+            "p2p",
+            "-c",
+            "1",
+            "--count",
+            "100",
+            "-q",
+            "2",
+            "-V",
+            "311",
+            "--inflight",
+            "20",
+            "--json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_exact(&out.json(), 100, Some(100));
+}
