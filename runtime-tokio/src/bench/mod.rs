@@ -433,6 +433,7 @@ async fn coordinate(
     }
     let total_messages = layout
         .count
+        .filter(|_| layout.publishers > 0)
         .map(|n| n.saturating_mul(layout.publishers as u64));
     let progress = progress::Progress::start(&ctx, args.quiet, total as u64, total_messages);
     let c = &ctx.counters;
