@@ -191,7 +191,7 @@ async fn connection(ctx: &Ctx, plan: &Plan) -> Result<(), Failure> {
     let mut receiver = plan.subscribe.as_ref().map(|_| Receiver::default());
     let mut publishing = plan.publish.as_ref().map(|p| {
         let mut payload = vec![0u8; ctx.size];
-        // A recognisable filler after the header (and a payload that does not compress).
+        // A recognisable filler after the header, different per publisher.
         for (i, b) in payload.iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(31).wrapping_add(p.publisher as u8);
         }
@@ -224,8 +224,8 @@ async fn connection(ctx: &Ctx, plan: &Plan) -> Result<(), Failure> {
 }
 
 /// Opens the transport, sends CONNECT, waits for CONNACK and, for a subscriber, SUBACK.
-/// The link is boxed: the core is 5 KB, and every future that held it inline would carry its
-/// own copy of that space (14 KB per connection instead of 6).
+/// The link is boxed: the core is 5 KB, and every state of the connection's future that held
+/// it inline would carry its own room for it (a 14 KB task instead of 1.3 KB).
 async fn open(ctx: &Ctx, plan: &Plan) -> Result<Box<Link>, Failure> {
     let o = &ctx.options;
     let fail = |e: String| Failure::Connect(e);
