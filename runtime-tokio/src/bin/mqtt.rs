@@ -581,9 +581,11 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
 #[cfg(feature = "bench")]
 fn run_bench(cmd: BenchCmd) -> Result<(), Fail> {
     init_logging(cmd.conn.debug);
-    let (options, _) = options(&cmd.conn, "bench")?;
+    let (options, url_topic) = options(&cmd.conn, "bench")?;
     options.validate().map_err(|e| Fail::usage(e.0))?;
-    let args = cmd.bench;
+    let mut args = cmd.bench;
+    // As for pub and sub, -L URL/TOPIC names the topic when -t does not.
+    args.topic = args.topic.or(url_topic);
     let summary = mqtt_tokio::bench::run(options, &args).map_err(|e| Fail::usage(e.0))?;
     let json = serde_json::to_string_pretty(&summary)
         .map_err(|e| Fail(EXIT_UNREACHABLE, format!("cannot render the result: {e}")))?;
