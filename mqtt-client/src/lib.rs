@@ -32,7 +32,7 @@ mod delivery;
 pub mod options;
 pub mod runtime;
 pub mod tls;
-mod transport;
+pub mod transport;
 
 pub use api::{ClientError, ConnectError, DEFAULT_PRIORITY, Event, HandlerResult, RouteId};
 pub use client::{Client, Driver};

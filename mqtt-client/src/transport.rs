@@ -1,5 +1,8 @@
 //! The byte stream to the broker, written once over any runtime's TCP stream: plain TCP,
 //! TLS (rustls through futures-rustls), and WebSocket (async-tungstenite) over either.
+//!
+//! The client's driver uses it; so can tools that drive the sans-IO session directly (the
+//! `mqtt bench` load generator does, to keep a connection to a few kilobytes).
 
 use std::io;
 use std::pin::Pin;
@@ -16,11 +19,18 @@ use futures_util::io::AsyncWriteExt;
 use crate::options::{Options, Scheme};
 use crate::runtime::Runtime;
 
+std::thread_local! {
+    /// The bytes of one read, before they are appended to a connection's buffer.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
+}
+
 /// TCP, or TLS over TCP.
 type Stream<S> = Either<S, Box<TlsStream<S>>>;
 
 /// A byte stream to the broker.
-pub(crate) enum Transport<S> {
+pub struct Transport<S>(Inner<S>);
+
+enum Inner<S> {
     /// MQTT straight over TCP or TLS.
     Bytes(Stream<S>),
     /// MQTT in WebSocket binary messages.
@@ -30,7 +40,7 @@ pub(crate) enum Transport<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport<S> {
     /// Connects to the broker the options name. Encrypted schemes never fall back to plaintext.
-    pub(crate) async fn connect<R: Runtime<Tcp = S>>(opts: &Options) -> io::Result<Self> {
+    pub async fn connect<R: Runtime<Tcp = S>>(opts: &Options) -> io::Result<Self> {
         let b = &opts.broker;
         let tcp = R::connect_tcp(&b.host, b.port).await?;
         let stream = if b.scheme.is_tls() {
@@ -39,11 +49,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport<S> {
             Either::Left(tcp)
         };
         match b.scheme {
-            Scheme::Tcp | Scheme::Tls => Ok(Transport::Bytes(stream)),
+            Scheme::Tcp | Scheme::Tls => Ok(Transport(Inner::Bytes(stream))),
             #[cfg(feature = "websocket")]
-            Scheme::Ws | Scheme::Wss => Ok(Transport::Ws(Box::new(
+            Scheme::Ws | Scheme::Wss => Ok(Transport(Inner::Ws(Box::new(
                 ws::Socket::connect(opts, stream).await?,
-            ))),
+            )))),
             #[cfg(not(feature = "websocket"))]
             Scheme::Ws | Scheme::Wss => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -55,42 +65,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport<S> {
     /// Appends what is available to `buf` (through `scratch`, so no memory is zeroed per
     /// read); 0 means the peer closed. Cancel-safe: nothing is consumed unless it is appended
     /// in the same poll.
-    pub(crate) fn poll_read(
+    pub fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         scratch: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match self {
-            Transport::Bytes(s) => {
+        match &mut self.0 {
+            Inner::Bytes(s) => {
                 let n = std::task::ready!(Pin::new(s).poll_read(cx, scratch))?;
                 buf.extend_from_slice(scratch.get(..n).unwrap_or_default());
                 Poll::Ready(Ok(n))
             }
             #[cfg(feature = "websocket")]
-            Transport::Ws(s) => s.poll_read(cx, buf),
+            Inner::Ws(s) => s.poll_read(cx, buf),
         }
     }
 
+    /// Appends what is available to `buf`; 0 means the peer closed. The bytes pass through a
+    /// scratch buffer of the thread, so an idle connection holds none.
+    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut scratch) => self.poll_read(cx, buf, &mut scratch),
+                // Only reachable if a read polled another read on the same thread.
+                Err(_) => Poll::Ready(Err(io::Error::other("re-entrant read"))),
+            })
+        })
+        .await
+    }
+
     /// Writes all of `data`.
-    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Transport::Bytes(s) => {
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.0 {
+            Inner::Bytes(s) => {
                 s.write_all(data).await?;
                 // TLS holds records until flushed; TCP's flush does nothing.
                 s.flush().await
             }
             #[cfg(feature = "websocket")]
-            Transport::Ws(s) => s.write(data).await,
+            Inner::Ws(s) => s.write(data).await,
         }
     }
 
     /// Closes the stream (TLS close_notify, WebSocket close frame, TCP FIN).
-    pub(crate) async fn shutdown(&mut self) {
-        let _ = match self {
-            Transport::Bytes(s) => s.close().await,
+    pub async fn shutdown(&mut self) {
+        let _ = match &mut self.0 {
+            Inner::Bytes(s) => s.close().await,
             #[cfg(feature = "websocket")]
-            Transport::Ws(s) => s.close().await,
+            Inner::Ws(s) => s.close().await,
         };
     }
 }
