@@ -426,7 +426,7 @@ fn broker_killed_mid_run_is_an_error_with_a_summary() {
 }
 
 #[test]
-fn over_tls_with_a_client_certificate_and_over_websocket() {
+fn over_tls_with_a_client_certificate_and_over_secure_websocket() {
     let certs = tests::certs::Certs::generate();
     let Some(broker) = Broker::builder()
         .tls(&certs)
@@ -445,7 +445,8 @@ fn over_tls_with_a_client_certificate_and_over_websocket() {
         vec![
             "-p", &tls_port, "--cafile", &ca, "--cert", &cert, "--key", &key,
         ],
-        vec!["-L", &url],
+        // With TLS on, the harness's websockets listener is encrypted too (wss://).
+        vec!["-L", &url, "--cafile", &ca, "--cert", &cert, "--key", &key],
     ];
     for conn in runs {
         let mut args = vec![
@@ -471,7 +472,11 @@ fn over_tls_with_a_client_certificate_and_over_websocket() {
         assert_eq!(outcome.code, Some(0), "{conn:?}: {}", outcome.stderr);
         let v = outcome.json();
         assert_exact(&v, 60, Some(60));
-        let scheme = if conn[0] == "-p" { "mqtts://" } else { "ws://" };
+        let scheme = if conn[0] == "-p" {
+            "mqtts://"
+        } else {
+            "wss://"
+        };
         assert!(
             v["broker"].as_str().is_some_and(|b| b.starts_with(scheme)),
             "{v:#}"

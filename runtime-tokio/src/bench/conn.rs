@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use mqtt_proto::{EncodeError, Publish, QoS, SubscriptionOptions, TopicFilter};
 use mqtt_client::Options;
+use mqtt_proto::{EncodeError, Publish, QoS, SubscriptionOptions, TopicFilter};
 use mqtt_session::store::Heap;
 use mqtt_session::{Config, ConnectOptions, Error, Event, Notice, Read, Session};
 use tokio::sync::{Notify, Semaphore};
@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::payload::{Clock, Header};
 use super::stats::{Counters, Receiver};
 /// The transport of one bench connection: TCP, TLS or WebSocket on tokio.
-type Transport = mqtt_client::transport::Transport<tokio_util::compat::Compat<tokio::net::TcpStream>>;
+type Transport =
+    mqtt_client::transport::Transport<tokio_util::compat::Compat<tokio::net::TcpStream>>;
 
 /// Received QoS 2 messages a connection tracks at once; the CONNECT announces fewer (the
 /// options' Receive Maximum), leaving room for brokers that overshoot it.
@@ -231,7 +232,12 @@ async fn open(ctx: &Ctx, plan: &Plan) -> Result<Box<Link>, Failure> {
     let o = &ctx.options;
     let fail = |e: String| Failure::Connect(e);
     // Boxed: the TLS and WebSocket handshakes are large futures, only needed while connecting.
-    let t = match tokio::time::timeout(o.connect_timeout, Box::pin(Transport::connect::<crate::Tokio>(o))).await {
+    let t = match tokio::time::timeout(
+        o.connect_timeout,
+        Box::pin(Transport::connect::<crate::Tokio>(o)),
+    )
+    .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(fail(format!("cannot reach {}: {e}", o.broker))),
         Err(_) => {

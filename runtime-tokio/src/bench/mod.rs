@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use mqtt_proto::QoS;
 use mqtt_client::Options;
+use mqtt_proto::QoS;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
