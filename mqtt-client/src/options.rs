@@ -237,7 +237,10 @@ pub struct Options {
     pub clean_start: bool,
     /// MQTT 5 session expiry (zero: ends with the connection).
     pub session_expiry: Duration,
-    /// Most unacknowledged QoS 1/2 publishes in flight.
+    /// Most unacknowledged QoS 1/2 publishes in flight (default 20). At MQTT 5 the broker's
+    /// Receive Maximum lowers it further; MQTT 3.1.1 has no way to announce a limit, and
+    /// mosquitto 2.0 (default `max_inflight_messages 20`) acknowledges but drops QoS 2
+    /// messages beyond it, so the default stays within it.
     pub inflight: u16,
     /// Largest packet accepted from the server.
     pub max_packet_size: u32,
@@ -294,7 +297,7 @@ impl Options {
             keep_alive: Duration::from_secs(30),
             clean_start: true,
             session_expiry: Duration::ZERO,
-            inflight: 64,
+            inflight: 20,
             max_packet_size: 1024 * 1024,
             queue_messages: 65_536,
             queue_bytes: 64 * 1024 * 1024,
