@@ -29,7 +29,7 @@ const BUFFER: usize = 64 * 1024;
 /// A cloneable handle to an MQTT client on the runtime `R`. Its connection runs in a
 /// [`Driver`]; a runtime crate names it, e.g. `mqtt_tokio::Client`.
 pub struct Client<R> {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
     runtime: PhantomData<fn() -> R>,
 }
 

@@ -29,6 +29,8 @@
 mod api;
 mod client;
 mod delivery;
+#[cfg(feature = "health")]
+mod health;
 pub mod options;
 pub mod runtime;
 pub mod tls;

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -25,6 +26,8 @@ pub trait Runtime: Send + Sync + 'static {
     type EventSender: Send + Sync + 'static;
     /// The receiving half: what [`crate::Driver::events`] returns.
     type Events;
+    /// A listening TCP socket (for the health endpoint).
+    type Listener: Send + Sync + 'static;
 
     /// Runs `task` to completion in the background.
     fn spawn(task: impl Future<Output = ()> + Send + 'static);
@@ -34,6 +37,14 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Opens a TCP connection to `host:port` with Nagle's algorithm off.
     fn connect_tcp(host: &str, port: u16) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
+
+    /// Listens on `addr`; gives the listener and the address it bound (port 0 picks one).
+    fn bind_tcp(
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<(Self::Listener, SocketAddr)>> + Send;
+
+    /// The next connection accepted on `listener`.
+    fn accept(listener: &Self::Listener) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
 
     /// An unbounded channel of raw events.
     fn event_channel() -> (Self::EventSender, Self::Events);
