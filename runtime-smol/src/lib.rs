@@ -30,9 +30,10 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
-use async_net::TcpStream;
+use async_net::{TcpListener, TcpStream};
 
 pub use mqtt_client::{
     Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Event, Failure,
@@ -85,6 +86,7 @@ impl mqtt_client::Runtime for Smol {
     type Timer = Timer;
     type EventSender = async_channel::Sender<Event>;
     type Events = async_channel::Receiver<Event>;
+    type Listener = TcpListener;
 
     fn spawn(task: impl Future<Output = ()> + Send + 'static) {
         smol::spawn(task).detach();
@@ -98,6 +100,16 @@ impl mqtt_client::Runtime for Smol {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
         Ok(tcp)
+    }
+
+    async fn bind_tcp(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        Ok((listener, bound))
+    }
+
+    async fn accept(listener: &TcpListener) -> io::Result<TcpStream> {
+        Ok(listener.accept().await?.0)
     }
 
     fn event_channel() -> (Self::EventSender, Self::Events) {

@@ -85,6 +85,7 @@ impl mqtt_client::Runtime for Tokio {
     type Timer = Timer;
     type EventSender = mpsc::UnboundedSender<Event>;
     type Events = mpsc::UnboundedReceiver<Event>;
+    type Listener = TcpListener;
 
     fn spawn(task: impl Future<Output = ()> + Send + 'static) {
         tokio::spawn(task);
@@ -100,6 +101,16 @@ impl mqtt_client::Runtime for Tokio {
         Ok(tcp.compat())
     }
 
+    async fn bind_tcp(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        Ok((listener, bound))
+    }
+
+    async fn accept(listener: &TcpListener) -> io::Result<Compat<TcpStream>> {
+        Ok(listener.accept().await?.0.compat())
+    }
+
     fn event_channel() -> (Self::EventSender, Self::Events) {
         mpsc::unbounded_channel()
     }
@@ -111,9 +122,10 @@ impl mqtt_client::Runtime for Tokio {
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
