@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use mqtt_health::client::Thresholds;
 use mqtt_health::{Endpoint, Health};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{Core, Status};
 use crate::client::Client;
@@ -74,12 +74,14 @@ impl<R: Runtime> Client<R> {
         thresholds: Thresholds,
     ) -> io::Result<SocketAddr> {
         let (listener, bound) = R::bind_tcp(addr).await?;
-        info!(%bound, "health endpoint listening");
+        let o = self.core.options();
+        let span = info_span!("mqtt", broker = %o.broker, client_id = %o.client_id);
+        span.in_scope(|| info!(%bound, "health endpoint listening"));
         let endpoint = Arc::new(ClientEndpoint {
             core: Arc::downgrade(&self.core),
             thresholds,
         });
-        R::spawn(async move {
+        let serve = async move {
             while endpoint.core.strong_count() > 0 {
                 match R::accept(&listener).await {
                     Ok(stream) => {
@@ -102,7 +104,8 @@ impl<R: Runtime> Client<R> {
                     }
                 }
             }
-        });
+        };
+        R::spawn(serve.instrument(span));
         Ok(bound)
     }
 }

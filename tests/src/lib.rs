@@ -10,6 +10,7 @@
 //! - [`certs`]: a CA, a server and a client certificate generated with `rcgen`, as PEM files.
 //! - [`proxy`]: a loopback TCP proxy whose connections a test can cut mid-stream or stall.
 //! - [`peers`]: `mosquitto_pub` / `mosquitto_sub` as reference peers.
+//! - [`runtimes`]: running one generic test on tokio and smol (sleeps, time limits).
 //!
 //! `scripts/test` installs mosquitto, mosquitto-clients and the node packages (`npm ci` in
 //! `tests/interop/`) before it runs the tests. Run it once (or `npm ci --prefix tests/interop` and
@@ -20,6 +21,7 @@ pub mod mosquitto;
 pub mod node;
 pub mod peers;
 pub mod proxy;
+pub mod runtimes;
 
 /// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
 ///

@@ -8,17 +8,17 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mqtt_client::{
-    Client, ConnectError, Delivery, Message, Options, ProtocolVersion, QoS, Runtime, Timer,
+    Client, ConnectError, Delivery, Message, Options, ProtocolVersion, QoS, Runtime,
 };
 use mqtt_smol::Smol;
 use mqtt_tokio::Tokio;
 use tests::certs::Certs;
 use tests::mosquitto::{Broker, BrokerBuilder};
 use tests::proxy::Proxy;
+use tests::runtimes::{self, TestRuntime, eventually, sleep, within};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a wait for messages or a connection may take before the test fails.
@@ -27,66 +27,9 @@ const WAIT: Duration = Duration::from_secs(15);
 const GRACE: Duration = Duration::from_millis(300);
 const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
 
-/// What a test needs of a runtime beyond [`Runtime`]: a place for blocking harness calls.
-trait TestRuntime: Runtime {
-    /// A short name for topics and client ids.
-    const NAME: &'static str;
-
-    /// Runs blocking harness code (process spawns, the proxy's cuts).
-    fn blocking<T>(f: impl FnOnce() -> T) -> T;
-}
-
-impl TestRuntime for Tokio {
-    const NAME: &'static str = "tokio";
-
-    fn blocking<T>(f: impl FnOnce() -> T) -> T {
-        tokio::task::block_in_place(f)
-    }
-}
-
-impl TestRuntime for Smol {
-    const NAME: &'static str = "smol";
-
-    fn blocking<T>(f: impl FnOnce() -> T) -> T {
-        // The clients run on smol's executor threads, not on the `block_on` thread.
-        f()
-    }
-}
-
-/// Sleeps on the runtime's own timer.
-async fn sleep<R: Runtime>(d: Duration) {
-    let mut timer = R::timer(Instant::now() + d);
-    std::future::poll_fn(|cx| timer.poll_fire(cx)).await;
-}
-
-/// Resolves `fut`, or `None` after `limit`.
-async fn within<R: Runtime, T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    let mut fut = std::pin::pin!(fut);
-    let mut timer = R::timer(Instant::now() + limit);
-    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
-        Poll::Ready(v) => Poll::Ready(Some(v)),
-        Poll::Pending => timer.poll_fire(cx).map(|()| None),
-    })
-    .await
-}
-
 /// Runs a scenario with the time limit.
 async fn bounded<R: Runtime>(body: impl Future<Output = ()>) {
-    within::<R, _>(TEST_TIMEOUT, body)
-        .await
-        .expect("the test ran over its time limit");
-}
-
-/// Waits until `cond` holds; false when `limit` passed first.
-async fn eventually<R: Runtime>(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        sleep::<R>(Duration::from_millis(5)).await;
-    }
-    true
+    runtimes::bounded::<R>(TEST_TIMEOUT, body).await;
 }
 
 fn start<R: TestRuntime>(builder: BrokerBuilder) -> Option<Broker> {

@@ -3,11 +3,13 @@
 //! --help`, `mqtt sub --help`, `mqtt bench --help`.
 
 use std::io::{BufRead, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use mqtt_tokio::{Client, ConnectError, Event, Options, QoS, Scheme};
 use tokio::sync::mpsc;
 
@@ -128,6 +130,55 @@ struct Conn {
     /// Print debug information to stderr.
     #[arg(short = 'd', long = "debug")]
     debug: bool,
+    /// How stderr is written: `text`, or `json` (one object per line, with the client id
+    /// and broker in each; logs at info level unless RUST_LOG or -d say otherwise).
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The format of what the tool writes to stderr.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The JSON mode, and the client id and broker every line names (set once options are known).
+static JSON_LOGS: OnceLock<()> = OnceLock::new();
+static IDENTITY: OnceLock<(String, String)> = OnceLock::new();
+
+/// Tells the user something on stderr: a line of text, or an info event in JSON mode.
+fn say(msg: &str) {
+    tell(tracing::Level::INFO, msg);
+}
+
+/// Reports the error the tool exits with.
+fn fail(msg: &str) {
+    tell(tracing::Level::ERROR, msg);
+}
+
+fn tell(level: tracing::Level, msg: &str) {
+    if JSON_LOGS.get().is_none() {
+        eprintln!("mqtt: {msg}");
+        return;
+    }
+    let _span = identity_span().entered();
+    if level == tracing::Level::ERROR {
+        tracing::error!("{msg}");
+    } else {
+        tracing::info!("{msg}");
+    }
+}
+
+fn identity_span() -> tracing::Span {
+    match IDENTITY.get() {
+        Some((client_id, broker)) => {
+            tracing::info_span!("mqtt", client_id = %client_id, broker = %broker)
+        }
+        None => tracing::info_span!("mqtt"),
+    }
 }
 
 /// `mqtt pub`.
@@ -135,6 +186,9 @@ struct Conn {
 struct PubArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Serve /health, /livez, /readyz and /metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long = "health", value_name = "ADDR")]
+    health: Option<SocketAddr>,
     /// Topic to publish to.
     #[arg(short = 't', long = "topic")]
     topic: Option<String>,
@@ -175,6 +229,9 @@ struct PubArgs {
 struct SubArgs {
     #[command(flatten)]
     conn: Conn,
+    /// Serve /health, /livez, /readyz and /metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long = "health", value_name = "ADDR")]
+    health: Option<SocketAddr>,
     /// Topic filter to subscribe to (repeat for more).
     #[arg(short = 't', long = "topic")]
     topics: Vec<String>,
@@ -294,32 +351,56 @@ fn options(conn: &Conn, role: &str) -> Result<(Options, Option<String>), Fail> {
         o.version =
             mqtt_client::options::parse_version(v).map_err(|e| Fail::usage(format!("-V: {e}")))?;
     }
+    let _ = IDENTITY.set((o.client_id.clone(), o.broker.to_string()));
     // A command-line tool reports a failed first connection instead of retrying for long.
     o.backoff_min = o.backoff_min.min(Duration::from_millis(500));
     o.backoff_max = o.backoff_max.min(Duration::from_secs(5)).max(o.backoff_min);
     Ok((o, url_topic))
 }
 
-fn init_logging(debug: bool) {
-    let filter = if debug {
+fn init_logging(conn: &Conn) {
+    let json = conn.log_format == LogFormat::Json;
+    let filter = if conn.debug {
         tracing_subscriber::EnvFilter::new("debug")
     } else if let Ok(f) = tracing_subscriber::EnvFilter::try_from_default_env() {
         f
+    } else if json {
+        tracing_subscriber::EnvFilter::new("info")
     } else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = JSON_LOGS.set(());
+        let _ = builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init();
+    } else {
+        let _ = builder.try_init();
+    }
 }
 
 /// Starts the client and waits for the broker's answer to the first CONNECT.
-async fn connect(options: Options) -> Result<(Client, mpsc::UnboundedReceiver<Event>), Fail> {
+async fn connect(
+    options: Options,
+    health: Option<SocketAddr>,
+) -> Result<(Client, mpsc::UnboundedReceiver<Event>), Fail> {
     let wait = options.connect_timeout + options.response_timeout + Duration::from_secs(1);
     let (client, mut driver) = Client::new(options).map_err(|e| Fail::usage(e.to_string()))?;
     let events = driver.events();
     tokio::spawn(driver.run());
+    if let Some(addr) = health {
+        // Listening before the first CONNECT is answered, so a probe sees the attempt fail.
+        let bound = client
+            .serve_health(addr)
+            .await
+            .map_err(|e| Fail(EXIT_UNREACHABLE, format!("--health {addr}: {e}")))?;
+        say(&format!("health endpoint on http://{bound}/health"));
+    }
     match client.wait_connected(wait).await {
         Ok(()) => Ok((client, events)),
         Err(e @ ConnectError::Refused(_)) => Err(Fail(EXIT_REFUSED, e.to_string())),
@@ -366,7 +447,7 @@ fn stdin_lines() -> mpsc::Receiver<Vec<u8>> {
 }
 
 async fn run_pub(args: PubArgs) -> Result<(), Fail> {
-    init_logging(args.conn.debug);
+    init_logging(&args.conn);
     let (options, url_topic) = options(&args.conn, "pub")?;
     let topic = args
         .topic
@@ -399,9 +480,9 @@ async fn run_pub(args: PubArgs) -> Result<(), Fail> {
         ));
     };
     let debug = args.conn.debug;
-    let (client, mut events) = connect(options).await?;
+    let (client, mut events) = connect(options, args.health).await?;
     if debug {
-        eprintln!("mqtt: connected to {}", client.options().broker);
+        say(&format!("connected to {}", client.options().broker));
     }
     // Deliveries are awaited in order on their own task, so publishing never waits for acks
     // beyond the queue's and the inflight window's limits.
@@ -461,7 +542,7 @@ async fn run_pub(args: PubArgs) -> Result<(), Fail> {
     };
     client.shutdown(Duration::from_secs(5)).await;
     if debug {
-        eprintln!("mqtt: {ok} message(s) delivered");
+        say(&format!("{ok} message(s) delivered"));
     }
     match failed {
         Some(e) => Err(Fail(
@@ -473,7 +554,7 @@ async fn run_pub(args: PubArgs) -> Result<(), Fail> {
 }
 
 async fn run_sub(args: SubArgs) -> Result<(), Fail> {
-    init_logging(args.conn.debug);
+    init_logging(&args.conn);
     let (mut options, url_topic) = options(&args.conn, "sub")?;
     let mut filters = args.topics.clone();
     filters.extend(url_topic);
@@ -491,9 +572,9 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
         .timeout
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let work = async {
-        let (client, mut events) = connect(options).await?;
+        let (client, mut events) = connect(options, args.health).await?;
         if debug {
-            eprintln!("mqtt: connected to {}", client.options().broker);
+            say(&format!("connected to {}", client.options().broker));
         }
         let q = qos(args.qos);
         let wanted: Vec<(&str, QoS)> = filters.iter().map(|f| (f.as_str(), q)).collect();
@@ -523,7 +604,7 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
                 ));
             }
             if debug {
-                eprintln!("mqtt: subscribed to {filter} ({code})");
+                say(&format!("subscribed to {filter} ({code})"));
             }
         }
         let mut seen = 0u64;
@@ -556,7 +637,7 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
                     seen += 1;
                 }
                 Some(Event::Disconnected(e)) if debug => {
-                    eprintln!("mqtt: connection lost ({e}); reconnecting");
+                    say(&format!("connection lost ({e}); reconnecting"));
                 }
                 Some(_) => {}
                 None => return Err(Fail(EXIT_UNREACHABLE, "the client stopped".into())),
@@ -580,7 +661,7 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
 /// Runs `mqtt bench` on a runtime of its own and prints the summary.
 #[cfg(feature = "bench")]
 fn run_bench(cmd: BenchCmd) -> Result<(), Fail> {
-    init_logging(cmd.conn.debug);
+    init_logging(&cmd.conn);
     let (options, url_topic) = options(&cmd.conn, "bench")?;
     options.validate().map_err(|e| Fail::usage(e.0))?;
     let mut args = cmd.bench;
@@ -627,7 +708,7 @@ fn main() -> ExitCode {
         return match run_bench(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fail(code, msg)) => {
-                eprintln!("mqtt: {msg}");
+                fail(&msg);
                 ExitCode::from(code)
             }
         };
@@ -653,7 +734,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
-            eprintln!("mqtt: {msg}");
+            fail(&msg);
             ExitCode::from(code)
         }
     }
