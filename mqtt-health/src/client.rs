@@ -258,7 +258,7 @@ mod tests {
         let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("parses");
         assert_eq!(
             scrape.samples.len(),
-            24,
+            22,
             "one sample per metric, ten priorities"
         );
         for line in [
