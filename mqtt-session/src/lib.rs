@@ -68,7 +68,9 @@
 //!   routing, reconnect timing, statistics), shared by the tokio and smol clients.
 //! - [`options`] (feature `std`): connection options of the `std` runtimes (broker URL, TLS
 //!   files, limits), parsed from URLs, TOML and `MQTT_*` variables.
-//! - [`router`] (feature `alloc`): maps topic filters to handler keys with a trie on levels.
+//! - [`router`] (feature `alloc` or `broker`): maps topic filters to handler keys with a trie on
+//!   levels.
+//! - [`broker`] (feature `broker`): the sans-IO MQTT 3.1 / 3.1.1 / 5.0 broker core.
 //! - [`runtime`] (feature `std`): the client API types and the [`runtime::Core`] (engine,
 //!   handlers) that the tokio and smol clients wrap.
 //! - [`tls`] (feature `rustls`): the rustls client configuration of the `std` runtimes.
@@ -83,19 +85,21 @@
     )
 )]
 
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
 pub mod backoff;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod client;
 #[cfg(feature = "alloc")]
 pub mod engine;
 #[cfg(feature = "std")]
 pub mod options;
 pub mod packet_id;
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 pub mod router;
 #[cfg(feature = "std")]
 pub mod runtime;
@@ -112,6 +116,6 @@ pub use client::{
     State, Token,
 };
 pub use packet_id::PacketIds;
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 pub use router::Router;
 pub use time::Instant;

@@ -1,0 +1,764 @@
+//! Broker scenarios on the deterministic harness: the broker core and our own client state
+//! machines joined in memory on a fake clock. Each test asserts bytes or events.
+
+mod broker_common;
+
+use broker_common::*;
+use mqtt_proto::{
+    Connect, Packet, PacketId, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubscriptionOptions, TopicName, Will,
+};
+use mqtt_session::ConnectOptions;
+use mqtt_session::broker::{Config, Limits};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V311: ProtocolVersion = ProtocolVersion::V311;
+
+fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions::new(qos)
+}
+
+fn pid(v: u16) -> PacketId {
+    PacketId::new(v).unwrap()
+}
+
+/// Publisher and subscriber at `version`, subscriber on `filter` at `sub_qos`.
+fn pair(version: ProtocolVersion, filter: &str, sub_qos: QoS) -> Net {
+    let mut net = Net::new(Config::default());
+    let s = net.client(ccfg(version));
+    let p = net.client(ccfg(version));
+    net.connect_id(s, "sub");
+    net.connect_id(p, "pub");
+    subscribe(&mut net, s, filter, opts(sub_qos));
+    assert_eq!(
+        net.peers[s].got,
+        [
+            Got::Connected { present: false },
+            Got::Subscribed {
+                codes: vec![match sub_qos {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                }]
+            }
+        ]
+    );
+    net.peers[s].got.clear();
+    net.peers[p].got.clear();
+    net
+}
+
+#[test]
+fn qos_0_1_2_both_ways_at_311_and_5() {
+    for version in [V311, V5] {
+        for pub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for sub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let mut net = pair(version, "t/#", sub_qos);
+                let token = publish(&mut net, 1, "t/a", b"hi", pub_qos, false);
+                let msgs = net.messages(0);
+                assert_eq!(msgs.len(), 1, "{version} {pub_qos:?} {sub_qos:?}");
+                assert_eq!(msgs[0].topic, "t/a");
+                assert_eq!(msgs[0].payload, b"hi");
+                assert_eq!(msgs[0].qos, pub_qos.min(sub_qos));
+                assert!(!msgs[0].retain);
+                if pub_qos != QoS::AtMostOnce {
+                    assert_eq!(
+                        net.peers[1].got,
+                        [Got::Published {
+                            token,
+                            rc: ReasonCode::Success
+                        }]
+                    );
+                }
+                // Every handshake completed: nothing is left in flight on either side.
+                assert_eq!(net.broker.stats().queued_messages, 0);
+                assert_eq!(net.cl(1).in_flight(), 0);
+                let st = net.broker.stats();
+                assert_eq!((st.messages_received, st.messages_sent), (1, 1));
+            }
+        }
+    }
+}
+
+#[test]
+fn no_matching_subscribers_at_5() {
+    let mut net = pair(V5, "other", QoS::AtLeastOnce);
+    let token = publish(&mut net, 1, "t/a", b"x", QoS::AtLeastOnce, false);
+    assert_eq!(
+        net.peers[1].got,
+        [Got::Published {
+            token,
+            rc: ReasonCode::NoMatchingSubscribers
+        }]
+    );
+}
+
+#[test]
+fn retained_set_replace_clear_and_wildcard_delivery() {
+    let mut net = Net::new(Config::default());
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    publish(&mut net, p, "r/a", b"1", QoS::AtLeastOnce, true);
+    publish(&mut net, p, "r/a", b"2", QoS::AtLeastOnce, true);
+    publish(&mut net, p, "r/b", b"3", QoS::AtMostOnce, true);
+    assert_eq!(net.broker.stats().retained, 2);
+    assert_eq!(&*net.broker.retained("r/a").unwrap().payload, b"2");
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "sub");
+    subscribe(&mut net, s, "r/+", opts(QoS::AtLeastOnce));
+    let mut got: Vec<_> = net
+        .messages(s)
+        .into_iter()
+        .map(|m| (m.topic, m.payload, m.qos, m.retain))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("r/a".into(), b"2".to_vec(), QoS::AtLeastOnce, true),
+            ("r/b".into(), b"3".to_vec(), QoS::AtMostOnce, true)
+        ]
+    );
+    // Clear with an empty payload; a new subscriber gets only r/b.
+    publish(&mut net, p, "r/a", b"", QoS::AtMostOnce, true);
+    assert_eq!(net.broker.stats().retained, 1);
+    let s2 = net.client(ccfg(V5));
+    net.connect_id(s2, "sub2");
+    subscribe(&mut net, s2, "r/#", opts(QoS::AtMostOnce));
+    let got: Vec<_> = net.messages(s2).into_iter().map(|m| m.topic).collect();
+    assert_eq!(got, ["r/b"]);
+}
+
+#[test]
+fn a_wildcard_subscription_gets_all_10000_retained() {
+    let cfg = Config {
+        limits: Limits {
+            session_messages: 20_000,
+            session_bytes: 64 << 20,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let mut net = Net::new(cfg);
+    let p = net.client(ccfg(V311));
+    net.connect_id(p, "pub");
+    for i in 0..10_000 {
+        publish(
+            &mut net,
+            p,
+            &format!("fleet/{}/{}", i / 100, i % 100),
+            b"v",
+            QoS::AtMostOnce,
+            true,
+        );
+    }
+    assert_eq!(net.broker.stats().retained, 10_000);
+    let s = net.client(ccfg(V311));
+    net.connect_id(s, "sub");
+    subscribe(&mut net, s, "fleet/#", opts(QoS::AtMostOnce));
+    let got = net.messages(s);
+    assert_eq!(got.len(), 10_000);
+    assert!(got.iter().all(|m| m.retain));
+    let mut topics: Vec<_> = got.into_iter().map(|m| m.topic).collect();
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics.len(), 10_000);
+}
+
+#[test]
+fn retained_message_expires() {
+    let mut net = Net::new(Config::default());
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "pub", 0)));
+    let props = [Property::MessageExpiryInterval(10)];
+    net.send(
+        r,
+        &Packet::Publish(Publish {
+            retain: true,
+            properties: mqtt_proto::Properties::new(&props),
+            ..Publish::new("e/t", b"soon gone")
+        }),
+    );
+    assert_eq!(net.broker.stats().retained, 1);
+    net.advance_ms(4_000);
+    // A subscriber 4 s later sees 6 s left.
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "s1");
+    subscribe(&mut net, s, "e/#", opts(QoS::AtMostOnce));
+    let got = net.messages(s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].expiry, Some(6));
+    net.advance_ms(7_000);
+    let s2 = net.client(ccfg(V5));
+    net.connect_id(s2, "s2");
+    subscribe(&mut net, s2, "e/#", opts(QoS::AtMostOnce));
+    assert!(net.messages(s2).is_empty());
+    assert_eq!(net.broker.stats().retained, 0);
+    assert_eq!(net.broker.stats().dropped.expired, 1);
+}
+
+fn will<'a>(topic: &'a str, payload: &'a [u8], props: &'a [Property<'a>]) -> Will<'a> {
+    Will {
+        topic: TopicName::new(topic).unwrap(),
+        payload,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: mqtt_proto::Properties::new(props),
+    }
+}
+
+/// A watcher subscribed to `w/#` and a client "dying" with a will on `w/dying`.
+fn will_setup(version: ProtocolVersion, cfg: ClientConfig, props: &[Property<'_>]) -> Net {
+    let mut net = Net::new(Config::default());
+    let w = net.client(ccfg(V5));
+    net.connect_id(w, "watcher");
+    subscribe(&mut net, w, "w/#", opts(QoS::AtLeastOnce));
+    net.peers[w].got.clear();
+    let d = net.client(ClientConfig { version, ..cfg });
+    net.connect(
+        d,
+        &ConnectOptions {
+            client_id: "dying",
+            will: Some(will("w/dying", b"gone", props)),
+            ..Default::default()
+        },
+    );
+    net
+}
+
+#[test]
+fn will_on_abrupt_drop_not_on_disconnect() {
+    for version in [V311, V5] {
+        let mut net = will_setup(version, ccfg(version), &[]);
+        net.drop_transport(1);
+        let got = net.messages(0);
+        assert_eq!(got.len(), 1, "{version}");
+        assert_eq!(
+            (got[0].topic.as_str(), &got[0].payload[..]),
+            ("w/dying", &b"gone"[..])
+        );
+
+        let mut net = will_setup(version, ccfg(version), &[]);
+        net.cl(1).disconnect(ReasonCode::Success);
+        net.run();
+        assert!(
+            net.messages(0).is_empty(),
+            "normal DISCONNECT discards the will"
+        );
+        assert!(!net.broker.has_session("dying"));
+    }
+}
+
+#[test]
+fn disconnect_with_will_message_publishes_it() {
+    let mut net = will_setup(V5, ccfg(V5), &[]);
+    net.cl(1).disconnect(ReasonCode::DisconnectWithWill);
+    net.run();
+    assert_eq!(net.messages(0).len(), 1);
+}
+
+#[test]
+fn will_delay_and_its_cancellation_by_reconnect() {
+    let cfg = ClientConfig {
+        session_expiry: 100,
+        clean_start: false,
+        ..ccfg(V5)
+    };
+    let props = [Property::WillDelayInterval(5)];
+    let mut net = will_setup(V5, cfg, &props);
+    net.drop_transport(1);
+    assert!(net.messages(0).is_empty());
+    net.advance_ms(4_999);
+    assert!(net.messages(0).is_empty());
+    net.advance_ms(1);
+    assert_eq!(net.messages(0).len(), 1, "published once the delay passed");
+
+    // Reconnecting within the delay cancels it.
+    let mut net = will_setup(V5, cfg, &props);
+    net.drop_transport(1);
+    net.advance_ms(2_000);
+    net.connect_id(1, "dying");
+    net.advance_ms(10_000);
+    assert!(net.messages(0).is_empty());
+    assert_eq!(
+        net.peers[1].got.last(),
+        Some(&Got::Connected { present: true })
+    );
+}
+
+#[test]
+fn will_delay_is_cut_short_by_session_expiry() {
+    let cfg = ClientConfig {
+        session_expiry: 2,
+        ..ccfg(V5)
+    };
+    let props = [Property::WillDelayInterval(60)];
+    let mut net = will_setup(V5, cfg, &props);
+    net.drop_transport(1);
+    net.advance_ms(1_999);
+    assert!(net.messages(0).is_empty());
+    net.advance_ms(1);
+    assert_eq!(net.messages(0).len(), 1);
+    assert!(!net.broker.has_session("dying"));
+}
+
+#[test]
+fn takeover_ends_the_first_connection_with_0x8e_and_its_will() {
+    let mut net = will_setup(V5, ccfg(V5), &[]);
+    let second = net.client(ccfg(V5));
+    net.connect_id(second, "dying");
+    let frames = net.take_frames(1);
+    let last = frames.last().unwrap();
+    assert_eq!(
+        last,
+        &[0xE0, 0x01, 0x8E],
+        "DISCONNECT 0x8E to the first connection"
+    );
+    assert!(net.peers[1].closed);
+    assert_eq!(
+        net.messages(0).len(),
+        1,
+        "the will of the taken-over connection"
+    );
+    assert_eq!(net.peers[second].got, [Got::Connected { present: false }]);
+    // At 3.1.1 the old connection is just closed.
+    let mut net = will_setup(V311, ccfg(V311), &[]);
+    let second = net.client(ccfg(V311));
+    net.connect_id(second, "dying");
+    assert!(net.peers[1].closed);
+    assert!(net.take_frames(1).iter().all(|f| f[0] != 0xE0));
+}
+
+#[test]
+fn session_expiry_and_resumption() {
+    let mut net = Net::new(Config::default());
+    let cfg = ClientConfig {
+        session_expiry: 10,
+        clean_start: false,
+        ..ccfg(V5)
+    };
+    let c = net.client(cfg);
+    net.connect_id(c, "persist");
+    subscribe(&mut net, c, "a/#", opts(QoS::AtLeastOnce));
+    net.drop_transport(c);
+    net.advance_ms(9_000);
+    assert!(net.broker.has_session("persist"));
+    net.connect_id(c, "persist");
+    assert_eq!(
+        net.peers[c].got.last(),
+        Some(&Got::Connected { present: true })
+    );
+    net.drop_transport(c);
+    net.advance_ms(10_000);
+    assert!(
+        !net.broker.has_session("persist"),
+        "expired 10 s after the second drop"
+    );
+    net.peers[c].got.clear();
+    net.connect_id(c, "persist");
+    assert_eq!(net.peers[c].got, [Got::Connected { present: false }]);
+    // The session is new; our client made its subscription again because of that.
+    assert_eq!(net.broker.stats().subscriptions, 1);
+}
+
+#[test]
+fn clean_start_discards_the_session() {
+    let mut net = Net::new(Config::default());
+    let c = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(c, "x");
+    subscribe(&mut net, c, "a", opts(QoS::AtLeastOnce));
+    net.drop_transport(c);
+    let c2 = net.client(ClientConfig {
+        clean_start: true,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(c2, "x");
+    assert_eq!(net.peers[c2].got, [Got::Connected { present: false }]);
+    assert_eq!(net.broker.stats().subscriptions, 0);
+}
+
+/// Raw v5 CONNECT with properties.
+fn connect_v5<'a>(id: &'a str, clean: bool, props: &'a [Property<'a>]) -> Packet<'a> {
+    Packet::Connect(Connect {
+        clean_start: clean,
+        properties: mqtt_proto::Properties::new(props),
+        ..Connect::new(V5, id, 0)
+    })
+}
+
+fn raw_subscribe<'a>(
+    id: u16,
+    filters: &'a [(mqtt_proto::TopicFilter<'a>, SubscriptionOptions)],
+    props: &'a [Property<'a>],
+) -> Packet<'a> {
+    Packet::Subscribe(mqtt_proto::Subscribe {
+        packet_id: pid(id),
+        properties: mqtt_proto::Properties::new(props),
+        filters: mqtt_proto::Filters::new(filters),
+    })
+}
+
+fn filter(f: &str) -> mqtt_proto::TopicFilter<'_> {
+    mqtt_proto::TopicFilter::new(f).unwrap()
+}
+
+/// A PUBLISH as (dup, qos, packet id, topic, payload).
+type Pub = (bool, QoS, Option<u16>, String, Vec<u8>);
+
+/// The PUBLISH packets among frames.
+fn publishes(frames: &[Vec<u8>], v: ProtocolVersion) -> Vec<Pub> {
+    frames
+        .iter()
+        .filter_map(|f| match packet(f, v) {
+            Packet::Publish(p) => Some((
+                p.dup,
+                p.qos,
+                p.packet_id.map(|i| i.get()),
+                p.topic.to_string(),
+                p.payload.to_vec(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn offline_queue_and_redelivery_with_original_ids_and_dup() {
+    let mut net = Net::new(Config::default());
+    let props = [Property::SessionExpiryInterval(300)];
+    let s = net.raw(V5);
+    net.send(s, &connect_v5("sub", true, &props));
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("q/#"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    publish(&mut net, p, "q/1", b"one", QoS::AtLeastOnce, false);
+    net.take_frames(s);
+    // Not acked; the transport drops; two more arrive while offline (and a QoS 0, not kept).
+    net.drop_transport(s);
+    publish(&mut net, p, "q/2", b"two", QoS::AtLeastOnce, false);
+    publish(&mut net, p, "q/3", b"three", QoS::ExactlyOnce, false);
+    publish(&mut net, p, "q/4", b"zero", QoS::AtMostOnce, false);
+    assert_eq!(net.broker.stats().dropped.offline_qos0, 1);
+    let s2 = net.raw(V5);
+    net.send(s2, &connect_v5("sub", false, &props));
+    let frames = net.take_frames(s2);
+    match packet(&frames[0], V5) {
+        Packet::ConnAck(a) => assert!(a.session_present),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        publishes(&frames, V5),
+        [
+            (
+                true,
+                QoS::AtLeastOnce,
+                Some(1),
+                "q/1".into(),
+                b"one".to_vec()
+            ),
+            (
+                false,
+                QoS::AtLeastOnce,
+                Some(2),
+                "q/2".into(),
+                b"two".to_vec()
+            ),
+            (
+                false,
+                QoS::AtLeastOnce,
+                Some(3),
+                "q/3".into(),
+                b"three".to_vec()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn qos2_redelivery_resends_pubrel_after_pubrec() {
+    let mut net = Net::new(Config::default());
+    let props = [Property::SessionExpiryInterval(300)];
+    let s = net.raw(V5);
+    net.send(s, &connect_v5("sub", true, &props));
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("q"), opts(QoS::ExactlyOnce))], &[]),
+    );
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    publish(&mut net, p, "q", b"x", QoS::ExactlyOnce, false);
+    net.take_frames(s);
+    net.send(s, &Packet::PubRec(mqtt_proto::Ack::new(pid(1))));
+    assert_eq!(net.take_frames(s), [vec![0x62, 0x02, 0x00, 0x01]], "PUBREL");
+    net.drop_transport(s);
+    let s2 = net.raw(V5);
+    net.send(s2, &connect_v5("sub", false, &props));
+    let frames = net.take_frames(s2);
+    assert_eq!(
+        frames[1],
+        [0x62, 0x02, 0x00, 0x01],
+        "PUBREL again, not the PUBLISH"
+    );
+    net.send(s2, &Packet::PubComp(mqtt_proto::Ack::new(pid(1))));
+    assert_eq!(net.broker.stats().queued_messages, 0);
+}
+
+#[test]
+fn inbound_qos2_duplicate_is_not_delivered_twice() {
+    let mut net = pair(V5, "d", QoS::ExactlyOnce);
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "raw", 0)));
+    let p = Packet::Publish(Publish {
+        qos: QoS::ExactlyOnce,
+        packet_id: Some(pid(7)),
+        ..Publish::new("d", b"once")
+    });
+    net.send(r, &p);
+    let dup = Packet::Publish(Publish {
+        dup: true,
+        qos: QoS::ExactlyOnce,
+        packet_id: Some(pid(7)),
+        ..Publish::new("d", b"once")
+    });
+    net.send(r, &dup);
+    let frames = net.take_frames(r);
+    assert_eq!(
+        &frames[1..],
+        [vec![0x50, 0x02, 0x00, 0x07], vec![0x50, 0x02, 0x00, 0x07]]
+    );
+    net.send(r, &Packet::PubRel(mqtt_proto::Ack::new(pid(7))));
+    assert_eq!(net.take_frames(r), [vec![0x70, 0x02, 0x00, 0x07]]);
+    assert_eq!(net.messages(0).len(), 1);
+}
+
+#[test]
+fn shared_subscription_round_robin_is_fair() {
+    let mut net = Net::new(Config::default());
+    let members: Vec<usize> = (0..3).map(|_| net.client(ccfg(V5))).collect();
+    for (n, &m) in members.iter().enumerate() {
+        net.connect_id(m, &format!("m{n}"));
+        subscribe(&mut net, m, "$share/g/jobs/+", opts(QoS::AtLeastOnce));
+    }
+    let plain = net.client(ccfg(V5));
+    net.connect_id(plain, "plain");
+    subscribe(&mut net, plain, "jobs/#", opts(QoS::AtMostOnce));
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    for i in 0..30 {
+        publish(
+            &mut net,
+            p,
+            &format!("jobs/{i}"),
+            b"j",
+            QoS::AtLeastOnce,
+            false,
+        );
+    }
+    let counts: Vec<usize> = members.iter().map(|&m| net.messages(m).len()).collect();
+    assert_eq!(counts, [10, 10, 10]);
+    assert_eq!(
+        net.messages(plain).len(),
+        30,
+        "a plain subscription gets every message"
+    );
+}
+
+#[test]
+fn shared_subscription_skips_a_member_whose_window_is_full() {
+    let mut net = Net::new(Config::default());
+    // A raw member with Receive Maximum 1 that never acks.
+    let slow = net.raw(V5);
+    let props = [Property::ReceiveMaximum(1)];
+    net.send(slow, &connect_v5("slow", true, &props));
+    net.send(
+        slow,
+        &raw_subscribe(1, &[(filter("$share/g/t"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    let fast = net.client(ccfg(V5));
+    net.connect_id(fast, "fast");
+    subscribe(&mut net, fast, "$share/g/t", opts(QoS::AtLeastOnce));
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    for _ in 0..10 {
+        publish(&mut net, p, "t", b"x", QoS::AtLeastOnce, false);
+    }
+    let slow_got = publishes(&net.take_frames(slow), V5).len();
+    assert_eq!(slow_got, 1, "one in flight, then skipped");
+    assert_eq!(net.messages(fast).len(), 9);
+    assert_eq!(net.broker.stats().dropped.total(), 0);
+}
+
+#[test]
+fn no_local_and_retain_as_published() {
+    let mut net = Net::new(Config::default());
+    let c = net.client(ccfg(V5));
+    net.connect_id(c, "self");
+    let nl = SubscriptionOptions {
+        no_local: true,
+        ..opts(QoS::AtLeastOnce)
+    };
+    subscribe(&mut net, c, "own/#", nl);
+    let rap = SubscriptionOptions {
+        retain_as_published: true,
+        ..opts(QoS::AtLeastOnce)
+    };
+    subscribe(&mut net, c, "rap/#", rap);
+    subscribe(&mut net, c, "plain/#", opts(QoS::AtLeastOnce));
+    publish(&mut net, c, "own/x", b"1", QoS::AtLeastOnce, false);
+    assert!(
+        net.messages(c).is_empty(),
+        "no-local: not sent back to its publisher"
+    );
+    let o = net.client(ccfg(V5));
+    net.connect_id(o, "other");
+    publish(&mut net, o, "own/x", b"2", QoS::AtLeastOnce, false);
+    publish(&mut net, o, "rap/x", b"3", QoS::AtLeastOnce, true);
+    publish(&mut net, o, "plain/x", b"4", QoS::AtLeastOnce, true);
+    let got: Vec<_> = net
+        .messages(c)
+        .into_iter()
+        .map(|m| (m.topic, m.retain))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("own/x".into(), false),
+            ("rap/x".into(), true),
+            ("plain/x".into(), false)
+        ]
+    );
+}
+
+#[test]
+fn retain_handling_0_1_2() {
+    let mut net = Net::new(Config::default());
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    publish(&mut net, p, "rh", b"kept", QoS::AtMostOnce, true);
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "s");
+    for (rh, first, again) in [
+        (RetainHandling::SendAtSubscribe, 1, 1),
+        (RetainHandling::SendIfNew, 1, 0),
+        (RetainHandling::DoNotSend, 0, 0),
+    ] {
+        let o = SubscriptionOptions {
+            retain_handling: rh,
+            ..opts(QoS::AtMostOnce)
+        };
+        subscribe(&mut net, s, "rh", o);
+        assert_eq!(net.messages(s).len(), first, "{rh:?} first");
+        subscribe(&mut net, s, "rh", o);
+        assert_eq!(net.messages(s).len(), again, "{rh:?} again");
+        let now = net.now;
+        net.cl(s).unsubscribe(now, &[filter("rh")], &[]).unwrap();
+        net.run();
+    }
+}
+
+#[test]
+fn subscription_identifiers_and_overlapping_subscriptions() {
+    let mut net = Net::new(Config::default());
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "s");
+    let now = net.now;
+    net.cl(s)
+        .subscribe(
+            now,
+            &[(filter("a/+"), opts(QoS::AtMostOnce))],
+            &[Property::SubscriptionIdentifier(7)],
+        )
+        .unwrap();
+    net.cl(s)
+        .subscribe(
+            now,
+            &[(filter("a/#"), opts(QoS::ExactlyOnce))],
+            &[Property::SubscriptionIdentifier(9)],
+        )
+        .unwrap();
+    net.run();
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "p");
+    publish(&mut net, p, "a/b", b"x", QoS::ExactlyOnce, false);
+    let got = net.messages(s);
+    assert_eq!(got.len(), 1, "one copy for overlapping subscriptions");
+    assert_eq!(got[0].qos, QoS::ExactlyOnce, "at the highest QoS");
+    let mut ids = got[0].sub_ids.clone();
+    ids.sort();
+    assert_eq!(ids, [7, 9]);
+    // At 3.1.1 likewise one copy at the highest QoS.
+    let mut net = Net::new(Config::default());
+    let s = net.client(ccfg(V311));
+    net.connect_id(s, "s");
+    subscribe(&mut net, s, "a/+", opts(QoS::AtLeastOnce));
+    subscribe(&mut net, s, "#", opts(QoS::AtMostOnce));
+    let p = net.client(ccfg(V311));
+    net.connect_id(p, "p");
+    publish(&mut net, p, "a/b", b"x", QoS::AtLeastOnce, false);
+    let got = net.messages(s);
+    assert_eq!((got.len(), got[0].qos), (1, QoS::AtLeastOnce));
+}
+
+#[test]
+fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    let mut net = Net::new(Config::default());
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "s");
+    subscribe(&mut net, s, "#", opts(QoS::AtMostOnce));
+    subscribe(&mut net, s, "+/x", opts(QoS::AtMostOnce));
+    let d = net.client(ccfg(V5));
+    net.connect_id(d, "d");
+    subscribe(&mut net, d, "$app/#", opts(QoS::AtMostOnce));
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "p");
+    publish(&mut net, p, "$app/x", b"1", QoS::AtMostOnce, false);
+    assert!(net.messages(s).is_empty());
+    assert_eq!(net.messages(d).len(), 1);
+}
+
+#[test]
+fn request_response_user_properties_content_type_pass_through() {
+    let mut net = pair(V5, "req", QoS::AtLeastOnce);
+    let props = [
+        Property::ResponseTopic("resp/1"),
+        Property::CorrelationData(b"abc"),
+        Property::ContentType("text/plain"),
+        Property::PayloadFormatIndicator(true),
+        Property::UserProperty("k", "v"),
+        Property::UserProperty("k", "w"),
+    ];
+    let msg = Publish {
+        qos: QoS::AtLeastOnce,
+        properties: mqtt_proto::Properties::new(&props),
+        ..Publish::new("req", b"ask")
+    };
+    let now = net.now;
+    net.cl(1).publish(now, &msg, 5).unwrap();
+    net.run();
+    let got = net.messages(0);
+    assert_eq!(got[0].response_topic.as_deref(), Some("resp/1"));
+    assert_eq!(got[0].correlation.as_deref(), Some(&b"abc"[..]));
+    assert_eq!(got[0].content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        got[0].user,
+        [("k".into(), "v".into()), ("k".into(), "w".into())]
+    );
+    let raw_props = net.take_frames(0);
+    let last = raw_props.iter().rev().find(|f| f[0] >> 4 == 3).unwrap();
+    let Packet::Publish(p) = packet(last, V5) else {
+        panic!()
+    };
+    assert_eq!(
+        p.properties
+            .get(mqtt_proto::PropertyId::PayloadFormatIndicator),
+        Some(Property::PayloadFormatIndicator(true))
+    );
+}
