@@ -8,8 +8,8 @@ use mqtt_proto::{
     Connect, Packet, PacketId, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     SubscriptionOptions, TopicName, Will,
 };
-use mqtt_session::ConnectOptions;
 use mqtt_session::broker::{Config, Limits};
+use mqtt_session::{ConnectOptions, Instant};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V311;
@@ -760,5 +760,556 @@ fn request_response_user_properties_content_type_pass_through() {
         p.properties
             .get(mqtt_proto::PropertyId::PayloadFormatIndicator),
         Some(Property::PayloadFormatIndicator(true))
+    );
+}
+
+fn connack(frame: &[u8], v: ProtocolVersion) -> mqtt_proto::ConnAck<'_> {
+    match packet(frame, v) {
+        Packet::ConnAck(a) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn topic_aliases_from_the_client() {
+    let mut net = pair(V5, "al/#", QoS::AtMostOnce);
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "aliaser", 0)));
+    let ack = net.take_frames(r);
+    assert_eq!(
+        connack(&ack[0], V5)
+            .properties
+            .get(mqtt_proto::PropertyId::TopicAliasMaximum),
+        Some(Property::TopicAliasMaximum(16))
+    );
+    let set = [Property::TopicAlias(3)];
+    net.send(
+        r,
+        &Packet::Publish(Publish {
+            properties: mqtt_proto::Properties::new(&set),
+            ..Publish::new("al/long/topic", b"1")
+        }),
+    );
+    net.send(
+        r,
+        &Packet::Publish(Publish {
+            properties: mqtt_proto::Properties::new(&set),
+            ..Publish::new("", b"2")
+        }),
+    );
+    let got: Vec<_> = net
+        .messages(0)
+        .into_iter()
+        .map(|m| (m.topic, m.payload))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("al/long/topic".into(), b"1".to_vec()),
+            ("al/long/topic".into(), b"2".to_vec())
+        ]
+    );
+    // Above the maximum: DISCONNECT 0x94.
+    let bad = [Property::TopicAlias(17)];
+    net.send(
+        r,
+        &Packet::Publish(Publish {
+            properties: mqtt_proto::Properties::new(&bad),
+            ..Publish::new("al/x", b"3")
+        }),
+    );
+    assert_eq!(net.take_frames(r), [vec![0xE0, 0x01, 0x94]]);
+    assert!(net.peers[r].closed);
+}
+
+#[test]
+fn keep_alive_expires_at_one_and_a_half_times() {
+    let mut net = Net::new(Config::default());
+    let w = net.client(ccfg(V5));
+    net.connect_id(w, "watcher");
+    subscribe(&mut net, w, "w/#", opts(QoS::AtMostOnce));
+    let r = net.raw(V5);
+    let wl = will("w/ka", b"silent", &[]);
+    net.send(
+        r,
+        &Packet::Connect(Connect {
+            will: Some(wl),
+            ..Connect::new(V5, "quiet", 10)
+        }),
+    );
+    net.take_frames(r);
+    net.advance_to(Instant::from_millis(14_999));
+    assert!(!net.peers[r].closed);
+    net.send(r, &Packet::PingReq);
+    assert_eq!(net.take_frames(r), [vec![0xD0, 0x00]], "PINGRESP");
+    // The ping at 14.999 s restarts the 15 s.
+    net.advance_to(Instant::from_millis(29_998));
+    assert!(!net.peers[r].closed);
+    net.advance_to(Instant::from_millis(29_999));
+    assert_eq!(net.take_frames(r), [vec![0xE0, 0x01, 0x8D]]);
+    assert!(net.peers[r].closed);
+    assert_eq!(net.messages(w).len(), 1, "the will of a timed-out client");
+}
+
+#[test]
+fn server_keep_alive_when_the_maximum_is_lower() {
+    let mut net = Net::new(Config {
+        max_keep_alive: 30,
+        ..Config::default()
+    });
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "ka", 100)));
+    let f = net.take_frames(r);
+    assert_eq!(
+        connack(&f[0], V5)
+            .properties
+            .get(mqtt_proto::PropertyId::ServerKeepAlive),
+        Some(Property::ServerKeepAlive(30))
+    );
+    net.advance_to(Instant::from_millis(44_999));
+    assert!(!net.peers[r].closed);
+    net.advance_to(Instant::from_millis(45_000));
+    assert!(net.peers[r].closed, "enforced at 1.5 x 30 s");
+}
+
+#[test]
+fn client_receive_maximum_is_honoured() {
+    let mut net = Net::new(Config::default());
+    let s = net.raw(V5);
+    let props = [Property::ReceiveMaximum(2)];
+    net.send(s, &connect_v5("s", true, &props));
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("f"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    net.take_frames(s);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "p");
+    for i in 0..5u8 {
+        publish(&mut net, p, "f", &[i], QoS::AtLeastOnce, false);
+    }
+    let first = publishes(&net.take_frames(s), V5);
+    assert_eq!(first.len(), 2, "two in flight at most");
+    net.send(s, &Packet::PubAck(mqtt_proto::Ack::new(pid(1))));
+    let next = publishes(&net.take_frames(s), V5);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].4, [2]);
+}
+
+#[test]
+fn our_receive_maximum_is_enforced_with_0x93() {
+    let mut net = Net::new(Config {
+        receive_maximum: 2,
+        ..Config::default()
+    });
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "flood", 0)));
+    let f = net.take_frames(r);
+    assert_eq!(
+        connack(&f[0], V5)
+            .properties
+            .get(mqtt_proto::PropertyId::ReceiveMaximum),
+        Some(Property::ReceiveMaximum(2))
+    );
+    for id in 1..=3 {
+        net.send(
+            r,
+            &Packet::Publish(Publish {
+                qos: QoS::ExactlyOnce,
+                packet_id: Some(pid(id)),
+                ..Publish::new("x", b"")
+            }),
+        );
+    }
+    let f = net.take_frames(r);
+    assert_eq!(f.last().unwrap(), &[0xE0, 0x01, 0x93]);
+    assert!(net.peers[r].closed);
+}
+
+#[test]
+fn maximum_packet_size_both_ways() {
+    let mut net = Net::new(Config {
+        max_packet_size: 200,
+        ..Config::default()
+    });
+    let s = net.raw(V5);
+    let props = [Property::MaximumPacketSize(64)];
+    net.send(s, &connect_v5("small", true, &props));
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("m"), opts(QoS::AtMostOnce))], &[]),
+    );
+    net.take_frames(s);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "p");
+    publish(&mut net, p, "m", &[0u8; 100], QoS::AtMostOnce, false);
+    publish(&mut net, p, "m", &[1u8; 10], QoS::AtMostOnce, false);
+    let got = publishes(&net.take_frames(s), V5);
+    assert_eq!(got.len(), 1, "the large one is not sent");
+    assert_eq!(got[0].4, [1u8; 10]);
+    assert_eq!(net.broker.stats().dropped.too_large, 1);
+    // Inbound: over our 200 bytes is DISCONNECT 0x95.
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "big", 0)));
+    net.take_frames(r);
+    net.send(r, &Packet::Publish(Publish::new("m", &[0u8; 300])));
+    assert_eq!(net.take_frames(r), [vec![0xE0, 0x01, 0x95]]);
+}
+
+#[test]
+fn authentication_question_and_answers() {
+    let mut net = Net::new(Config {
+        authenticate: true,
+        ..Config::default()
+    });
+    // A password check as a password file would answer it.
+    net.answer = Some(Box::new(|q| match q {
+        mqtt_session::broker::Question::Connect {
+            username, password, ..
+        } => Some(
+            if username.as_deref() == Some("alice") && password.as_deref() == Some(&b"secret"[..]) {
+                mqtt_session::broker::Answer::Accept
+            } else {
+                mqtt_session::broker::Answer::Refuse(ReasonCode::BadUserNameOrPassword)
+            },
+        ),
+        _ => None,
+    }));
+    for (version, pass, code) in [
+        (V5, &b"secret"[..], 0x00u8),
+        (V5, &b"wrong"[..], 0x86),
+        (V311, &b"secret"[..], 0x00),
+        (V311, &b"wrong"[..], 0x04),
+    ] {
+        let r = net.raw(version);
+        net.send(
+            r,
+            &Packet::Connect(Connect {
+                username: Some("alice"),
+                password: Some(pass),
+                ..Connect::new(version, "c", 0)
+            }),
+        );
+        let f = net.take_frames(r);
+        assert_eq!(f[0][3], code, "{version} {pass:?}");
+        assert_eq!(net.peers[r].closed, code != 0);
+    }
+    assert_eq!(net.questions.len(), 4);
+}
+
+#[test]
+fn a_pending_authentication_holds_the_connection() {
+    let mut net = Net::new(Config {
+        authenticate: true,
+        ..Config::default()
+    });
+    let r = net.raw(V311);
+    net.send(r, &Packet::Connect(Connect::new(V311, "slow", 0)));
+    net.send(r, &Packet::PingReq);
+    assert!(net.take_frames(r).is_empty(), "nothing before the answer");
+    assert_eq!(net.peers[r].up.len(), 2, "the PINGREQ waits unread");
+    let conn = net.peers[r].conn.unwrap();
+    let now = net.now;
+    net.broker
+        .handle_auth_answer(conn, now, mqtt_session::broker::Answer::Accept)
+        .unwrap();
+    net.send_bytes(r, &[]);
+    assert_eq!(
+        net.take_frames(r),
+        [vec![0x20, 0x02, 0x00, 0x00], vec![0xD0, 0x00]]
+    );
+    // No answer within the connect timeout: closed.
+    let r2 = net.raw(V311);
+    net.send(r2, &Packet::Connect(Connect::new(V311, "never", 0)));
+    net.advance_ms(10_000);
+    assert!(net.peers[r2].closed);
+    assert!(net.take_frames(r2).is_empty());
+}
+
+#[test]
+fn authorization_decides_publish_subscribe_and_receive() {
+    let mut net = Net::new(Config::default());
+    // An ACL: "bob" may publish and receive on "bob/#" only; nobody may subscribe to
+    // "secret/#".
+    net.broker.set_authorizer(Box::new(
+        |c: mqtt_session::broker::ClientInfo<'_>, topic: &str, a: mqtt_session::broker::Action| {
+            if a == mqtt_session::broker::Action::Subscribe {
+                return !topic.starts_with("secret");
+            }
+            c.client_id != "bob" || topic.starts_with("bob/")
+        },
+    ));
+    let bob = net.client(ccfg(V5));
+    net.connect_id(bob, "bob");
+    subscribe(&mut net, bob, "secret/#", opts(QoS::AtMostOnce));
+    subscribe(&mut net, bob, "#", opts(QoS::AtMostOnce));
+    assert_eq!(
+        net.peers[bob].got[1..],
+        [
+            Got::Subscribed {
+                codes: vec![ReasonCode::NotAuthorized]
+            },
+            Got::Subscribed {
+                codes: vec![ReasonCode::Success]
+            }
+        ]
+    );
+    let t = publish(&mut net, bob, "alice/x", b"no", QoS::AtLeastOnce, false);
+    assert!(net.peers[bob].got.contains(&Got::Published {
+        token: t,
+        rc: ReasonCode::NotAuthorized
+    }));
+    let alice = net.client(ccfg(V5));
+    net.connect_id(alice, "alice");
+    publish(
+        &mut net,
+        alice,
+        "alice/x",
+        b"not for bob",
+        QoS::AtMostOnce,
+        false,
+    );
+    publish(&mut net, alice, "bob/x", b"for bob", QoS::AtMostOnce, false);
+    let got: Vec<_> = net.messages(bob).into_iter().map(|m| m.topic).collect();
+    assert_eq!(got, ["bob/x"]);
+    assert_eq!(net.broker.stats().dropped.not_authorized, 1);
+}
+
+#[test]
+fn queue_limits_drop_and_count() {
+    let mut net = Net::new(Config {
+        limits: Limits {
+            session_messages: 5,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let s = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(s, "offline");
+    subscribe(&mut net, s, "l", opts(QoS::AtLeastOnce));
+    net.drop_transport(s);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "p");
+    for i in 0..8u8 {
+        publish(&mut net, p, "l", &[i], QoS::AtLeastOnce, false);
+    }
+    let st = net.broker.stats();
+    assert_eq!((st.queued_messages, st.dropped.session_full), (5, 3));
+    net.connect_id(s, "offline");
+    let got: Vec<_> = net.messages(s).into_iter().map(|m| m.payload[0]).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4], "the first five, in order");
+
+    // The broker-wide byte limit: room for three messages of 75 bytes in all.
+    let mut net = Net::new(Config {
+        limits: Limits {
+            total_bytes: 3 * (64 + 1 + 10),
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let raw = net.raw(V311);
+    net.send(
+        raw,
+        &Packet::Connect(Connect {
+            clean_start: false,
+            ..Connect::new(V311, "slow", 0)
+        }),
+    );
+    net.send(
+        raw,
+        &raw_subscribe(1, &[(filter("g"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    net.drop_transport(raw);
+    let p = net.client(ccfg(V311));
+    net.connect_id(p, "p");
+    for _ in 0..5 {
+        publish(&mut net, p, "g", &[0u8; 10], QoS::AtLeastOnce, false);
+    }
+    let st = net.broker.stats();
+    assert_eq!(
+        st.dropped.total_full, 2,
+        "the offline session holds 3, then the limit"
+    );
+    assert_eq!(net.broker.queued_bytes(), 3 * 75);
+}
+
+#[test]
+fn connect_rules_for_client_identifiers() {
+    let mut net = Net::new(Config::default());
+    // 5.0: assigned.
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "", 0)));
+    let f = net.take_frames(r);
+    assert_eq!(
+        connack(&f[0], V5)
+            .properties
+            .get(mqtt_proto::PropertyId::AssignedClientIdentifier),
+        Some(Property::AssignedClientIdentifier("auto-1"))
+    );
+    // 3.1.1 with clean session off: refused with 0x02.
+    let r = net.raw(V311);
+    net.send(
+        r,
+        &Packet::Connect(Connect {
+            clean_start: false,
+            ..Connect::new(V311, "", 0)
+        }),
+    );
+    assert_eq!(net.take_frames(r), [vec![0x20, 0x02, 0x00, 0x02]]);
+    assert!(net.peers[r].closed);
+    // A first packet other than CONNECT: closed without an answer.
+    let r = net.raw(V311);
+    net.send(r, &Packet::PingReq);
+    assert!(net.peers[r].closed);
+    assert!(net.take_frames(r).is_empty());
+    // Protocol level 6: CONNACK 0x01 in 3.1.1 form.
+    let r = net.raw(V311);
+    net.send_bytes(
+        r,
+        &[0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 0, 0, 0],
+    );
+    assert_eq!(net.take_frames(r), [vec![0x20, 0x02, 0x00, 0x01]]);
+    // No CONNECT within the timeout.
+    let r = net.raw(V5);
+    net.advance_ms(10_000);
+    assert!(net.peers[r].closed);
+}
+
+#[test]
+fn acks_wait_until_the_records_are_durable() {
+    let mut net = Net::new(Config {
+        hold_acks_until_durable: true,
+        ..Config::default()
+    });
+    net.auto_durable = false;
+    let s = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(s, "durable-sub");
+    subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "pub", 0)));
+    net.take_frames(r);
+    net.send(
+        r,
+        &Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(pid(1)),
+            ..Publish::new("d", b"x")
+        }),
+    );
+    assert!(net.take_frames(r).is_empty(), "PUBACK held");
+    let queued = net
+        .records
+        .iter()
+        .rev()
+        .find(|r| matches!(r.change, mqtt_session::broker::Change::Queued { .. }))
+        .unwrap()
+        .seq;
+    net.broker.handle_durable(queued);
+    net.run();
+    assert_eq!(net.take_frames(r), [vec![0x40, 0x02, 0x00, 0x01]]);
+}
+
+#[test]
+fn sys_counters_are_published() {
+    let mut net = Net::new(Config {
+        sys_interval: Some(core::time::Duration::from_secs(10)),
+        ..Config::default()
+    });
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "s");
+    subscribe(
+        &mut net,
+        s,
+        "$SYS/broker/clients/connected",
+        opts(QoS::AtMostOnce),
+    );
+    net.messages(s);
+    net.advance_ms(10_000);
+    // Published at the first timeout (0 s) and again 10 s later.
+    let got = net.messages(s);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.payload == b"1"));
+    assert_eq!(
+        &*net
+            .broker
+            .retained("$SYS/broker/clients/connected")
+            .unwrap()
+            .payload,
+        b"1"
+    );
+}
+
+#[test]
+fn extended_authentication_exchange() {
+    let mut net = Net::new(Config {
+        authenticate: true,
+        ..Config::default()
+    });
+    let mut round = 0;
+    net.answer = Some(Box::new(move |q| {
+        round += 1;
+        Some(match (round, q) {
+            (1, mqtt_session::broker::Question::Connect { method, .. }) => {
+                assert_eq!(method.as_deref(), Some("CHALLENGE"));
+                mqtt_session::broker::Answer::Continue(b"nonce".to_vec())
+            }
+            (2, mqtt_session::broker::Question::Auth { data, .. }) => {
+                if data.as_deref() == Some(&b"response"[..]) {
+                    mqtt_session::broker::Answer::Accept
+                } else {
+                    mqtt_session::broker::Answer::Refuse(ReasonCode::NotAuthorized)
+                }
+            }
+            _ => mqtt_session::broker::Answer::Refuse(ReasonCode::ProtocolError),
+        })
+    }));
+    let r = net.raw(V5);
+    let props = [Property::AuthenticationMethod("CHALLENGE")];
+    net.send(r, &connect_v5("x", true, &props));
+    let f = net.take_frames(r);
+    let Packet::Auth(a) = packet(&f[0], V5) else {
+        panic!("{f:?}")
+    };
+    assert_eq!(a.reason_code, ReasonCode::ContinueAuthentication);
+    assert_eq!(
+        a.properties.get(mqtt_proto::PropertyId::AuthenticationData),
+        Some(Property::AuthenticationData(b"nonce"))
+    );
+    let props = [
+        Property::AuthenticationMethod("CHALLENGE"),
+        Property::AuthenticationData(b"response"),
+    ];
+    net.send(
+        r,
+        &Packet::Auth(mqtt_proto::Auth::new(
+            ReasonCode::ContinueAuthentication,
+            mqtt_proto::Properties::new(&props),
+        )),
+    );
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        ack.properties
+            .get(mqtt_proto::PropertyId::AuthenticationMethod),
+        Some(Property::AuthenticationMethod("CHALLENGE"))
+    );
+    // Without authenticate configured, a method is refused with 0x8C.
+    let mut net = Net::new(Config::default());
+    let r = net.raw(V5);
+    let props = [Property::AuthenticationMethod("SCRAM")];
+    net.send(r, &connect_v5("y", true, &props));
+    let f = net.take_frames(r);
+    assert_eq!(
+        connack(&f[0], V5).reason_code,
+        ReasonCode::BadAuthenticationMethod
     );
 }
