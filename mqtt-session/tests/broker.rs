@@ -1240,3 +1240,25 @@ fn extended_authentication_exchange() {
         ReasonCode::BadAuthenticationMethod
     );
 }
+
+#[test]
+fn continuing_an_exchange_without_a_method_refuses() {
+    for version in [V311, V5] {
+        let mut net = Net::new(Config {
+            authenticate: true,
+            ..Config::default()
+        });
+        net.answer = Some(Box::new(|_| {
+            Some(mqtt_session::broker::Answer::Continue(b"more".to_vec()))
+        }));
+        let r = net.raw(version);
+        net.send(r, &Packet::Connect(Connect::new(version, "x", 0)));
+        let f = net.take_frames(r);
+        assert_eq!(f.len(), 1, "{version}");
+        assert_eq!(
+            connack(&f[0], version).reason_code,
+            ReasonCode::NotAuthorized
+        );
+        assert!(net.peers[r].closed);
+    }
+}

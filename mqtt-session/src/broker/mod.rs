@@ -268,6 +268,11 @@ impl Broker {
         self.retained.get(topic).map(|m| &**m)
     }
 
+    /// The protocol version `conn` speaks (3.1.1 until its CONNECT is read).
+    pub fn protocol_version(&self, conn: ConnId) -> Option<ProtocolVersion> {
+        self.conns.get(&conn).map(|c| c.version)
+    }
+
     /// Whether a session exists for this client identifier.
     pub fn has_session(&self, client_id: &str) -> bool {
         self.by_id.contains_key(client_id)
@@ -382,6 +387,10 @@ impl Broker {
                     reason: CloseReason::Refused(rc),
                 },
             ),
+            (ConnState::Authenticating, Answer::Continue(_)) if method.is_none() => {
+                // Only an extended exchange (MQTT 5, with a method) can continue.
+                self.refuse(conn, ReasonCode::NotAuthorized);
+            }
             (ConnState::Authenticating | ConnState::Open, Answer::Continue(data)) => {
                 let method = method.unwrap_or_default();
                 self.push_control(
@@ -530,8 +539,11 @@ impl Broker {
         buf: &mut [u8],
     ) -> Result<Option<usize>, Error> {
         let c = self.conns.get_mut(&conn).ok_or(Error::UnknownConnection)?;
-        if let Some(ctl) = c.control.front() {
-            let n = encode_control(ctl, c.version, &self.cfg, buf)?;
+        while let Some(ctl) = c.control.front() {
+            let result = encode_control(ctl, c.version, &self.cfg, buf);
+            if let Err(Enc::Small(needed)) = result {
+                return Err(Error::BufferTooSmall { needed });
+            }
             match c.control.pop_front() {
                 Some(Control::PubAck(..)) => c.qos1_unacked = c.qos1_unacked.saturating_sub(1),
                 Some(Control::PubComp(..)) => {
@@ -539,7 +551,10 @@ impl Broker {
                 }
                 _ => {}
             }
-            return Ok(Some(n));
+            // A packet this connection's version cannot express is skipped.
+            if let Ok(n) = result {
+                return Ok(Some(n));
+            }
         }
         if c.state != ConnState::Open {
             return Ok(None);
@@ -557,20 +572,25 @@ impl Broker {
                 c.resend.pop_front();
                 continue;
             };
-            let n = match inf.state {
-                OutState::AwaitAck => encode_publish(&inf.out, version, Some(pid), true, now, buf)?,
+            let result = match inf.state {
+                OutState::AwaitAck => encode_publish(&inf.out, version, Some(pid), true, now, buf),
                 OutState::AwaitComp => encode_control(
                     &Control::PubRel(pid, ReasonCode::Success),
                     version,
                     &self.cfg,
                     buf,
-                )?,
+                ),
             };
-            c.resend.pop_front();
-            if inf.state == OutState::AwaitAck {
-                self.stats.messages_sent += 1;
+            if let Err(Enc::Small(needed)) = result {
+                return Err(Error::BufferTooSmall { needed });
             }
-            return Ok(Some(n));
+            c.resend.pop_front();
+            if let Ok(n) = result {
+                if inf.state == OutState::AwaitAck {
+                    self.stats.messages_sent += 1;
+                }
+                return Ok(Some(n));
+            }
         }
         loop {
             if s.inflight.len() >= usize::from(c.client_receive_max) {
@@ -633,7 +653,18 @@ impl Broker {
                     None => return Ok(None),
                 }
             };
-            let n = encode_publish(out, version, packet_id, false, now, buf)?;
+            let n = match encode_publish(out, version, packet_id, false, now, buf) {
+                Ok(n) => n,
+                Err(Enc::Small(needed)) => return Err(Error::BufferTooSmall { needed }),
+                Err(Enc::Invalid) => {
+                    // Not expressible for this client (cannot happen for validated input):
+                    // dropped like a message over its maximum size.
+                    self.stats.dropped.too_large += 1;
+                    s.queue.pop_front();
+                    release(&mut s.bytes, &mut self.queued_bytes, size);
+                    continue;
+                }
+            };
             self.stats.messages_sent += 1;
             let Some(out) = s.queue.pop_front() else {
                 return Ok(Some(n));
@@ -1946,7 +1977,7 @@ fn encode_publish(
     dup: bool,
     now: Instant,
     buf: &mut [u8],
-) -> Result<usize, Error> {
+) -> Result<usize, Enc> {
     let props = publish_properties(out, now);
     encode(
         &publish_packet(out, version, packet_id, dup, &props),
@@ -1955,12 +1986,19 @@ fn encode_publish(
     )
 }
 
-fn encode(packet: &Packet<'_>, version: ProtocolVersion, buf: &mut [u8]) -> Result<usize, Error> {
+/// Why a packet was not encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enc {
+    /// The buffer needs this many bytes.
+    Small(usize),
+    /// The packet cannot be expressed in the connection's protocol version.
+    Invalid,
+}
+
+fn encode(packet: &Packet<'_>, version: ProtocolVersion, buf: &mut [u8]) -> Result<usize, Enc> {
     packet.encode(version, buf).map_err(|e| match e {
-        mqtt_proto::EncodeError::BufferTooSmall { needed } => Error::BufferTooSmall { needed },
-        // Everything the broker encodes was validated when it arrived; a failure here is a
-        // packet it cannot express, reported as needing an impossible buffer.
-        _ => Error::BufferTooSmall { needed: usize::MAX },
+        mqtt_proto::EncodeError::BufferTooSmall { needed } => Enc::Small(needed),
+        _ => Enc::Invalid,
     })
 }
 
@@ -1969,7 +2007,7 @@ fn encode_control(
     version: ProtocolVersion,
     cfg: &Config,
     buf: &mut [u8],
-) -> Result<usize, Error> {
+) -> Result<usize, Enc> {
     let v5 = version.is_v5();
     let mut props: Vec<Property<'_>> = Vec::new();
     let code_for = |rc: ReasonCode| if v5 { rc } else { ReasonCode::Success };

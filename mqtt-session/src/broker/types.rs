@@ -171,7 +171,8 @@ pub enum Answer {
     Accept,
     /// Refused with this reason code (e.g. 0x86 or 0x87; 3.x gets the matching return code).
     Refuse(ReasonCode),
-    /// Continue an extended exchange: send AUTH 0x18 with this data.
+    /// Continue an extended exchange: send AUTH 0x18 with this data. Only a CONNECT with an
+    /// Authentication Method (MQTT 5) can continue; any other is refused with 0x87.
     Continue(Vec<u8>),
 }
 
