@@ -113,7 +113,7 @@ mod session;
 mod types;
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -134,7 +134,8 @@ pub use types::{
 
 use retained::Retained;
 use session::{
-    Conn, ConnState, Control, Inflight, OutState, Outgoing, PendingConnect, Sub, SubKey, Will,
+    Conn, ConnState, Conns, Control, Inflight, OutState, Outgoing, PendingConnect, Sub, SubKey,
+    Will,
 };
 
 use crate::{Instant, Router};
@@ -153,8 +154,7 @@ struct End {
 /// [module docs](self) for how to drive it.
 pub struct Broker {
     cfg: Config,
-    next_conn: u64,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: Conns,
     sessions: Vec<Option<session::Session>>,
     free: Vec<u32>,
     by_id: BTreeMap<Box<str>, u32>,
@@ -165,7 +165,7 @@ pub struct Broker {
     records: VecDeque<Record>,
     seq: u64,
     durable: u64,
-    woken: BTreeSet<ConnId>,
+    woken: VecDeque<ConnId>,
     next_msg: u64,
     next_assigned: u64,
     queued_bytes: usize,
@@ -204,8 +204,7 @@ impl Broker {
         Broker {
             next_sys: cfg.sys_interval.map(|_| Instant::ZERO),
             cfg,
-            next_conn: 1,
-            conns: BTreeMap::new(),
+            conns: Conns::default(),
             sessions: Vec::new(),
             free: Vec::new(),
             by_id: BTreeMap::new(),
@@ -216,7 +215,7 @@ impl Broker {
             records: VecDeque::new(),
             seq: 0,
             durable: 0,
-            woken: BTreeSet::new(),
+            woken: VecDeque::new(),
             next_msg: 1,
             next_assigned: 1,
             queued_bytes: 0,
@@ -280,10 +279,7 @@ impl Broker {
 
     /// A new connection; its CONNECT must arrive within [`Config::connect_timeout`].
     pub fn handle_open(&mut self, now: Instant) -> ConnId {
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.conns.insert(id, Conn::new(now));
-        id
+        self.conns.insert(Conn::new(now))
     }
 
     /// The transport of `conn` closed (or the runtime is done flushing it): forgets it.
@@ -303,7 +299,6 @@ impl Broker {
             },
         );
         self.conns.remove(&conn);
-        self.woken.remove(&conn);
         // The Close event of a connection the runtime already closed is of no use.
         self.events
             .retain(|e| !matches!(e, Event::Close { conn: c, .. } if *c == conn));
@@ -411,7 +406,7 @@ impl Broker {
     pub fn handle_durable(&mut self, seq: u64) {
         self.durable = self.durable.max(seq);
         let durable = self.durable;
-        for (id, c) in &mut self.conns {
+        for (id, c) in self.conns.iter_mut() {
             let mut moved = false;
             while c.held.front().is_some_and(|(s, _)| *s <= durable) {
                 if let Some((_, ack)) = c.held.pop_front() {
@@ -419,8 +414,9 @@ impl Broker {
                     moved = true;
                 }
             }
-            if moved {
-                self.woken.insert(*id);
+            if moved && !c.woken {
+                c.woken = true;
+                self.woken.push_back(id);
             }
         }
     }
@@ -428,7 +424,13 @@ impl Broker {
     /// The next connection with packets to write.
     #[must_use]
     pub fn poll_wake(&mut self) -> Option<ConnId> {
-        self.woken.pop_first()
+        while let Some(id) = self.woken.pop_front() {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.woken = false;
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// The next event for the runtime.
@@ -474,18 +476,18 @@ impl Broker {
     pub fn handle_timeout(&mut self, now: Instant) {
         let connect = self.cfg.connect_timeout;
         let mut ends = Vec::new();
-        for (id, c) in &self.conns {
+        for (id, c) in self.conns.iter() {
             match c.state {
                 ConnState::AwaitConnect | ConnState::Authenticating
                     if now >= c.opened + connect =>
                 {
-                    ends.push((*id, false));
+                    ends.push((id, false));
                 }
                 ConnState::Open
                     if c.keep_alive_ms > 0
                         && now >= c.last_rx + Duration::from_millis(c.keep_alive_ms) =>
                 {
-                    ends.push((*id, true));
+                    ends.push((id, true));
                 }
                 _ => {}
             }
@@ -603,68 +605,37 @@ impl Broker {
             let persisted = s.persistent && out.qos != QoS::AtMostOnce;
             if out.msg.expired(now) {
                 self.stats.dropped.expired += 1;
-                let id = out.msg.id;
-                s.queue.pop_front();
-                release(&mut s.bytes, &mut self.queued_bytes, size);
-                if persisted {
-                    let client_id = s.client_id.clone();
-                    push_record(
-                        &mut self.records,
-                        &mut self.seq,
-                        Change::Dropped {
-                            client_id,
-                            message_id: id,
-                        },
-                    );
-                }
+                drop_front(s, &mut self.records, &mut self.seq, &mut self.queued_bytes);
                 continue;
             }
-            // The length does not depend on the id's value: check the size before taking an id.
-            let placeholder = (out.qos != QoS::AtMostOnce).then_some(PacketId::MIN);
-            let len = publish_len(out, version, placeholder, now);
-            if len.is_none_or(|len| len > c.client_max_packet) {
-                // Too large for this client [MQTT-3.1.2-25]: dropped and counted.
-                self.stats.dropped.too_large += 1;
-                let id = out.msg.id;
-                s.queue.pop_front();
-                release(&mut s.bytes, &mut self.queued_bytes, size);
-                if persisted {
-                    let client_id = s.client_id.clone();
-                    push_record(
-                        &mut self.records,
-                        &mut self.seq,
-                        Change::Dropped {
-                            client_id,
-                            message_id: id,
-                        },
-                    );
-                }
-                continue;
-            }
+            // The id is committed only once the packet is written: a message dropped as too
+            // large, or a buffer too small, leaves the allocator as it was.
+            let mut ids = s.ids;
             let packet_id = if out.qos == QoS::AtMostOnce {
                 None
             } else {
                 let inflight = &s.inflight;
-                match s
-                    .ids
-                    .allocate(inflight.len(), |id| inflight.contains_key(&id))
-                {
+                match ids.allocate(inflight.len(), |id| inflight.contains_key(&id)) {
                     Some(id) => Some(id),
                     None => return Ok(None),
                 }
             };
-            let n = match encode_publish(out, version, packet_id, false, now, buf) {
-                Ok(n) => n,
-                Err(Enc::Small(needed)) => return Err(Error::BufferTooSmall { needed }),
-                Err(Enc::Invalid) => {
-                    // Not expressible for this client (cannot happen for validated input):
-                    // dropped like a message over its maximum size.
+            let result = encode_publish(out, version, packet_id, false, now, buf);
+            let max = c.client_max_packet;
+            let n = match result {
+                Ok(n) if n <= max => n,
+                Err(Enc::Small(needed)) if needed <= max => {
+                    return Err(Error::BufferTooSmall { needed });
+                }
+                _ => {
+                    // Too large for this client [MQTT-3.1.2-27, -28] (or not expressible in
+                    // its version): dropped and counted, as if sent.
                     self.stats.dropped.too_large += 1;
-                    s.queue.pop_front();
-                    release(&mut s.bytes, &mut self.queued_bytes, size);
+                    drop_front(s, &mut self.records, &mut self.seq, &mut self.queued_bytes);
                     continue;
                 }
             };
+            s.ids = ids;
             self.stats.messages_sent += 1;
             let Some(out) = s.queue.pop_front() else {
                 return Ok(Some(n));
@@ -965,7 +936,7 @@ impl Broker {
         });
         c.state = ConnState::Closed;
         c.pending = None;
-        self.woken.insert(conn);
+        self.wake(conn);
         self.events.push_back(Event::Close {
             conn,
             reason: CloseReason::Refused(code),
@@ -1057,7 +1028,7 @@ impl Broker {
             expiry: (v5 && pending.expiry_capped).then_some(pending.expiry),
             auth: c.auth_method.clone().map(|m| (m, None)),
         });
-        self.woken.insert(conn);
+        self.wake(conn);
     }
 
     fn on_publish(&mut self, conn: ConnId, now: Instant, p: &Publish<'_>) {
@@ -1210,7 +1181,7 @@ impl Broker {
                 push_record(&mut self.records, &mut self.seq, change);
             }
             // The window opened: more may go out.
-            self.woken.insert(conn);
+            self.wake(conn);
         }
     }
 
@@ -1501,6 +1472,16 @@ impl Broker {
         self.sessions.get_mut(sid as usize).and_then(Option::as_mut)
     }
 
+    /// Puts a connection on the wake list (once).
+    fn wake(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn)
+            && !c.woken
+        {
+            c.woken = true;
+            self.woken.push_back(conn);
+        }
+    }
+
     fn record(&mut self, change: Change) {
         push_record(&mut self.records, &mut self.seq, change);
     }
@@ -1508,7 +1489,7 @@ impl Broker {
     fn push_control(&mut self, conn: ConnId, ctl: Control) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.control.push_back(ctl);
-            self.woken.insert(conn);
+            self.wake(conn);
         }
     }
 
@@ -1637,7 +1618,7 @@ impl Broker {
         c.pending = None;
         c.asked = false;
         let sid = c.session.take();
-        self.woken.insert(conn);
+        self.wake(conn);
         self.events.push_back(Event::Close {
             conn,
             reason: end.reason,
@@ -1870,7 +1851,7 @@ impl Broker {
         }
         s.queue.push_back(out);
         if let Some(c) = s.conn {
-            self.woken.insert(c);
+            self.wake(c);
         }
         true
     }
@@ -1907,6 +1888,26 @@ impl Broker {
             self.retain(msg.clone());
             self.route(now, &msg, None);
         }
+    }
+}
+
+/// Drops the message at the head of a session's queue unsent, recording it if persisted.
+fn drop_front(
+    s: &mut session::Session,
+    records: &mut VecDeque<Record>,
+    seq: &mut u64,
+    queued_bytes: &mut usize,
+) {
+    let Some(out) = s.queue.pop_front() else {
+        return;
+    };
+    release(&mut s.bytes, queued_bytes, out.msg.size());
+    if s.persistent && out.qos != QoS::AtMostOnce {
+        let change = Change::Dropped {
+            client_id: s.client_id.clone(),
+            message_id: out.msg.id,
+        };
+        push_record(records, seq, change);
     }
 }
 
@@ -1956,18 +1957,6 @@ fn publish_packet<'a>(
         },
         payload: &out.msg.payload,
     })
-}
-
-fn publish_len(
-    out: &Outgoing,
-    version: ProtocolVersion,
-    packet_id: Option<PacketId>,
-    now: Instant,
-) -> Option<usize> {
-    let props = publish_properties(out, now);
-    publish_packet(out, version, packet_id, false, &props)
-        .encoded_len(version)
-        .ok()
 }
 
 fn encode_publish(
