@@ -38,8 +38,8 @@ fn pair(version: ProtocolVersion, filter: &str, sub_qos: QoS) -> Net {
 }
 
 #[test]
-fn qos_0_1_2_both_ways_at_311_and_5() {
-    for version in [V311, V5] {
+fn qos_0_1_2_both_ways_at_31_311_and_5() {
+    for version in [ProtocolVersion::V31, V311, V5] {
         for pub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             for sub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 let mut net = pair(version, "t/#", sub_qos);
@@ -1261,4 +1261,22 @@ fn continuing_an_exchange_without_a_method_refuses() {
         );
         assert!(net.peers[r].closed);
     }
+}
+
+#[test]
+fn the_broker_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<mqtt_session::broker::Broker>();
+    // And it does: a broker built here is driven on another thread.
+    let mut b = mqtt_session::broker::Broker::new(Config::default());
+    let conn = b.handle_open(Instant::ZERO);
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let n = Packet::Connect(Connect::new(V311, "t", 0))
+            .encode(V311, &mut buf)
+            .unwrap();
+        b.handle_read(conn, Instant::ZERO, &buf[..n]).unwrap();
+        b.stats().clients_connected
+    });
+    assert_eq!(handle.join().unwrap(), 1);
 }
