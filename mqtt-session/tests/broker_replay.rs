@@ -203,3 +203,42 @@ fn a_rebuilt_broker_carries_on_with_queues_ids_and_retained() {
         Some(Change::Acked { packet_id, .. }) if packet_id.get() == 1
     ));
 }
+
+#[test]
+fn a_rebuilt_broker_keeps_session_expiry_and_will_delays() {
+    let mut net = Net::new(Config::default());
+    let w = net.client(ccfg(V5));
+    net.connect_id(w, "watcher");
+    subscribe(&mut net, w, "w/#", opts(QoS::AtLeastOnce));
+    let r = net.raw(V5);
+    let props = [Property::SessionExpiryInterval(20)];
+    let will_props = [Property::WillDelayInterval(10)];
+    net.send(
+        r,
+        &Packet::Connect(mqtt_proto::Connect {
+            will: Some(will("w/gone", b"bye", &will_props)),
+            properties: mqtt_proto::Properties::new(&props),
+            ..mqtt_proto::Connect::new(V5, "mortal", 0)
+        }),
+    );
+    net.drop_transport(r);
+    assert!(
+        net.records
+            .iter()
+            .any(|r| matches!(r.change, Change::WillPending { .. }))
+    );
+    net.advance_ms(4_000);
+    // Restart 4 s after the drop: the will is due at 10 s, the session ends at 20 s.
+    let mut restarted = Net::with_broker(rebuilt(&net));
+    restarted.now = net.now;
+    let w = restarted.client(ccfg(V5));
+    restarted.connect_id(w, "watcher2");
+    subscribe(&mut restarted, w, "w/#", opts(QoS::AtLeastOnce));
+    restarted.advance_to(mqtt_session::Instant::from_millis(9_999));
+    assert!(restarted.messages(w).is_empty());
+    restarted.advance_to(mqtt_session::Instant::from_millis(10_000));
+    assert_eq!(restarted.messages(w).len(), 1, "the will, after its delay");
+    assert!(restarted.broker.has_session("mortal"));
+    restarted.advance_to(mqtt_session::Instant::from_millis(20_000));
+    assert!(!restarted.broker.has_session("mortal"), "expired on time");
+}

@@ -74,6 +74,7 @@
 //!   only sends the id to that connection's task, which takes the broker lock itself to pull
 //!   its packets. Deliveries move between connections only as shared pointers in the target
 //!   session's queue; a subscriber's copy is encoded when its own connection pulls it.
+//!   (`tests/broker_threads.rs` drives one broker from four threads this way.)
 //! - One store task drains [`Broker::poll_record`] in batches and calls
 //!   [`Broker::handle_durable`] after each write; one timer task sleeps until
 //!   [`Broker::poll_timeout`] and calls [`Broker::handle_timeout`].
@@ -106,7 +107,11 @@
 //! whenever it likes ([`Broker::handle_auth_answer`]); the connection waits, within the connect
 //! timeout, and nothing it sends after CONNECT except AUTH is read until then. Authorization is
 //! the runtime's [`Authorize`] policy, asked synchronously per publish, subscribe and delivery.
-//! A password file or a mosquitto ACL file plugs in as an answer and an `Authorize` closure.
+//! A password file or a mosquitto ACL file plugs in as an answer and an `Authorize` closure:
+//! answer [`Question::Connect`] with `Accept` when the file verifies the user name and
+//! password (else `Refuse(0x86)`), and set an authorizer that maps [`Action::Publish`],
+//! [`Action::Subscribe`] and [`Action::Receive`] to the ACL's write, subscribe and read access
+//! for the [`ClientInfo`]'s client id and user name.
 //!
 //! # Persistence
 //! Every change a store must keep is a [`Record`] (a numbered [`Change`]): sessions created,
@@ -131,10 +136,11 @@ mod session;
 mod types;
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 use core::time::Duration;
 
 use mqtt_proto::{
@@ -190,6 +196,9 @@ pub struct Broker {
     stats: Stats,
     authorizer: Option<Box<dyn Authorize + Send>>,
     next_sys: Option<Instant>,
+    /// Deadlines of connections and sessions, earliest first (lower bounds, see
+    /// [`Broker::poll_timeout`]).
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     scratch: Vec<SubKey>,
 }
 
@@ -239,6 +248,7 @@ impl Broker {
             queued_bytes: 0,
             stats: Stats::default(),
             authorizer: None,
+            timers: BinaryHeap::new(),
             scratch: Vec::new(),
         }
     }
@@ -297,7 +307,10 @@ impl Broker {
 
     /// A new connection; its CONNECT must arrive within [`Config::connect_timeout`].
     pub fn handle_open(&mut self, now: Instant) -> ConnId {
-        self.conns.insert(Conn::new(now))
+        let id = self.conns.insert(Conn::new(now));
+        self.timers
+            .push(Reverse((now + self.cfg.connect_timeout, Timer::Conn(id))));
+        id
     }
 
     /// The transport of `conn` closed (or the runtime is done flushing it): forgets it.
@@ -320,6 +333,7 @@ impl Broker {
         // The Close event of a connection the runtime already closed is of no use.
         self.events
             .retain(|e| !matches!(e, Event::Close { conn: c, .. } if *c == conn));
+        self.settle_timers();
         Ok(())
     }
 
@@ -330,6 +344,12 @@ impl Broker {
         now: Instant,
         bytes: &[u8],
     ) -> Result<usize, Error> {
+        let result = self.read_packets(conn, now, bytes);
+        self.settle_timers();
+        result
+    }
+
+    fn read_packets(&mut self, conn: ConnId, now: Instant, bytes: &[u8]) -> Result<usize, Error> {
         let max = usize::try_from(self.cfg.max_packet_size).unwrap_or(usize::MAX);
         let mut used = 0;
         loop {
@@ -417,6 +437,7 @@ impl Broker {
             }
             _ => {}
         }
+        self.settle_timers();
         Ok(())
     }
 
@@ -471,77 +492,65 @@ impl Broker {
     /// The next moment [`Broker::handle_timeout`] has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let connect = self.cfg.connect_timeout;
-        let conns = self.conns.values().filter_map(|c| match c.state {
-            ConnState::AwaitConnect | ConnState::Authenticating => Some(c.opened + connect),
-            ConnState::Open if c.keep_alive_ms > 0 => {
-                Some(c.last_rx + Duration::from_millis(c.keep_alive_ms))
-            }
-            _ => None,
-        });
-        let sessions = self.sessions.iter().flatten().flat_map(|s| {
-            [
-                s.pending_will.as_ref().map(|(_, at)| *at),
-                s.conn.is_none().then_some(s.expires_at).flatten(),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        conns.chain(sessions).chain(self.next_sys).min()
+        // The heap holds a lower bound per timer (a keep-alive entry stays at its first
+        // deadline while packets push the real one later). Every `handle_*` call brings the
+        // earliest entries up to date, so the top is exact; deeper ones are fixed when they
+        // come up.
+        let timers = self.timers.peek().map(|Reverse((at, _))| *at);
+        timers.into_iter().chain(self.next_sys).min()
     }
 
     /// Acts on every deadline that has passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let connect = self.cfg.connect_timeout;
-        let mut ends = Vec::new();
-        for (id, c) in self.conns.iter() {
-            match c.state {
-                ConnState::AwaitConnect | ConnState::Authenticating
-                    if now >= c.opened + connect =>
-                {
-                    ends.push((id, false));
-                }
-                ConnState::Open
-                    if c.keep_alive_ms > 0
-                        && now >= c.last_rx + Duration::from_millis(c.keep_alive_ms) =>
-                {
-                    ends.push((id, true));
-                }
-                _ => {}
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
             }
-        }
-        for (id, keep_alive) in ends {
-            let end = if keep_alive {
-                End {
-                    will: true,
-                    send: Some(ReasonCode::KeepAliveTimeout),
-                    reason: CloseReason::KeepAliveTimeout,
+            self.timers.pop();
+            match timer {
+                Timer::Conn(id) => {
+                    let Some(c) = self.conns.get(&id) else {
+                        continue;
+                    };
+                    let Some(deadline) = conn_deadline(c, self.cfg.connect_timeout) else {
+                        continue;
+                    };
+                    if deadline > now {
+                        self.timers.push(Reverse((deadline, timer)));
+                        continue;
+                    }
+                    let end = if c.state == ConnState::Open {
+                        End {
+                            will: true,
+                            send: Some(ReasonCode::KeepAliveTimeout),
+                            reason: CloseReason::KeepAliveTimeout,
+                        }
+                    } else {
+                        End {
+                            will: false,
+                            send: None,
+                            reason: CloseReason::ConnectTimeout,
+                        }
+                    };
+                    self.end_conn(id, now, end);
                 }
-            } else {
-                End {
-                    will: false,
-                    send: None,
-                    reason: CloseReason::ConnectTimeout,
+                Timer::Session(sid) => {
+                    let Some(s) = self.session(sid) else {
+                        continue;
+                    };
+                    if s.pending_will.as_ref().is_some_and(|(_, at)| now >= *at) {
+                        self.fire_pending_will(now, sid as usize);
+                    }
+                    let expired = self.session(sid).is_some_and(|s| {
+                        s.conn.is_none() && s.expires_at.is_some_and(|at| now >= at)
+                    });
+                    if expired {
+                        self.delete_session(now, sid as usize);
+                    } else if let Some(next) = self.session(sid).and_then(session_deadline) {
+                        self.timers.push(Reverse((next, timer)));
+                    }
                 }
-            };
-            self.end_conn(id, now, end);
-        }
-        let mut wills = Vec::new();
-        let mut expired = Vec::new();
-        for (i, s) in self.sessions.iter().enumerate() {
-            let Some(s) = s else { continue };
-            if s.pending_will.as_ref().is_some_and(|(_, at)| now >= *at) {
-                wills.push(i);
             }
-            if s.conn.is_none() && s.expires_at.is_some_and(|at| now >= at) {
-                expired.push(i);
-            }
-        }
-        for i in wills {
-            self.fire_pending_will(now, i);
-        }
-        for i in expired {
-            self.delete_session(now, i);
         }
         if let (Some(at), Some(every)) = (self.next_sys, self.cfg.sys_interval)
             && now >= at
@@ -549,6 +558,7 @@ impl Broker {
             self.publish_sys(now);
             self.next_sys = Some(now + every);
         }
+        self.settle_timers();
     }
 
     /// Writes the next packet for `conn` into `buf`; `None` when nothing is due.
@@ -1037,6 +1047,9 @@ impl Broker {
         c.state = ConnState::Open;
         c.session = Some(sid);
         c.resend = resend;
+        if let Some(deadline) = conn_deadline(c, self.cfg.connect_timeout) {
+            self.timers.push(Reverse((deadline, Timer::Conn(conn))));
+        }
         let v5 = version.is_v5();
         c.control.push_back(Control::ConnAck {
             present,
@@ -1467,8 +1480,9 @@ impl Broker {
                 }
             }
         }
-        // Only 0x04 keeps the will; any other DISCONNECT discards it [MQTT-3.14.4-3].
-        let will = d.reason_code == ReasonCode::DisconnectWithWill;
+        // Only 0x00 discards the will [MQTT-3.14.4-3, 3.1.2-8]: 0x04 asks for it, and an
+        // error code is an abnormal end. 3.x DISCONNECT always reads as 0x00.
+        let will = d.reason_code != ReasonCode::Success;
         self.end_conn(
             conn,
             now,
@@ -1488,6 +1502,36 @@ impl Broker {
 
     fn session_mut(&mut self, sid: u32) -> Option<&mut session::Session> {
         self.sessions.get_mut(sid as usize).and_then(Option::as_mut)
+    }
+
+    /// The real deadline of a timer entry now (`None`: nothing left to do).
+    fn timer_deadline(&self, timer: Timer) -> Option<Instant> {
+        match timer {
+            Timer::Conn(id) => self
+                .conns
+                .get(&id)
+                .and_then(|c| conn_deadline(c, self.cfg.connect_timeout)),
+            Timer::Session(sid) => self.session(sid).and_then(session_deadline),
+        }
+    }
+
+    /// Brings the earliest timer entries up to date (dropping those with nothing left to do,
+    /// moving those whose deadline moved later), so that `poll_timeout` is exact.
+    fn settle_timers(&mut self) {
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            match self.timer_deadline(timer) {
+                Some(real) if real == at => return,
+                // Due already: `handle_timeout` acts on it.
+                Some(real) if real < at => return,
+                Some(real) => {
+                    self.timers.pop();
+                    self.timers.push(Reverse((real, timer)));
+                }
+                None => {
+                    self.timers.pop();
+                }
+            }
+        }
     }
 
     /// Puts a connection on the wake list (once).
@@ -1681,6 +1725,9 @@ impl Broker {
         if let Some(s) = self.session_mut(sid) {
             s.expires_at = after_secs(now, expiry);
         }
+        if let Some(at) = after_secs(now, expiry) {
+            self.timers.push(Reverse((at, Timer::Session(sid))));
+        }
         match will_msg {
             Some((msg, 0, _)) => self.publish_will(now, msg),
             Some((msg, _, at)) => {
@@ -1694,6 +1741,7 @@ impl Broker {
                 if let Some(s) = self.session_mut(sid) {
                     s.pending_will = Some((msg, at));
                 }
+                self.timers.push(Reverse((at, Timer::Session(sid))));
             }
             None => {}
         }
@@ -1907,6 +1955,33 @@ impl Broker {
             self.route(now, &msg, None);
         }
     }
+}
+
+/// What a timer entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A connection's connect timeout or keep-alive.
+    Conn(ConnId),
+    /// A session's will delay or expiry.
+    Session(u32),
+}
+
+/// When a connection must have sent something.
+fn conn_deadline(c: &Conn, connect_timeout: Duration) -> Option<Instant> {
+    match c.state {
+        ConnState::AwaitConnect | ConnState::Authenticating => Some(c.opened + connect_timeout),
+        ConnState::Open if c.keep_alive_ms > 0 => {
+            Some(c.last_rx + Duration::from_millis(c.keep_alive_ms))
+        }
+        _ => None,
+    }
+}
+
+/// The next moment a session's will or expiry is due.
+fn session_deadline(s: &session::Session) -> Option<Instant> {
+    let will = s.pending_will.as_ref().map(|(_, at)| *at);
+    let expiry = s.expires_at.filter(|_| s.conn.is_none());
+    will.into_iter().chain(expiry).min()
 }
 
 /// Drops the message at the head of a session's queue unsent, recording it if persisted.

@@ -318,10 +318,6 @@ impl Conns {
         self.len
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (ConnId, &Conn)> {
-        self.slots.iter().flatten().map(|(i, c)| (*i, c))
-    }
-
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
         self.slots.iter_mut().flatten().map(|(i, c)| (*i, c))
     }

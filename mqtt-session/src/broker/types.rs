@@ -13,6 +13,7 @@ use crate::Instant;
 
 /// A connection, as the broker names it (handed out by [`Broker::handle_open`](super::Broker)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ConnId(pub u64);
 
 impl fmt::Display for ConnId {
@@ -23,6 +24,7 @@ impl fmt::Display for ConnId {
 
 /// Bounds on what queues may hold; what they drop is counted in [`Drops`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Limits {
     /// Messages one session may hold, queued and in flight.
     pub session_messages: usize,
@@ -97,6 +99,7 @@ impl Default for Config {
 
 /// What a client wants to do with a topic, for [`Authorize::allow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Action {
     /// Publish to a topic name (also checked for the will topic at CONNECT).
     Publish,
@@ -178,6 +181,7 @@ pub enum Answer {
 
 /// Why the broker ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum CloseReason {
     /// The client sent DISCONNECT.
@@ -359,6 +363,7 @@ pub struct Record {
 
 /// Messages dropped, by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Drops {
     /// A session's message or byte limit was reached.
     pub session_full: u64,
@@ -388,6 +393,7 @@ impl Drops {
 
 /// Broker counters (also published under `$SYS/broker/` when configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Stats {
     /// Open connections that completed CONNECT.
     pub clients_connected: usize,
@@ -411,6 +417,7 @@ pub struct Stats {
 
 /// A local misuse of the broker API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Error {
     /// No such connection (never opened, or already closed by `handle_close`).
