@@ -5,7 +5,7 @@ mod broker_common;
 
 use broker_common::*;
 use mqtt_proto::{
-    Connect, Packet, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    Connect, Packet, PacketId, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     SubscriptionOptions,
 };
 use mqtt_session::broker::{Config, Limits};
@@ -1279,4 +1279,75 @@ fn the_broker_can_move_between_threads() {
         b.stats().clients_connected
     });
     assert_eq!(handle.join().unwrap(), 1);
+}
+
+/// Encodes a packet at 3.1.1.
+fn wire(p: &Packet<'_>) -> Vec<u8> {
+    let mut b = vec![0u8; p.encoded_len(V311).unwrap()];
+    p.encode(V311, &mut b).unwrap();
+    b
+}
+
+#[test]
+fn a_client_that_stops_reading_costs_at_most_its_limits() {
+    use mqtt_session::broker::Broker;
+    let now = Instant::ZERO;
+    let mut b = Broker::new(Config {
+        limits: Limits {
+            session_messages: 100,
+            session_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+            control_packets: 16,
+        },
+        ..Config::default()
+    });
+    let mut buf = vec![0u8; 4096];
+    let slow = b.handle_open(now);
+    b.handle_read(
+        slow,
+        now,
+        &wire(&Packet::Connect(Connect::new(V311, "slow", 0))),
+    )
+    .unwrap();
+    // Its requests pile up unanswered: the broker stops reading at 16 owed packets.
+    let mut requests = Vec::new();
+    for id in 1..=40u16 {
+        requests.extend(wire(&raw_subscribe(
+            id,
+            &[(filter("s/#"), opts(QoS::AtLeastOnce))],
+            &[],
+        )));
+    }
+    let used = b.handle_read(slow, now, &requests).unwrap();
+    let one = requests.len() / 40;
+    assert_eq!(used, 15 * one, "CONNACK and 15 SUBACKs owed, then it waits");
+    let mut written = 0;
+    while let Some(_n) = b.poll_transmit(slow, now, &mut buf).unwrap() {
+        written += 1;
+    }
+    assert_eq!(written, 16);
+    let used2 = b.handle_read(slow, now, &requests[used..]).unwrap();
+    assert_eq!(used2, 16 * one, "reading resumes once they are written");
+
+    // Messages for it pile up only to its session limit while it does not read.
+    let p = b.handle_open(now);
+    b.handle_read(
+        p,
+        now,
+        &wire(&Packet::Connect(Connect::new(V311, "pub", 0))),
+    )
+    .unwrap();
+    for i in 0..250u16 {
+        let publish = Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(PacketId::new(i % 60 + 1).unwrap()),
+            ..Publish::new("s/x", b"payload")
+        });
+        b.handle_read(p, now, &wire(&publish)).unwrap();
+        while b.poll_transmit(p, now, &mut buf).unwrap().is_some() {}
+    }
+    let st = b.stats();
+    assert_eq!(st.queued_messages, 100);
+    assert_eq!(st.dropped.session_full, 150);
+    assert!(b.queued_bytes() <= 100 * (64 + 3 + 7));
 }
