@@ -953,6 +953,12 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        // A refusal carries an error code; a success code here would accept.
+        let rc = if rc.is_error() {
+            rc
+        } else {
+            ReasonCode::UnspecifiedError
+        };
         let code = refusal_for(c.version, rc);
         c.control.push_back(Control::ConnAck {
             present: false,

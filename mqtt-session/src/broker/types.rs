@@ -172,7 +172,8 @@ pub enum Question {
 pub enum Answer {
     /// Authenticated.
     Accept,
-    /// Refused with this reason code (e.g. 0x86 or 0x87; 3.x gets the matching return code).
+    /// Refused with this CONNACK reason code (e.g. 0x86 or 0x87; 3.x gets the matching return
+    /// code, or 0x05). A code below 0x80 is sent as 0x80.
     Refuse(ReasonCode),
     /// Continue an extended exchange: send AUTH 0x18 with this data. Only a CONNECT with an
     /// Authentication Method (MQTT 5) can continue; any other is refused with 0x87.
