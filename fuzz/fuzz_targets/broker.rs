@@ -17,6 +17,8 @@ const LIMITS: Limits = Limits {
     session_bytes: 4096,
     total_bytes: 16 * 1024,
     control_packets: 32,
+    subscriptions: 8,
+    retained_bytes: 4096,
 };
 
 /// A well-formed CONNECT chosen by one byte, so that most runs get past the handshake.
@@ -165,7 +167,9 @@ fuzz_target!(|data: &[u8]| {
             drain(&mut broker, conn, now, op & 0x80 != 0);
         }
         assert!(broker.queued_bytes() <= LIMITS.total_bytes);
+        assert!(broker.retained_bytes() <= LIMITS.retained_bytes);
         let st = broker.stats();
         assert!(st.queued_messages <= st.sessions * LIMITS.session_messages);
+        assert!(st.subscriptions <= st.sessions * LIMITS.subscriptions);
     }
 });

@@ -1298,6 +1298,7 @@ fn a_client_that_stops_reading_costs_at_most_its_limits() {
             session_bytes: 1 << 20,
             total_bytes: 1 << 20,
             control_packets: 16,
+            ..Limits::default()
         },
         ..Config::default()
     });
@@ -1350,4 +1351,63 @@ fn a_client_that_stops_reading_costs_at_most_its_limits() {
     assert_eq!(st.queued_messages, 100);
     assert_eq!(st.dropped.session_full, 150);
     assert!(b.queued_bytes() <= 100 * (64 + 3 + 7));
+}
+
+#[test]
+fn subscriptions_and_retained_bytes_are_bounded() {
+    let mut net = Net::new(Config {
+        limits: Limits {
+            subscriptions: 2,
+            retained_bytes: 2 * (64 + 3 + 4),
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "many", 0)));
+    net.take_frames(r);
+    net.send(
+        r,
+        &raw_subscribe(
+            1,
+            &[
+                (filter("a"), opts(QoS::AtMostOnce)),
+                (filter("b"), opts(QoS::AtMostOnce)),
+                (filter("c"), opts(QoS::AtMostOnce)),
+                (filter("a"), opts(QoS::AtLeastOnce)),
+            ],
+            &[],
+        ),
+    );
+    // The third is over the quota; replacing an existing one is not.
+    assert_eq!(
+        net.take_frames(r),
+        [vec![0x90, 0x07, 0x00, 0x01, 0x00, 0x00, 0x00, 0x97, 0x01]]
+    );
+    for (t, payload) in [
+        ("r/1", b"xxxx"),
+        ("r/2", b"yyyy"),
+        ("r/3", b"zzzz"),
+        ("r/1", b"wwww"),
+    ] {
+        net.send(
+            r,
+            &Packet::Publish(Publish {
+                retain: true,
+                ..Publish::new(t, payload)
+            }),
+        );
+    }
+    assert_eq!(net.broker.stats().retained, 2);
+    assert!(
+        net.broker.retained("r/3").is_none(),
+        "over the retained limit"
+    );
+    assert_eq!(
+        &*net.broker.retained("r/1").unwrap().payload,
+        b"wwww",
+        "a replacement fits"
+    );
+    assert_eq!(net.broker.stats().dropped.retained_full, 1);
+    assert!(net.broker.retained_bytes() <= 2 * 71);
 }

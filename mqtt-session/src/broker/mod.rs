@@ -127,7 +127,12 @@
 //! Each session holds at most [`Limits::session_messages`] messages and
 //! [`Limits::session_bytes`] bytes (queued and in flight together), all sessions at most
 //! [`Limits::total_bytes`]; a message that does not fit is dropped for that subscriber and
-//! counted in [`Drops`]. So a subscriber that stops reading costs at most its limits.
+//! counted in [`Drops`]. So a subscriber that stops reading costs at most its limits. A
+//! connection that owes [`Limits::control_packets`] acknowledgments is not read from until
+//! they are written; a session holds at most [`Limits::subscriptions`] subscriptions; the
+//! retained store at most [`Limits::retained_bytes`] (a retained publish past it is delivered
+//! but not retained). What the runtime does not drain (`poll_event`, `poll_record`) is its own
+//! to bound.
 
 mod message;
 mod persist;
@@ -1325,6 +1330,16 @@ impl Broker {
                 });
                 continue;
             }
+            let full = s.find_sub(filter.as_str()).is_none()
+                && s.subs.iter().flatten().count() >= self.cfg.limits.subscriptions;
+            if full {
+                codes.push(if version.is_v5() {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
             let is_new = self.add_subscription(sid, filter, options, identifier);
             codes.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
@@ -1662,6 +1677,12 @@ impl Broker {
                 });
             }
         } else {
+            let replaced = self.retained.get(&msg.topic).map_or(0, |m| m.size());
+            let after = self.retained.bytes() - replaced.min(self.retained.bytes()) + msg.size();
+            if after > self.cfg.limits.retained_bytes {
+                self.stats.dropped.retained_full += 1;
+                return;
+            }
             self.retained.set(msg.clone());
             if !sys {
                 self.record(Change::RetainedSet { message: msg });

@@ -35,6 +35,11 @@ pub struct Limits {
     /// Control packets (acks, SUBACK, PINGRESP) one connection may owe before the broker
     /// stops reading from it until they are written.
     pub control_packets: usize,
+    /// Subscriptions one session may hold (more are refused with 0x97, 0x80 before 5.0).
+    pub subscriptions: usize,
+    /// Bytes all retained messages together may hold; a retained publish past it is still
+    /// delivered but not retained, and counted.
+    pub retained_bytes: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +49,8 @@ impl Default for Limits {
             session_bytes: 1 << 20,
             total_bytes: 256 << 20,
             control_packets: 256,
+            subscriptions: 1_000,
+            retained_bytes: 64 << 20,
         }
     }
 }
@@ -378,6 +385,8 @@ pub struct Drops {
     pub offline_qos0: u64,
     /// The subscriber is not authorized to receive it.
     pub not_authorized: u64,
+    /// Not retained: the retained store was at [`Limits::retained_bytes`].
+    pub retained_full: u64,
 }
 
 impl Drops {
@@ -389,6 +398,7 @@ impl Drops {
             + self.expired
             + self.offline_qos0
             + self.not_authorized
+            + self.retained_full
     }
 }
 
