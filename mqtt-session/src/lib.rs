@@ -67,7 +67,9 @@
 //! - [`engine`] (feature `alloc`): what an allocating client keeps around the session
 //!   (completions, routing, reconnect timing, statistics), still sans-IO; the async client of
 //!   the `std` runtimes (`mqtt-client`) drives it.
-//! - [`router`] (feature `alloc`): maps topic filters to handler keys with a trie on levels.
+//! - [`router`] (feature `alloc` or `broker`): maps topic filters to handler keys with a trie on
+//!   levels.
+//! - [`broker`] (feature `broker`): the sans-IO MQTT 3.1 / 3.1.1 / 5.0 broker core.
 #![no_std]
 #![cfg_attr(
     not(test),
@@ -79,17 +81,19 @@
     )
 )]
 
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
 pub mod backoff;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod client;
 #[cfg(feature = "alloc")]
 pub mod engine;
 pub mod packet_id;
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 pub mod router;
 pub mod store;
 pub mod time;
@@ -102,6 +106,6 @@ pub use client::{
     State, Token,
 };
 pub use packet_id::PacketIds;
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 pub use router::Router;
 pub use time::Instant;

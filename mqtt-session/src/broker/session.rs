@@ -1,0 +1,328 @@
+//! The state the broker keeps per session and per connection.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+
+use mqtt_proto::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+
+use super::ConnId;
+use super::message::{Message, Shared};
+use crate::{Instant, PacketIds};
+
+/// The router key of one subscription: its session's slot and its slot in the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct SubKey {
+    pub(crate) session: u32,
+    pub(crate) slot: u32,
+}
+
+/// One subscription of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Sub {
+    /// The filter as subscribed, `$share/{group}/` included.
+    pub(crate) filter: Box<str>,
+    /// Whether it is a shared subscription.
+    pub(crate) shared: bool,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) id: Option<u32>,
+}
+
+/// A message on its way to one session: how it goes out there.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) msg: Shared<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) ids: Vec<u32>,
+}
+
+/// Where a sent QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// Waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitAck,
+    /// PUBREC received; PUBREL sent (or owed), waiting for PUBCOMP.
+    AwaitComp,
+}
+
+/// A sent, unacknowledged message.
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub(crate) out: Outgoing,
+    pub(crate) state: OutState,
+    /// Send order, for redelivery in the original order.
+    pub(crate) order: u64,
+}
+
+/// A will as CONNECT gave it: published (with its expiry counted from then) when due.
+#[derive(Debug, Clone)]
+pub(crate) struct Will {
+    pub(crate) msg: Message,
+    pub(crate) delay: u32,
+    pub(crate) expiry: Option<u32>,
+}
+
+/// The session of one client identifier: what outlives its connections.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client_id: Box<str>,
+    pub(crate) username: Option<Box<str>>,
+    pub(crate) conn: Option<ConnId>,
+    /// Session expiry interval in seconds (`u32::MAX`: never).
+    pub(crate) expiry: u32,
+    /// Whether its changes are reported for persistence (created with an expiry above 0).
+    pub(crate) persistent: bool,
+    /// When it expires, while its client is offline.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) subs: Vec<Option<Sub>>,
+    pub(crate) queue: VecDeque<Outgoing>,
+    pub(crate) inflight: BTreeMap<PacketId, Inflight>,
+    pub(crate) ids: PacketIds,
+    pub(crate) order: u64,
+    /// Bytes of `queue` and `inflight`.
+    pub(crate) bytes: usize,
+    /// QoS 2 packet ids received and not yet released.
+    pub(crate) rx_qos2: BTreeSet<PacketId>,
+    /// The will of the current connection.
+    pub(crate) will: Option<Will>,
+    /// A will waiting for its delay after the connection ended.
+    pub(crate) pending_will: Option<(Shared<Message>, Instant)>,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: Box<str>, expiry: u32) -> Self {
+        Session {
+            client_id,
+            username: None,
+            conn: None,
+            expiry,
+            persistent: expiry > 0,
+            expires_at: None,
+            subs: Vec::new(),
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            ids: PacketIds::new(),
+            order: 0,
+            bytes: 0,
+            rx_qos2: BTreeSet::new(),
+            will: None,
+            pending_will: None,
+        }
+    }
+
+    /// Messages held (queued and in flight).
+    pub(crate) fn held(&self) -> usize {
+        self.queue.len() + self.inflight.len()
+    }
+
+    /// The slot of the subscription with exactly this filter.
+    pub(crate) fn find_sub(&self, filter: &str) -> Option<usize> {
+        self.subs
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| &*s.filter == filter))
+    }
+
+    /// Stores a subscription in a free slot, returning the slot.
+    pub(crate) fn add_sub(&mut self, sub: Sub) -> usize {
+        match self.subs.iter().position(Option::is_none) {
+            Some(i) => {
+                if let Some(s) = self.subs.get_mut(i) {
+                    *s = Some(sub);
+                }
+                i
+            }
+            None => {
+                self.subs.push(Some(sub));
+                self.subs.len() - 1
+            }
+        }
+    }
+
+    /// The next send order number.
+    pub(crate) fn next_order(&mut self) -> u64 {
+        self.order += 1;
+        self.order
+    }
+}
+
+/// The state of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// Waiting for CONNECT.
+    AwaitConnect,
+    /// CONNECT received; the runtime is answering [`super::Question`]s.
+    Authenticating,
+    /// CONNACK accepted the connection.
+    Open,
+    /// Ended: only what `poll_transmit` still holds goes out.
+    Closed,
+}
+
+/// An authentication method with optional data.
+pub(crate) type AuthData = (Box<str>, Option<Box<[u8]>>);
+
+/// A small packet the broker owes a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control {
+    ConnAck {
+        present: bool,
+        code: ReasonCode,
+        assigned: Option<Box<str>>,
+        keep_alive: Option<u16>,
+        expiry: Option<u32>,
+        auth: Option<AuthData>,
+    },
+    PubAck(PacketId, ReasonCode),
+    PubRec(PacketId, ReasonCode),
+    PubRel(PacketId, ReasonCode),
+    PubComp(PacketId, ReasonCode),
+    SubAck(PacketId, Vec<ReasonCode>),
+    UnsubAck(PacketId, Vec<ReasonCode>),
+    PingResp,
+    Disconnect(ReasonCode),
+    Auth(ReasonCode, Box<str>, Option<Box<[u8]>>),
+}
+
+/// What CONNECT asked for, kept while the runtime authenticates.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingConnect {
+    pub(crate) client_id: Box<str>,
+    pub(crate) assigned: bool,
+    pub(crate) clean_start: bool,
+    pub(crate) expiry: u32,
+    pub(crate) expiry_capped: bool,
+    pub(crate) server_keep_alive: Option<u16>,
+    pub(crate) will: Option<Will>,
+    pub(crate) username: Option<Box<str>>,
+}
+
+/// One network connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) state: ConnState,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) opened: Instant,
+    pub(crate) last_rx: Instant,
+    /// Keep-alive in milliseconds (0: none).
+    pub(crate) keep_alive_ms: u64,
+    pub(crate) session: Option<u32>,
+    pub(crate) client_receive_max: u16,
+    pub(crate) client_max_packet: usize,
+    pub(crate) aliases: Vec<Option<Box<str>>>,
+    pub(crate) control: VecDeque<Control>,
+    /// Acks held until the records before them are durable: (record seq, ack).
+    pub(crate) held: VecDeque<(u64, Control)>,
+    pub(crate) pending: Option<PendingConnect>,
+    pub(crate) resend: VecDeque<PacketId>,
+    pub(crate) qos1_unacked: usize,
+    pub(crate) pubcomp_unsent: usize,
+    pub(crate) auth_method: Option<Box<str>>,
+    /// A [`super::Question`] waits for its answer.
+    pub(crate) asked: bool,
+    /// The session expiry CONNECT asked for was 0 (DISCONNECT may not raise it).
+    pub(crate) connect_expiry_zero: bool,
+    /// Queued in the broker's wake list.
+    pub(crate) woken: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(now: Instant) -> Self {
+        Conn {
+            state: ConnState::AwaitConnect,
+            version: ProtocolVersion::V311,
+            opened: now,
+            last_rx: now,
+            keep_alive_ms: 0,
+            session: None,
+            client_receive_max: u16::MAX,
+            client_max_packet: usize::MAX,
+            aliases: Vec::new(),
+            control: VecDeque::new(),
+            held: VecDeque::new(),
+            pending: None,
+            resend: VecDeque::new(),
+            qos1_unacked: 0,
+            pubcomp_unsent: 0,
+            auth_method: None,
+            asked: false,
+            connect_expiry_zero: true,
+            woken: false,
+        }
+    }
+}
+
+/// The connections, in slots: O(1) lookups on the hot path. An id carries its slot and a
+/// generation, so an id of a closed connection never reaches the slot's next tenant.
+#[derive(Debug, Default)]
+pub(crate) struct Conns {
+    slots: Vec<Option<(ConnId, Conn)>>,
+    free: Vec<u32>,
+    len: usize,
+    generation: u32,
+}
+
+impl Conns {
+    fn slot(id: ConnId) -> usize {
+        (id.0 & u64::from(u32::MAX)) as usize
+    }
+
+    pub(crate) fn insert(&mut self, conn: Conn) -> ConnId {
+        self.generation = self.generation.wrapping_add(1);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let id = ConnId((u64::from(self.generation) << 32) | u64::from(slot));
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some((id, conn));
+            self.len += 1;
+        }
+        id
+    }
+
+    pub(crate) fn get(&self, id: &ConnId) -> Option<&Conn> {
+        match self.slots.get(Self::slot(*id)) {
+            Some(Some((i, c))) if i == id => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &ConnId) -> Option<&mut Conn> {
+        match self.slots.get_mut(Self::slot(*id)) {
+            Some(Some((i, c))) if i == id => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn contains_key(&self, id: &ConnId) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub(crate) fn remove(&mut self, id: &ConnId) -> Option<Conn> {
+        let slot = self.slots.get_mut(Self::slot(*id))?;
+        if slot.as_ref().is_some_and(|(i, _)| i == id) {
+            let (_, c) = slot.take()?;
+            self.free
+                .push(u32::try_from(Self::slot(*id)).unwrap_or(u32::MAX));
+            self.len -= 1;
+            return Some(c);
+        }
+        None
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
+        self.slots.iter_mut().flatten().map(|(i, c)| (*i, c))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Conn> {
+        self.slots.iter().flatten().map(|(_, c)| c)
+    }
+}

@@ -1,0 +1,458 @@
+//! The broker's configuration, its questions and answers, events, persistence records and
+//! statistics.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use mqtt_proto::{PacketId, QoS, ReasonCode, SubscriptionOptions};
+
+use super::message::{Message, Shared};
+use crate::Instant;
+
+/// A connection, as the broker names it (handed out by [`Broker::handle_open`](super::Broker)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Bounds on what queues may hold; what they drop is counted in [`Drops`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Limits {
+    /// Messages one session may hold, queued and in flight.
+    pub session_messages: usize,
+    /// Bytes one session may hold (by [`Message::size`]), queued and in flight.
+    pub session_bytes: usize,
+    /// Bytes all sessions together may hold.
+    pub total_bytes: usize,
+    /// Control packets (acks, SUBACK, PINGRESP) one connection may owe before the broker
+    /// stops reading from it until they are written.
+    pub control_packets: usize,
+    /// Subscriptions one session may hold (more are refused with 0x97, 0x80 before 5.0).
+    pub subscriptions: usize,
+    /// Bytes all retained messages together may hold; a retained publish past it is still
+    /// delivered but not retained, and counted.
+    pub retained_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            session_messages: 1_000,
+            session_bytes: 1 << 20,
+            total_bytes: 256 << 20,
+            control_packets: 256,
+            subscriptions: 1_000,
+            retained_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest packet accepted from clients (announced in CONNACK at MQTT 5).
+    pub max_packet_size: u32,
+    /// QoS 1/2 publishes a client may have unacknowledged towards us (0x93 past it).
+    pub receive_maximum: u16,
+    /// Highest topic alias accepted from clients (0x94 past it; 0: none).
+    pub topic_alias_maximum: u16,
+    /// Highest keep-alive allowed, in seconds (0: any); lower client values are kept, higher
+    /// ones (and 0) are replaced by a Server Keep Alive at MQTT 5.
+    pub max_keep_alive: u16,
+    /// How long a connection may take to send CONNECT (and finish authentication).
+    pub connect_timeout: Duration,
+    /// Upper bound on session expiry, in seconds (3.x persistent sessions get this).
+    pub max_session_expiry: u32,
+    /// Ask [`Question::Connect`] for every CONNECT instead of accepting it.
+    pub authenticate: bool,
+    /// Hold PUBACK/PUBREC of received QoS 1/2 publishes until [`Broker::handle_durable`]
+    /// covers the records they caused (for a store that must write before acknowledging).
+    ///
+    /// [`Broker::handle_durable`]: super::Broker::handle_durable
+    pub hold_acks_until_durable: bool,
+    /// Queue bounds.
+    pub limits: Limits,
+    /// Publish `$SYS/broker/...` counters (retained) at this interval.
+    pub sys_interval: Option<Duration>,
+    /// Prefix of the client identifiers assigned to MQTT 5 clients that send an empty one.
+    pub assigned_id_prefix: &'static str,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_packet_size: 1 << 20,
+            receive_maximum: 64,
+            topic_alias_maximum: 16,
+            max_keep_alive: 0,
+            connect_timeout: Duration::from_secs(10),
+            max_session_expiry: u32::MAX,
+            authenticate: false,
+            hold_acks_until_durable: false,
+            limits: Limits::default(),
+            sys_interval: None,
+            assigned_id_prefix: "auto-",
+        }
+    }
+}
+
+/// What a client wants to do with a topic, for [`Authorize::allow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Action {
+    /// Publish to a topic name (also checked for the will topic at CONNECT).
+    Publish,
+    /// Subscribe with a topic filter (the filter is passed, `$share/` prefix included).
+    Subscribe,
+    /// Receive a message on a topic name (checked per delivery).
+    Receive,
+}
+
+/// Who is asking, for [`Authorize::allow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientInfo<'a> {
+    /// Client identifier.
+    pub client_id: &'a str,
+    /// User name from CONNECT.
+    pub username: Option<&'a str>,
+}
+
+/// The runtime's authorization policy, asked synchronously per publish, subscribe, delivery.
+///
+/// It is synchronous because it sits on the hot path (a mosquitto ACL file answers from
+/// memory); a policy behind a slow service caches its answers. Authentication, which happens
+/// once per connection, is asked asynchronously ([`Question::Connect`]).
+pub trait Authorize {
+    /// Whether `client` may do `action` on `topic`.
+    fn allow(&mut self, client: ClientInfo<'_>, topic: &str, action: Action) -> bool;
+}
+
+impl<F: FnMut(ClientInfo<'_>, &str, Action) -> bool> Authorize for F {
+    fn allow(&mut self, client: ClientInfo<'_>, topic: &str, action: Action) -> bool {
+        self(client, topic, action)
+    }
+}
+
+/// A question the broker asks the runtime; answer with
+/// [`Broker::handle_auth_answer`](super::Broker::handle_auth_answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Question {
+    /// May this CONNECT go on? The connection waits (within the connect timeout).
+    Connect {
+        /// The connection.
+        conn: ConnId,
+        /// Client identifier (assigned already if the client sent none).
+        client_id: Box<str>,
+        /// User name.
+        username: Option<Box<str>>,
+        /// Password.
+        password: Option<Box<[u8]>>,
+        /// MQTT 5 Authentication Method, for an extended exchange.
+        method: Option<Box<str>>,
+        /// MQTT 5 Authentication Data.
+        data: Option<Box<[u8]>>,
+    },
+    /// An AUTH packet continues an extended exchange (or re-authenticates, MQTT 5).
+    Auth {
+        /// The connection.
+        conn: ConnId,
+        /// Authentication Method.
+        method: Box<str>,
+        /// Authentication Data.
+        data: Option<Box<[u8]>>,
+        /// Whether the client is already connected (re-authentication, 0x19).
+        reauthenticate: bool,
+    },
+}
+
+/// The runtime's answer to a [`Question`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Authenticated.
+    Accept,
+    /// Refused with this CONNACK reason code (e.g. 0x86 or 0x87; 3.x gets the matching return
+    /// code, or 0x05). A code below 0x80 is sent as 0x80.
+    Refuse(ReasonCode),
+    /// Continue an extended exchange: send AUTH 0x18 with this data. Only a CONNECT with an
+    /// Authentication Method (MQTT 5) can continue; any other is refused with 0x87.
+    Continue(Vec<u8>),
+}
+
+/// Why the broker ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect(ReasonCode),
+    /// The client broke the protocol (the reason code sent, or that would be at 5.0).
+    Violation(ReasonCode),
+    /// CONNACK refused the connection.
+    Refused(ReasonCode),
+    /// Another connection took over the session (0x8E).
+    TakenOver,
+    /// No packet within 1.5 times the keep-alive (0x8D).
+    KeepAliveTimeout,
+    /// No CONNECT (or no authentication answer) within the connect timeout.
+    ConnectTimeout,
+    /// The runtime reported the transport closed.
+    TransportClosed,
+}
+
+/// Something the runtime must act on; drain [`Broker::poll_event`](super::Broker::poll_event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub enum Event {
+    /// Answer this with `handle_auth_answer`.
+    Ask(Question),
+    /// Flush what `poll_transmit` still has for `conn`, then close the transport and call
+    /// `handle_close`.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// One change a durable store must record; see [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A persistent session (expiry above 0) was created.
+    SessionCreated {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// Session expiry interval in seconds (`u32::MAX`: never).
+        expiry: u32,
+    },
+    /// A persistent session's expiry interval changed (reconnect or DISCONNECT).
+    SessionExpiry {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The new interval.
+        expiry: u32,
+    },
+    /// The session's client disconnected at `at`: it expires at `at` + expiry.
+    SessionDisconnected {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// When.
+        at: Instant,
+    },
+    /// The session ended (clean start, expiry, or expiry 0 at disconnect).
+    SessionEnded {
+        /// Client identifier.
+        client_id: Box<str>,
+    },
+    /// A subscription was added or replaced.
+    Subscribed {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The filter, `$share/{group}/` prefix included.
+        filter: Box<str>,
+        /// Its options.
+        options: SubscriptionOptions,
+        /// Its subscription identifier.
+        identifier: Option<u32>,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The filter.
+        filter: Box<str>,
+    },
+    /// A QoS 1/2 message was queued for a persistent session. The message body is shared by
+    /// every record that names its id: a store writes it once and drops it once no queue or
+    /// retained entry names it.
+    Queued {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The message.
+        message: Shared<Message>,
+        /// The QoS it is delivered with.
+        qos: QoS,
+        /// The retain flag it is delivered with.
+        retain: bool,
+        /// Subscription identifiers it carries.
+        identifiers: Vec<u32>,
+    },
+    /// The queued message `message_id` was sent with `packet_id` and awaits its ack.
+    Sent {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The message.
+        message_id: u64,
+        /// The packet id it was sent with (kept for redelivery).
+        packet_id: PacketId,
+    },
+    /// PUBREC arrived for `packet_id`: the message is delivered, PUBREL is owed.
+    Received {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The packet id.
+        packet_id: PacketId,
+    },
+    /// PUBACK or PUBCOMP (or a PUBREC refusal) completed `packet_id`.
+    Acked {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The packet id.
+        packet_id: PacketId,
+    },
+    /// A queued message was dropped before it was sent (expired, too large for the client).
+    Dropped {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The message.
+        message_id: u64,
+    },
+    /// A QoS 2 publish from the client was received: a resend is a duplicate until PUBREL.
+    InboundQoS2 {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The client's packet id.
+        packet_id: PacketId,
+    },
+    /// PUBREL released the client's QoS 2 packet id.
+    InboundReleased {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The client's packet id.
+        packet_id: PacketId,
+    },
+    /// A message was retained (replacing any for its topic).
+    RetainedSet {
+        /// The message.
+        message: Shared<Message>,
+    },
+    /// The retained message of a topic was cleared (or expired).
+    RetainedCleared {
+        /// The topic.
+        topic: Box<str>,
+    },
+    /// A will waits in a persistent session until `at` (will delay), after its connection
+    /// ended.
+    WillPending {
+        /// Client identifier.
+        client_id: Box<str>,
+        /// The will message.
+        message: Shared<Message>,
+        /// When it is published.
+        at: Instant,
+    },
+    /// The pending will was published or cancelled.
+    WillCleared {
+        /// Client identifier.
+        client_id: Box<str>,
+    },
+}
+
+/// A [`Change`] with its sequence number: records are numbered 1, 2, 3, ... in the order a
+/// store must apply them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the record stream.
+    pub seq: u64,
+    /// What changed.
+    pub change: Change,
+}
+
+/// Messages dropped, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Drops {
+    /// A session's message or byte limit was reached.
+    pub session_full: u64,
+    /// The broker-wide byte limit was reached.
+    pub total_full: u64,
+    /// Larger than the subscriber's Maximum Packet Size.
+    pub too_large: u64,
+    /// Expired while queued (or retained).
+    pub expired: u64,
+    /// A QoS 0 message for a session whose client is offline.
+    pub offline_qos0: u64,
+    /// The subscriber is not authorized to receive it.
+    pub not_authorized: u64,
+    /// Not retained: the retained store was at [`Limits::retained_bytes`].
+    pub retained_full: u64,
+}
+
+impl Drops {
+    /// All drops together.
+    pub fn total(&self) -> u64 {
+        self.session_full
+            + self.total_full
+            + self.too_large
+            + self.expired
+            + self.offline_qos0
+            + self.not_authorized
+            + self.retained_full
+    }
+}
+
+/// Broker counters (also published under `$SYS/broker/` when configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Stats {
+    /// Open connections that completed CONNECT.
+    pub clients_connected: usize,
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Subscriptions in the index.
+    pub subscriptions: usize,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Retained messages.
+    pub retained: usize,
+    /// Messages held by sessions (queued or in flight).
+    pub queued_messages: usize,
+    /// Bytes held by sessions.
+    pub queued_bytes: usize,
+    /// What was dropped.
+    pub dropped: Drops,
+}
+
+/// A local misuse of the broker API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Error {
+    /// No such connection (never opened, or already closed by `handle_close`).
+    UnknownConnection,
+    /// The buffer cannot hold the next packet: it needs this many bytes.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+    },
+    /// The connection asked no question this answers.
+    NoQuestion,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::UnknownConnection => f.write_str("unknown connection"),
+            Error::BufferTooSmall { needed } => {
+                write!(f, "buffer too small: {needed} bytes needed")
+            }
+            Error::NoQuestion => f.write_str("no question is pending for this connection"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
