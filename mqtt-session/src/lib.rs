@@ -59,6 +59,7 @@
 //! ```
 //!
 //! Modules:
+//! - [`broker`] (feature `broker`): the broker core's password file and ACL file checks.
 //! - [`client`]: the client state machine ([`Client`]) and how to drive it.
 //! - [`time`]: the millisecond [`Instant`] that every deadline is expressed in.
 //! - [`backoff`]: the reconnect delay policy (exponential, bounded, full jitter from a seed).
@@ -83,12 +84,14 @@
     )
 )]
 
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", feature = "broker"))]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
 pub mod backoff;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod client;
 #[cfg(feature = "alloc")]
 pub mod engine;
