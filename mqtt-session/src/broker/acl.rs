@@ -14,8 +14,9 @@
 //! that matches and grants the access allows it, and no match denies. Clients never publish to
 //! `$SYS` (bar the bridge state topics), wildcards at the start of a filter never reach `$`
 //! topics, and a client whose id or user name holds `+` or `#` is denied by the patterns
-//! outright. One rule is stricter than mosquitto: a pattern whose `%c`/`%u` would insert a `/`
-//! does not apply, so that client `a/b` does not get `a`'s `p/%c/#` subtree.
+//! outright. Two rules are stricter than mosquitto: a pattern whose `%c`/`%u` would insert a
+//! `/` does not apply (client `a/b` does not get `a`'s `p/%c/#` subtree), nor does one that the
+//! substitution turns into a `$` filter (client `$SYS` does not read `$SYS/#` through `%c/#`).
 //!
 //! ```
 //! use mqtt_session::broker::acl::{Access, AclFile};
@@ -260,8 +261,9 @@ fn decide<'r>(
     None
 }
 
-/// `pattern` with `%c` and `%u` replaced; `None` if it needs a user name there is not, or a
-/// replacement holds a `/` (which would reach into another client's levels).
+/// `pattern` with `%c` and `%u` replaced; `None` if it needs a user name there is not, a
+/// replacement holds a `/` (which would reach into another client's levels), or it turns the
+/// pattern into a `$` filter (client `$SYS` must not read `$SYS/#` through `%c/#`).
 fn substitute<'p>(
     pattern: &'p str,
     client_id: &str,
@@ -290,6 +292,9 @@ fn substitute<'p>(
         rest = tail.get(1..).unwrap_or_default();
     }
     out.push_str(rest);
+    if out.starts_with('$') && !pattern.starts_with('$') {
+        return None;
+    }
     Some(out.into())
 }
 
@@ -463,6 +468,19 @@ pattern write out/%u/%c
                 "{id} {user:?} {filter}"
             );
         }
+    }
+
+    #[test]
+    fn substituted_names_do_not_reach_further() {
+        let acl = AclFile::parse("pattern read %c/#\npattern read %u/x/%c\npattern read 100%/%c")
+            .unwrap();
+        assert!(acl.check("dev", None, "dev/a", Read));
+        assert!(!acl.check("$SYS", None, "$SYS/broker/uptime", Read));
+        assert!(!acl.check("$SYS", None, "$SYS/broker/uptime", Subscribe));
+        assert!(acl.check("c", Some("u"), "u/x/c", Read));
+        assert!(!acl.check("c", Some("u/x"), "u/x/x/c", Read));
+        assert!(!acl.check("c", None, "%u/x/c", Read));
+        assert!(acl.check("c", None, "100%/c", Read));
     }
 
     #[test]
