@@ -9,7 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mqtt_session::broker::acl::{Access, AclFile};
-use mqtt_session::broker::password::{DEFAULT_ITERATIONS, PasswordFile, SALT_LEN, hash_entry};
+use mqtt_session::broker::password::{
+    DEFAULT_ITERATIONS, PasswordFile, SALT_LEN, hash_entry, with_entry,
+};
 use tests::mosquitto::{Broker, find_program};
 use tests::peers::{Pub, Sub, tools_or_skip};
 
@@ -80,9 +82,14 @@ fn mosquitto_passwd_entries_verify() {
     assert!(!parsed.verify("mallory", b"secret"));
 }
 
-/// A password file written with [`hash_entry`], salts derived from the user names.
+/// A password file written with [`hash_entry`] and [`with_entry`] (as `mqtt passwd` would),
+/// salts derived from the user names. The first user's password was "old" before.
 fn our_password_file(users: &[(&str, String)]) -> String {
-    let mut text = String::from("# written by mqtt_session::broker::password::hash_entry\n");
+    let mut text = String::from("# written by mqtt_session::broker::password\n");
+    text = with_entry(
+        &text,
+        &hash_entry(users[0].0, b"old", &[7; SALT_LEN], 101).unwrap(),
+    );
     for (i, (user, pass)) in users.iter().enumerate() {
         let mut salt = [0u8; SALT_LEN];
         for (s, b) in salt.iter_mut().zip(user.bytes().cycle()) {
@@ -90,9 +97,12 @@ fn our_password_file(users: &[(&str, String)]) -> String {
         }
         // One entry with more iterations than mosquitto_passwd uses: the count is read back.
         let iterations = if i == 1 { 1000 } else { DEFAULT_ITERATIONS };
-        text.push_str(&hash_entry(user, pass.as_bytes(), &salt, iterations).unwrap());
-        text.push('\n');
+        text = with_entry(
+            &text,
+            &hash_entry(user, pass.as_bytes(), &salt, iterations).unwrap(),
+        );
     }
+    assert_eq!(text.lines().count(), users.len() + 1, "{text}");
     text
 }
 
@@ -136,6 +146,10 @@ fn mosquitto_accepts_our_password_file() {
         // CONNACK return code 5: not authorized.
         assert_eq!(wrong.code(), Some(5), "{user}: {wrong:?}\n{}", broker.log());
     }
+    let replaced = Pub::new(&broker, "login/old", "x")
+        .auth(users[0].0, "old")
+        .run();
+    assert_eq!(replaced.code(), Some(5), "{replaced:?}");
     let unknown = Pub::new(&broker, "login/unknown", "x")
         .auth("mallory", "secret")
         .run();

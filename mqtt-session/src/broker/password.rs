@@ -271,6 +271,35 @@ pub fn hash_entry(
     Ok(line)
 }
 
+/// The user name of a password file line, `None` for comments and lines without a `:`.
+fn user_of(line: &str) -> Option<&str> {
+    let line = line.trim();
+    if line.starts_with('#') {
+        return None;
+    }
+    line.split_once(':').map(|(user, _)| user.trim())
+}
+
+/// The password file `text` with `entry` (a [`hash_entry`] line) in place of its user's line,
+/// or appended if the user has none; comments, other lines and their order are kept.
+#[must_use]
+pub fn with_entry(text: &str, entry: &str) -> String {
+    let user = user_of(entry);
+    let mut out = String::with_capacity(text.len() + entry.len() + 1);
+    let mut replaced = false;
+    for line in text.lines() {
+        let this = !replaced && user.is_some() && user_of(line) == user;
+        out.push_str(if this { entry } else { line });
+        out.push('\n');
+        replaced |= this;
+    }
+    if !replaced {
+        out.push_str(entry);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +393,31 @@ bob:$6$laKxoIt98CHde6PY$BHjynceLRMM4RVknnGdiRX6lFkj6Vj1GtPqN5kCKObetj4oJPZXkqsyX
         assert_eq!(
             alloc::format!("{err}"),
             "line 3: user name already defined on an earlier line"
+        );
+    }
+
+    #[test]
+    fn with_entry_replaces_or_appends() {
+        let first = hash_entry("alice", b"one", b"salt", 1).unwrap();
+        let second = hash_entry("alice", b"two", b"salt", 1).unwrap();
+        let bob = hash_entry("bob", b"b", b"salt", 1).unwrap();
+        let text = alloc::format!("# header\n{first}\n{bob}");
+        let updated = with_entry(&text, &second);
+        assert_eq!(updated, alloc::format!("# header\n{second}\n{bob}\n"));
+        let file = PasswordFile::parse(&updated).unwrap();
+        assert!(file.verify("alice", b"two") && !file.verify("alice", b"one"));
+        assert!(file.verify("bob", b"b"));
+        let carol = hash_entry("carol", b"c", b"salt", 1).unwrap();
+        assert_eq!(
+            with_entry(&updated, &carol),
+            alloc::format!("{updated}{carol}\n")
+        );
+        assert_eq!(with_entry("", &carol), alloc::format!("{carol}\n"));
+        // A commented-out line for the same user is not an entry.
+        let commented = alloc::format!("#{first}\n");
+        assert_eq!(
+            with_entry(&commented, &second),
+            alloc::format!("{commented}{second}\n")
         );
     }
 
