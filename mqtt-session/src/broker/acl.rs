@@ -334,6 +334,11 @@ fn covers(outer: &str, inner: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
+    use alloc::vec;
+    use proptest::prelude::*;
+
     use super::*;
     use Access::{Read, Subscribe, Write};
 
@@ -553,6 +558,107 @@ pattern write out/%u/%c
             ("a", "a/b", false),
         ] {
             assert_eq!(covers(outer, inner), want, "{outer} {inner}");
+        }
+    }
+
+    /// Filters and topics over a few levels, `$` first levels and wildcards included.
+    fn levels(wild: bool) -> impl Strategy<Value = String> {
+        let level = if wild {
+            prop::sample::select(vec!["a", "b", "", "+"])
+        } else {
+            prop::sample::select(vec!["a", "b", ""])
+        };
+        (
+            prop::bool::weighted(0.2),
+            prop::collection::vec(level, 1..4),
+            prop::bool::weighted(if wild { 0.3 } else { 0.0 }),
+        )
+            .prop_map(|(dollar, levels, hash)| {
+                let mut s = if dollar { "$s/" } else { "" }.to_string();
+                s.push_str(&levels.join("/"));
+                if hash {
+                    s.push_str("/#");
+                }
+                // Topic names and filters are never empty.
+                if s.is_empty() { "e".to_string() } else { s }
+            })
+    }
+
+    /// Every topic name of up to three levels `a`, `b`, `c` or empty, with and without `$s/`
+    /// (which `%c` for client `c` can reach).
+    fn topics() -> Vec<String> {
+        let mut all: Vec<String> = vec![String::new()];
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            all = all
+                .iter()
+                .flat_map(|t| ["a", "b", "c", ""].map(|l| alloc::format!("{t}/{l}")))
+                .collect();
+            out.extend(all.iter().map(|t| t[1..].to_string()));
+        }
+        let dollar: Vec<String> = out.iter().map(|t| alloc::format!("$s/{t}")).collect();
+        out.extend(dollar);
+        out.retain(|t| !t.is_empty());
+        out
+    }
+
+    /// ACL files from the grammar: users, topic rules and patterns with `%c` / `%u`.
+    fn acl_text() -> impl Strategy<Value = String> {
+        let grant = prop::sample::select(vec!["read ", "write ", "readwrite ", "deny ", ""]);
+        let subst = prop::sample::select(vec!["", "%c/", "%u/", "x/%c/"]);
+        let line = prop_oneof![
+            prop::sample::select(vec!["user alice", "user bob"]).prop_map(str::to_string),
+            (grant.clone(), levels(true)).prop_map(|(g, f)| alloc::format!("topic {g}{f}")),
+            (grant, subst, levels(true)).prop_map(|(g, p, f)| alloc::format!("pattern {g}{p}{f}")),
+        ];
+        prop::collection::vec(line, 0..8).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #[test]
+        fn filter_relations_are_sound(a in levels(true), b in levels(true)) {
+            for t in topics() {
+                if matches(&a, &t) && matches(&b, &t) {
+                    prop_assert!(overlaps(&a, &b), "{a} {b} share {t}");
+                }
+                if covers(&a, &b) && matches(&b, &t) {
+                    prop_assert!(matches(&a, &t), "{a} covers {b} but not {t}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        // The premise (a readable topic under the filter) holds in a few cases out of ten.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// SUBSCRIBE is refused only where no message could be read through it, so what a
+        /// client receives is what mosquitto (which grants every SUBSCRIBE) would deliver.
+        #[test]
+        fn subscribe_refuses_only_what_cannot_be_read(
+            text in acl_text(),
+            id in prop::sample::select(vec!["c", "+", "a/b", "$s"]),
+            user in prop::sample::select(vec![None, Some("alice"), Some("bob"), Some("u#")]),
+            filter in levels(true),
+        ) {
+            let acl = AclFile::parse(&text).unwrap();
+            for topic in topics() {
+                if matches(&filter, &topic) && acl.check(id, user, &topic, Read) {
+                    prop_assert!(acl.check(id, user, &filter, Subscribe), "{text}\n{topic}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(text in ".{0,200}", id in ".{0,8}", topic in ".{0,16}") {
+            if let Ok(acl) = AclFile::parse(&text) {
+                for access in [Read, Write, Subscribe] {
+                    let _ = acl.check(&id, Some(&id), &topic, access);
+                    let _ = acl.check(&id, None, &topic, access);
+                }
+            }
         }
     }
 }

@@ -427,4 +427,20 @@ bob:$6$laKxoIt98CHde6PY$BHjynceLRMM4RVknnGdiRX6lFkj6Vj1GtPqN5kCKObetj4oJPZXkqsyX
         let text = alloc::format!("{file:?}");
         assert!(text.contains("alice") && !text.contains("2NPI"), "{text}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(
+            text in ".{0,120}",
+            hash in "\\$[67]\\$[0-9a-zA-Z+/=$]{0,100}",
+            password in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let _ = PasswordFile::parse(&text);
+            // Near-miss entries: the right prefix, random fields.
+            if let Ok(file) = PasswordFile::parse(&alloc::format!("u:{hash}")) {
+                proptest::prop_assert!(!file.verify("v", &password));
+                let _ = file.verify("u", &password);
+            }
+        }
+    }
 }
