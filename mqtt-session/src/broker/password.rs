@@ -174,7 +174,8 @@ impl PasswordFile {
     }
 
     /// Whether `user` is in the file and `password` is theirs (the hashes compare in constant
-    /// time; an unknown user costs a default-strength hash too, so timing does not tell which).
+    /// time; an unknown user costs a default `$7$` hash too, so that timing does not tell
+    /// which names exist when the entries have the default strength).
     #[must_use]
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         match self.users.get(user) {
