@@ -144,29 +144,50 @@ impl<R: Runtime> Client<R> {
         priority: u8,
     ) -> Result<Delivery, ClientError> {
         // The common case takes no listener: it costs nothing when there is room.
-        match self.try_publish_with(msg, priority) {
-            Err(ClientError::QueueFull) => {}
-            other => return other,
+        let (delivery, commit) = match self.queue(msg, priority) {
+            Err(ClientError::QueueFull) => loop {
+                let room = self.core.room.listen();
+                match self.queue(msg, priority) {
+                    Err(ClientError::QueueFull) => room.await,
+                    other => break other?,
+                }
+            },
+            other => other?,
+        };
+        if let Some((commit, lsn)) = commit {
+            // With a synced store: on disk before this returns (concurrent publishers share
+            // the sync).
+            let result = commit.await;
+            self.core.committed(lsn, result);
         }
-        loop {
-            let room = self.core.room.listen();
-            match self.try_publish_with(msg, priority) {
-                Err(ClientError::QueueFull) => room.await,
-                other => return other,
-            }
-        }
+        Ok(delivery)
     }
 
-    /// [`Client::try_publish`] for a full PUBLISH with an eviction priority.
+    /// Queues a message; gives its delivery and the store commit to wait for, if any.
+    #[allow(clippy::type_complexity)]
+    fn queue(
+        &self,
+        msg: &Publish<'_>,
+        priority: u8,
+    ) -> Result<(Delivery, Option<(mqtt_store::Commit, u64)>), ClientError> {
+        let (key, commit) = self.core.publish(self.core.now(), msg, priority)?;
+        trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
+        self.core.wake.wake();
+        Ok((Delivery::new(self.core.clone(), key), commit))
+    }
+
+    /// [`Client::try_publish`] for a full PUBLISH with an eviction priority. With a synced
+    /// store it returns before the message is on disk (it is not sent before).
     pub fn try_publish_with(
         &self,
         msg: &Publish<'_>,
         priority: u8,
     ) -> Result<Delivery, ClientError> {
-        let key = self.core.publish(self.core.now(), msg, priority)?;
-        trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
-        self.core.wake.wake();
-        Ok(Delivery::new(self.core.clone(), key))
+        let (delivery, commit) = self.queue(msg, priority)?;
+        if let Some((commit, lsn)) = commit {
+            spawn_commit::<R>(self.core.clone(), commit, lsn);
+        }
+        Ok(delivery)
     }
 
     /// Subscribes to filters and waits for the broker's answer: one reason code per filter
@@ -292,6 +313,14 @@ impl<R: Runtime> Client<R> {
         }
         self.disconnect().await;
     }
+}
+
+/// Waits for a store commit in a task of its own, then releases what waited for it.
+fn spawn_commit<R: Runtime>(core: Arc<Core>, commit: mqtt_store::Commit, lsn: u64) {
+    R::spawn(async move {
+        let result = commit.await;
+        core.committed(lsn, result);
+    });
 }
 
 /// Answers the SUBSCRIBE and UNSUBSCRIBE completions among `outs` (without the lock held).
@@ -464,6 +493,9 @@ impl<R: Runtime> Driver<R> {
         let mut inner = core.lock();
         let inner = &mut *inner;
         let value = f(&mut inner.engine, core.now(), &mut out.outs);
+        if let Some((commit, lsn)) = inner.flush() {
+            spawn_commit::<R>(core.clone(), commit, lsn);
+        }
         if settle(&mut inner.slots, &mut out.outs, &mut out.wake) {
             core.room.notify(usize::MAX);
         }
@@ -537,9 +569,21 @@ impl<R: Runtime> Driver<R> {
                 }
             })
             .await;
-            match woken {
+            let read = match woken {
                 Woken::Read(Ok(0) | Err(_)) => return Some(ConnectionError::TransportClosed),
-                Woken::Read(Ok(_)) => loop {
+                Woken::Read(Ok(_)) => true,
+                // Bytes left unread while acknowledgments waited for the store.
+                Woken::Wake => !b.rx.is_empty(),
+                Woken::Timeout => {
+                    fired = true;
+                    self.engine(&mut b.out, |e, now, outs| e.handle_timeout(now, outs));
+                    lost = lost.or(self.dispatch(&mut b.out));
+                    false
+                }
+            };
+            if read {
+                let mut stalled = false;
+                loop {
                     let rx = &mut b.rx;
                     let status =
                         self.engine(&mut b.out, |e, now, outs| e.handle_read(now, rx, outs));
@@ -553,21 +597,24 @@ impl<R: Runtime> Driver<R> {
                         ReadStatus::TransmitFirst => {
                             let (n, end) = self.transmit(b);
                             lost = lost.or(end);
-                            if n > 0
-                                && t.write_all(b.tx.get(..n).unwrap_or_default())
-                                    .await
-                                    .is_err()
+                            if n == 0 {
+                                // Twice nothing to write: what is owed waits for the store;
+                                // read on once a commit wakes us.
+                                if stalled {
+                                    break;
+                                }
+                                stalled = true;
+                                continue;
+                            }
+                            stalled = false;
+                            if t.write_all(b.tx.get(..n).unwrap_or_default())
+                                .await
+                                .is_err()
                             {
                                 return Some(ConnectionError::TransportClosed);
                             }
                         }
                     }
-                },
-                Woken::Wake => {}
-                Woken::Timeout => {
-                    fired = true;
-                    self.engine(&mut b.out, |e, now, outs| e.handle_timeout(now, outs));
-                    lost = lost.or(self.dispatch(&mut b.out));
                 }
             }
         }

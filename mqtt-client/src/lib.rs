@@ -30,6 +30,7 @@ mod api;
 mod client;
 mod delivery;
 pub mod options;
+mod persist;
 pub mod runtime;
 pub mod tls;
 mod transport;
@@ -42,5 +43,5 @@ pub use mqtt_session::ConnectionError;
 pub use mqtt_session::engine::{Failure, Message, MessageProperties, Stats};
 #[cfg(feature = "config")]
 pub use options::ENV_VARS;
-pub use options::{Broker, DEFAULT_URL, Options, OptionsError, Scheme, TlsOptions};
+pub use options::{Broker, DEFAULT_URL, Durability, Options, OptionsError, Scheme, TlsOptions};
 pub use runtime::{Runtime, Timer};

@@ -259,6 +259,26 @@ pub struct Options {
     pub will: Option<LastWill>,
     /// TLS settings (used by `mqtts://` and `wss://`).
     pub tls: TlsOptions,
+    /// The file that keeps unacknowledged and queued messages and received QoS 2 ids across
+    /// restarts (see [`Durability`]); `None` keeps them in memory only.
+    pub store: Option<PathBuf>,
+    /// How durable a publish is when `publish().await` returns, with a store.
+    pub durability: Durability,
+}
+
+/// How durable the client's state is (with [`Options::store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every QoS 1/2 publish is synced to the store before `publish().await` returns;
+    /// concurrent publishers share one sync (group commit). A crash loses nothing that
+    /// `publish()` returned for.
+    Sync,
+    /// Records are written and synced in the background within this delay; a crash loses at
+    /// most the messages of that last interval (and never sends one it has not recorded).
+    Relaxed(Duration),
+    /// Nothing is written: a restart loses every queued and unacknowledged message.
+    #[default]
+    Memory,
 }
 
 impl fmt::Debug for Options {
@@ -277,6 +297,8 @@ impl fmt::Debug for Options {
             .field("queue_messages", &self.queue_messages)
             .field("queue_bytes", &self.queue_bytes)
             .field("tls", &self.tls)
+            .field("store", &self.store)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -305,7 +327,27 @@ impl Options {
             handler_concurrency: 64,
             will: None,
             tls: TlsOptions::default(),
+            store: None,
+            durability: Durability::Memory,
         })
+    }
+
+    /// Keeps the client's state in the store file at `path` (created if missing), synced on
+    /// every publish unless [`Options::store_durability`] says otherwise. Resuming after a
+    /// restart needs the same client id (and a persistent session to resend with the same
+    /// packet ids).
+    pub fn store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = Some(path.into());
+        if self.durability == Durability::Memory {
+            self.durability = Durability::Sync;
+        }
+        self
+    }
+
+    /// Sets how durable the store is ([`Durability::Memory`] ignores the store).
+    pub fn store_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// Sets the client identifier.

@@ -233,6 +233,25 @@ pub struct Stats {
     pub dropped: u64,
     /// Connections established after the first.
     pub reconnects: u64,
+    /// Queued messages dropped for more important ones (also counted in `dropped`).
+    pub evicted: u64,
+    /// Messages and received QoS 2 ids rebuilt from the store at start.
+    pub restored: u64,
+    /// What the store could not give back at start: unreadable files and records, set aside.
+    pub set_aside: u64,
+    /// Store commits (each one sync in `Sync` mode).
+    pub store_commits: u64,
+    /// Store writes that failed (the client then goes on in memory).
+    pub store_failures: u64,
+}
+
+/// A change for the store, from [`Engine::take_records`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Write the record with this key.
+    Put(u64, Vec<u8>),
+    /// Remove the record with this key.
+    Delete(u64),
 }
 
 /// Where the engine's connection stands (apart from the session's own state).
@@ -290,6 +309,59 @@ impl<C> Engine<C> {
     /// The session.
     pub fn session(&self) -> &EngineSession {
         &self.session
+    }
+
+    /// Rebuilds one message or received id from its store record, before
+    /// [`Engine::enable_journal`]; see [`crate::Session::restore`].
+    pub fn restore(&mut self, key: u64, record: &[u8]) -> Result<(), crate::journal::RestoreError> {
+        self.session.restore(key, record)?;
+        self.stats.restored += 1;
+        Ok(())
+    }
+
+    /// Turns the session's journal on: changes of persistent state come out of
+    /// [`Engine::take_records`], and transmissions wait for [`Engine::handle_durable`].
+    pub fn enable_journal(&mut self) {
+        self.session.enable_journal();
+    }
+
+    /// Moves the records due into `ops` (in the order the store must apply them); returns
+    /// the sequence number of the last, which [`Engine::handle_durable`] takes once they are
+    /// durable, or `None` when there was none.
+    pub fn take_records(&mut self, ops: &mut Vec<StoreOp>) -> Option<u64> {
+        let mut buf = Vec::new();
+        let mut last = None;
+        loop {
+            match self.session.poll_record(&mut buf) {
+                Ok(Some(r)) => {
+                    ops.push(match r.change {
+                        crate::journal::Change::Put(n) => {
+                            StoreOp::Put(r.key, buf.get(..n).unwrap_or_default().to_vec())
+                        }
+                        crate::journal::Change::Delete => StoreOp::Delete(r.key),
+                    });
+                    last = Some(r.lsn);
+                }
+                Ok(None) => return last,
+                Err(Error::Encode(EncodeError::BufferTooSmall { needed })) => {
+                    buf.resize(needed, 0);
+                }
+                // Unreachable: the buffer is the only reason poll_record fails.
+                Err(_) => return last,
+            }
+        }
+    }
+
+    /// Records up to `lsn` are durable: what waited for them may be transmitted.
+    pub fn handle_durable(&mut self, lsn: u64) {
+        self.session.handle_durable(lsn);
+    }
+
+    /// Counts store work the runtime did (it owns the store).
+    pub fn count_store(&mut self, set_aside: u64, commits: u64, failures: u64) {
+        self.stats.set_aside += set_aside;
+        self.stats.store_commits += commits;
+        self.stats.store_failures += failures;
     }
 
     /// The protocol version.
@@ -472,6 +544,7 @@ impl<C> Engine<C> {
                     self.complete_publish(token, Err(Failure::Refused(reason_code)), out);
                 }
                 Notice::Evicted { token } => {
+                    self.stats.evicted += 1;
                     self.complete_publish(token, Err(Failure::Evicted), out);
                 }
                 Notice::ConnectionLost(e) => out.push(Output::ConnectionLost(e)),

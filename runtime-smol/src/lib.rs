@@ -35,9 +35,9 @@ use std::task::{Context, Poll};
 use async_net::TcpStream;
 
 pub use mqtt_client::{
-    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Event, Failure,
-    HandlerResult, Message, MessageProperties, Options, OptionsError, ProtocolVersion, QoS,
-    ReasonCode, RouteId, Scheme, Stats, TlsOptions,
+    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Durability,
+    Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
+    ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
 
 /// A cloneable handle to an MQTT client whose connection runs in a [`Driver`] on smol.
