@@ -1,10 +1,11 @@
-//! What every `std` runtime needs around the session: owned options, completions, routing,
+//! What an allocating client needs around the session: owned identity, completions, routing,
 //! reconnect timing and statistics — still sans-IO.
 //!
-//! A runtime keeps one [`Engine`] behind a lock shared by its client handles and its driver
-//! task. Handles call [`Engine::publish`], [`Engine::subscribe`], [`Engine::route`] directly
-//! (no channel hop), passing a completion value `C` (typically a oneshot sender). The driver
-//! task owns the socket and runs this loop:
+//! The async client of the `std` runtimes (`mqtt-client`) keeps one [`Engine`] behind a lock
+//! shared by its client handles and its driver task. Handles call [`Engine::publish`],
+//! [`Engine::subscribe`], [`Engine::route`] directly (no channel hop), passing a completion
+//! value `C` (there, the key of a publish's slot, or a oneshot sender for a request); each
+//! costs O(1) to store and to hand back. The driver task owns the socket and runs this loop:
 //!
 //! 1. Wait until [`Engine::reconnect_at`], open the transport, write what [`Engine::start`]
 //!    gives (CONNECT). If the transport cannot be opened, call [`Engine::transport_closed`].

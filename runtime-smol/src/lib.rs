@@ -34,6 +34,8 @@ use std::task::{Context, Poll};
 
 use async_net::TcpStream;
 
+#[cfg(feature = "config")]
+pub use mqtt_client::options::{ENV_VARS, load_options, load_options_unvalidated};
 pub use mqtt_client::{
     Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Durability,
     Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,

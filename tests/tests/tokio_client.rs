@@ -32,7 +32,7 @@ const QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
 
 /// Runs the test body with a time limit.
 async fn bounded(body: impl Future<Output = ()>) {
-    // `RUST_LOG=mqtt_tokio=debug` shows what the clients do (captured per test).
+    // `RUST_LOG=mqtt_client=debug` shows what the clients do (captured per test).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
