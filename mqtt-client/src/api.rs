@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::vec::Vec;
 
-use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
+use mqtt_proto::{PacketId, Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
 
 use mqtt_session::engine::{Engine, Failure, Message, Stats};
 
@@ -367,6 +367,12 @@ impl Core {
         self.status_changed.notify(usize::MAX);
     }
 
+    /// Acknowledges a received message (manual-ack modes); the driver sends it.
+    pub(crate) fn ack(&self, packet_id: PacketId, reason_code: ReasonCode) {
+        self.lock().engine.ack(packet_id, reason_code);
+        self.wake.wake();
+    }
+
     /// The store commit up to `lsn` ended: releases what waited for it.
     pub(crate) fn committed(&self, lsn: u64, result: Result<(), mqtt_store::StoreError>) {
         crate::persist::committed(&mut self.lock().engine, lsn, result);
@@ -572,6 +578,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             properties: None,
+            packet_id: None,
         };
         let mut fut = Box::pin(run_handler(handler, msg));
         let waker = std::task::Waker::noop();

@@ -4,11 +4,12 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqtt_proto::{Publish, QoS, ReasonCode};
+use mqtt_proto::{PacketId, Publish, QoS, ReasonCode};
 use mqtt_session::engine::Engine;
 use mqtt_session::engine::{Failure, Message, Output, ReadStatus, Stats};
 use mqtt_session::{ConnectionError, Instant};
@@ -19,7 +20,7 @@ use crate::api::{
     HandlerResult, RouteId, Status, publish_of, run_handler,
 };
 use crate::delivery::{Acks, Delivery, Done, settle};
-use crate::options::Options;
+use crate::options::{AckMode, Options};
 use crate::runtime::{self, Runtime, Timer};
 use crate::transport::Transport;
 
@@ -256,6 +257,20 @@ impl<R: Runtime> Client<R> {
         Ok(id)
     }
 
+    /// Acknowledges a message received with [`AckMode::Manual`](crate::AckMode::Manual)
+    /// (QoS 0 messages need none).
+    pub fn ack(&self, message: &Message) {
+        self.ack_with(message, ReasonCode::Success);
+    }
+
+    /// [`Client::ack`] with a reason code (sent to MQTT 5 brokers; an error code refuses the
+    /// message, which the broker then does not send again).
+    pub fn ack_with(&self, message: &Message, reason_code: ReasonCode) {
+        if let Some(id) = message.packet_id {
+            self.core.ack(id, reason_code);
+        }
+    }
+
     /// Stops routing to a handler (the subscription stays).
     pub fn unroute(&self, id: RouteId) -> bool {
         self.core.unroute(id)
@@ -313,6 +328,13 @@ impl<R: Runtime> Client<R> {
         }
         self.disconnect().await;
     }
+}
+
+/// The handlers of one received message still running, when it is acknowledged after them.
+struct AckGroup {
+    id: PacketId,
+    left: AtomicUsize,
+    failed: AtomicBool,
 }
 
 /// Waits for a store commit in a task of its own, then releases what waited for it.
@@ -671,18 +693,52 @@ impl<R: Runtime> Driver<R> {
 
     /// Starts a task per matching handler.
     fn deliver(&self, message: &Message, routes: &[u64]) {
-        for handler in self.core.handlers_for(routes) {
+        let handlers = self.core.handlers_for(routes);
+        // With acknowledgments after handlers, the last handler to finish sends it.
+        let group = match (self.core.options().ack, message.packet_id) {
+            (AckMode::AfterHandlers, Some(id)) if handlers.is_empty() => {
+                self.core.ack(id, ReasonCode::Success);
+                None
+            }
+            (AckMode::AfterHandlers, Some(id)) => Some(Arc::new(AckGroup {
+                id,
+                left: AtomicUsize::new(handlers.len()),
+                failed: AtomicBool::new(false),
+            })),
+            _ => None,
+        };
+        for handler in handlers {
             let core = self.core.clone();
             let message = message.clone();
+            let group = group.clone();
             R::spawn(async move {
                 // Acquired in the task, not the driver: the driver never waits on handlers,
                 // so a handler that publishes cannot deadlock it.
                 let permit = core.limit.acquire_arc().await;
                 let topic = message.topic.clone();
-                match run_handler(handler, message).await {
-                    Ok(()) => {}
-                    Err(HandlerFailure::Error(e)) => warn!(topic, error = %e, "handler failed"),
-                    Err(HandlerFailure::Panicked) => warn!(topic, "handler panicked"),
+                let ok = match run_handler(handler, message).await {
+                    Ok(()) => true,
+                    Err(HandlerFailure::Error(e)) => {
+                        warn!(topic, error = %e, "handler failed");
+                        false
+                    }
+                    Err(HandlerFailure::Panicked) => {
+                        warn!(topic, "handler panicked");
+                        false
+                    }
+                };
+                if let Some(g) = group {
+                    if !ok {
+                        g.failed.store(true, Ordering::Relaxed);
+                    }
+                    if g.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        let rc = if g.failed.load(Ordering::Relaxed) {
+                            ReasonCode::UnspecifiedError
+                        } else {
+                            ReasonCode::Success
+                        };
+                        core.ack(g.id, rc);
+                    }
                 }
                 drop(permit);
                 if core.handler_done() {

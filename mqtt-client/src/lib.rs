@@ -43,5 +43,7 @@ pub use mqtt_session::ConnectionError;
 pub use mqtt_session::engine::{Failure, Message, MessageProperties, Stats};
 #[cfg(feature = "config")]
 pub use options::ENV_VARS;
-pub use options::{Broker, DEFAULT_URL, Durability, Options, OptionsError, Scheme, TlsOptions};
+pub use options::{
+    AckMode, Broker, DEFAULT_URL, Durability, Options, OptionsError, Scheme, TlsOptions,
+};
 pub use runtime::{Runtime, Timer};

@@ -264,6 +264,29 @@ pub struct Options {
     pub store: Option<PathBuf>,
     /// How durable a publish is when `publish().await` returns, with a store.
     pub durability: Durability,
+    /// When received QoS 1/2 messages are acknowledged.
+    pub ack: AckMode,
+}
+
+/// When the client acknowledges a received QoS 1/2 message (PUBACK or PUBREC).
+///
+/// Acknowledging later never reorders delivery (handlers start as messages arrive), but an
+/// unacknowledged message holds one of the Receive Maximum slots the client announces (128):
+/// a broker sends at most that many before it waits for acknowledgments, so slow handlers
+/// slow the stream instead of piling up messages in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// On arrival, before any handler runs (the broker's resend is needed only if the
+    /// connection drops before the acknowledgment is written).
+    #[default]
+    OnReceipt,
+    /// Once every matching handler has finished: successfully, with success; if one failed
+    /// (error or panic), with "unspecified error" (MQTT 5; 3.1.1 has no negative
+    /// acknowledgment). If the process dies first, a broker keeping the session sends the
+    /// message again on the next connection: handlers see it at least once.
+    AfterHandlers,
+    /// Only when the application calls `Client::ack` / `Client::ack_with` for the message.
+    Manual,
 }
 
 /// How durable the client's state is (with [`Options::store`]).
@@ -299,6 +322,7 @@ impl fmt::Debug for Options {
             .field("tls", &self.tls)
             .field("store", &self.store)
             .field("durability", &self.durability)
+            .field("ack", &self.ack)
             .finish_non_exhaustive()
     }
 }
@@ -329,6 +353,7 @@ impl Options {
             tls: TlsOptions::default(),
             store: None,
             durability: Durability::Memory,
+            ack: AckMode::OnReceipt,
         })
     }
 
@@ -341,6 +366,12 @@ impl Options {
         if self.durability == Durability::Memory {
             self.durability = Durability::Sync;
         }
+        self
+    }
+
+    /// Sets when received QoS 1/2 messages are acknowledged.
+    pub fn ack_mode(mut self, mode: AckMode) -> Self {
+        self.ack = mode;
         self
     }
 
@@ -495,6 +526,7 @@ impl Options {
             response_timeout: self.response_timeout,
             // The session tracks 1024; announcing 128 tolerates brokers that overshoot.
             receive_maximum: 128,
+            manual_acks: self.ack != AckMode::OnReceipt,
             ..Config::default()
         }
     }

@@ -135,6 +135,8 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5 properties, when the message has any.
     pub properties: Option<Box<MessageProperties>>,
+    /// The id to acknowledge it with in manual-ack mode ([`Engine::ack`]; QoS 1 and 2).
+    pub packet_id: Option<PacketId>,
 }
 
 /// Why a publish (or request) will not complete successfully.
@@ -275,6 +277,9 @@ pub struct Engine<C> {
     next_route: u64,
     publishes: ByToken<C>,
     requests: BTreeMap<u16, C>,
+    /// Acknowledgments the application gave (manual-ack mode), fed to the session as it
+    /// has room for them.
+    acks: VecDeque<(PacketId, ReasonCode)>,
     accepting: bool,
     ever_connected: bool,
     stats: Stats,
@@ -301,6 +306,7 @@ impl<C> Engine<C> {
             next_route: 1,
             publishes: ByToken::new(),
             requests: BTreeMap::new(),
+            acks: VecDeque::new(),
             accepting: true,
             ever_connected: false,
             stats: Stats::default(),
@@ -579,6 +585,7 @@ impl<C> Engine<C> {
         }
         let mut filled = 0;
         while let Some(dst) = buf.get_mut(filled..) {
+            self.feed_acks();
             match self.session.poll_transmit(now, dst) {
                 Ok(Some(n)) => filled += n,
                 Ok(None) => break,
@@ -591,6 +598,22 @@ impl<C> Engine<C> {
         }
         self.drain_notices(out);
         filled
+    }
+
+    /// Acknowledges a message received in manual-ack mode (sent with the next
+    /// [`Engine::transmit`]); the reason code is sent to MQTT 5 servers only.
+    pub fn ack(&mut self, packet_id: PacketId, reason_code: ReasonCode) {
+        self.acks.push_back((packet_id, reason_code));
+    }
+
+    fn feed_acks(&mut self) {
+        while let Some(&(id, rc)) = self.acks.front() {
+            if self.session.ack(id, rc) == Err(Error::WouldBlock) {
+                break;
+            }
+            // Done, or unknown: the server lost the session, and resends nothing.
+            self.acks.pop_front();
+        }
     }
 
     /// The next moment [`Engine::handle_timeout`] has work to do (including reconnecting).
@@ -821,6 +844,7 @@ impl Owned {
                     retain: m.retain,
                     properties: (m.properties.iter().next().is_some())
                         .then(|| Box::new(MessageProperties::from_wire(&m.properties))),
+                    packet_id: m.packet_id,
                 };
                 // The payload is a slice of the read buffer: share it instead of copying.
                 let at = (m.payload.as_ptr() as usize).wrapping_sub(base);

@@ -37,8 +37,8 @@ use async_net::TcpStream;
 #[cfg(feature = "config")]
 pub use mqtt_client::options::{ENV_VARS, load_options, load_options_unvalidated};
 pub use mqtt_client::{
-    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Durability,
-    Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
+    AckMode, Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery,
+    Durability, Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
     ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
 
