@@ -723,7 +723,11 @@ impl<C> Engine<C> {
 
     /// Whether every accepted message and request has completed.
     pub fn is_drained(&self) -> bool {
-        self.publishes.is_empty() && self.requests.is_empty() && self.session.in_flight() == 0
+        // `pending` also counts messages restored from a store, which have no completion.
+        self.publishes.is_empty()
+            && self.requests.is_empty()
+            && self.session.in_flight() == 0
+            && self.session.pending() == 0
     }
 
     /// Ends the session: queues DISCONNECT and never reconnects. Flush [`Engine::transmit`],
