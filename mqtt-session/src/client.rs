@@ -1829,6 +1829,14 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.journal.on
     }
 
+    /// Whether [`poll_record`](Session::poll_record) has records to give.
+    pub fn records_pending(&self) -> bool {
+        self.journal.on
+            && (!self.journal.deleted.is_empty()
+                || self.journal.dirty > 0
+                || self.journal.rx_dirty > 0)
+    }
+
     /// The sequence number of the last record reported (0: none yet).
     pub const fn last_record(&self) -> u64 {
         self.journal.lsn
