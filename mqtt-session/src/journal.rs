@@ -81,7 +81,7 @@ pub(crate) type Deleted = alloc::collections::VecDeque<u64>;
 /// Keys of removed items whose delete is not reported yet (`handle_read` asks for a drain
 /// before this fills).
 #[cfg(not(feature = "alloc"))]
-pub(crate) type Deleted = heapless::Deque<u64, 64>;
+pub(crate) type Deleted = heapless::Deque<u64, 16>;
 
 /// The journal's bookkeeping inside a session.
 #[derive(Debug, Default)]

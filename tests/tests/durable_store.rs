@@ -203,3 +203,82 @@ async fn a_record_with_a_broken_checksum_is_set_aside_and_the_rest_resumed() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn evictions_are_counted_and_their_records_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("c.redb");
+    let options = || {
+        Options::new("mqtt://127.0.0.1:1")
+            .unwrap()
+            .client_id("evict-test")
+            .queue(4, 1 << 20)
+            .store(&store)
+    };
+    let (client, driver) = Client::new(options()).unwrap();
+    for i in 0..4 {
+        let body = payload(i);
+        let msg = mqtt_proto::Publish {
+            qos: QoS::AtLeastOnce,
+            ..mqtt_proto::Publish::new("durable/evict", body.as_bytes())
+        };
+        drop(client.publish_with(&msg, 1).await.unwrap());
+    }
+    let urgent = mqtt_proto::Publish {
+        qos: QoS::AtLeastOnce,
+        ..mqtt_proto::Publish::new("durable/evict", b"urgent")
+    };
+    drop(client.publish_with(&urgent, 9).await.unwrap());
+    // The driver reports the eviction (here between failed connection attempts).
+    let running = tokio::spawn(driver.run());
+    let end = Instant::now() + Duration::from_secs(5);
+    while client.stats().evicted == 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = client.stats();
+    assert_eq!((stats.evicted, stats.dropped), (1, 1));
+    assert_eq!(stats.queued_by_priority[0], 3);
+    client.disconnect().await;
+    running.await.unwrap();
+    drop(client);
+    // The evicted message's record is gone with it: four come back.
+    let (client, driver) = Client::new(options()).unwrap();
+    assert_eq!(client.stats().restored, 4);
+    assert_eq!(
+        client.stats().queued_by_priority[8],
+        1,
+        "the urgent one is kept"
+    );
+    drop((client, driver));
+}
+
+#[test]
+fn the_store_works_the_same_on_smol() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("c.redb");
+    smol::block_on(async {
+        let options = mqtt_smol::Options::new("mqtt://127.0.0.1:1")
+            .unwrap()
+            .client_id("smol-store")
+            .store(&store);
+        let (client, driver) = mqtt_smol::Client::new(options).unwrap();
+        for i in 0..5 {
+            // On disk when it returns, with smol driving nothing but the commit.
+            drop(
+                client
+                    .publish("durable/smol", payload(i), QoS::ExactlyOnce, false)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(client.stats().store_commits >= 1);
+        drop((client, driver));
+    });
+    let options = Options::new("mqtt://127.0.0.1:1")
+        .unwrap()
+        .client_id("smol-store")
+        .store(&store);
+    let (client, driver) = Client::new(options).unwrap();
+    assert_eq!(client.stats().restored, 5);
+    drop((client, driver));
+}
