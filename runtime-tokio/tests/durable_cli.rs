@@ -209,3 +209,74 @@ async fn pub_store_survives_a_sigkill() {
     assert_eq!(set, want, "every line taken before the kill arrives");
     sub.disconnect().await;
 }
+
+/// Runs `mqtt sub -c --store` until it has printed `count` messages; gives the lines. The
+/// publisher `start` is called once the subscription is made.
+fn sub_store(url: &str, dir: &str, count: usize, start: impl FnOnce()) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .args([
+            "sub", "-L", url, "-t", "cli/sub", "-q", "2", "-c", "-i", "cli-sub",
+        ])
+        .args(["--store", dir, "-C", &count.to_string(), "-d"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mqtt sub");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.expect("stderr").contains("subscribed to") {
+            break;
+        }
+    }
+    start();
+    let out = finish(child, Duration::from_secs(20));
+    assert!(out.status.success(), "mqtt sub failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_store_acknowledges_only_what_it_printed() {
+    let Some(broker) = tokio::task::block_in_place(|| Broker::builder().start_or_skip()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().to_str().unwrap().to_owned();
+    let publisher = Client::spawn(
+        Options::new(&broker.url())
+            .unwrap()
+            .client_id("cli-sub-pub"),
+    )
+    .unwrap();
+    let p = publisher.clone();
+    let handle = tokio::runtime::Handle::current();
+    // The first run prints 4 of the 10 messages and exits: the 6 it did not print were not
+    // acknowledged, so the broker sends them to the second run (with -C 6).
+    let first = tokio::task::block_in_place(|| {
+        sub_store(&broker.url(), &store, 4, || {
+            handle.block_on(async {
+                for i in 0..10 {
+                    p.publish("cli/sub", format!("m{i}"), QoS::ExactlyOnce, false)
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+    let second = tokio::task::block_in_place(|| sub_store(&broker.url(), &store, 6, || {}));
+    let mut all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    all.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(
+        all, want,
+        "every message printed exactly once over the two runs: {first:?} then {second:?}"
+    );
+    publisher.disconnect().await;
+}
