@@ -947,6 +947,12 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         // The server's quota counts QoS 1/2 PUBLISHes sent on this connection (MQTT 5 4.9).
         let sent = self.quota_used;
         let max = usize::try_from(self.server.max_packet_size).unwrap_or(usize::MAX);
+        if self.journal.barrier {
+            if self.records_pending() || self.journal.durable < self.journal.lsn {
+                return Ok(None);
+            }
+            self.journal.barrier = false;
+        }
         let mut i = self.scan_from;
         let mut publish_blocked = false;
         // Journal: QoS 2 messages given their id ahead of being sent, and entries passed
@@ -1250,6 +1256,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         }
         let mut i = 0;
         while let Some(e) = self.store.get_mut(i) {
+            let mut reset = false;
             match e.state {
                 OutState::Queued => {}
                 // The server kept our subscriptions along with the session.
@@ -1264,7 +1271,14 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                         e.packet_id = None;
                     }
                     e.resend = false;
+                    reset = e.key != 0;
                 }
+            }
+            if reset && self.journal.on {
+                // The journal must forget the ids before any is given to another message:
+                // two records with one id could not be told apart after a restart.
+                self.mark_dirty(i);
+                self.journal.barrier = true;
             }
             i += 1;
         }
@@ -1909,7 +1923,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                     e.dirty = false;
                     e.lsn = lsn;
                 }
-                self.journal.dirty -= 1;
+                self.journal.dirty = self.journal.dirty.saturating_sub(1);
                 self.journal.dirty_from = if self.journal.dirty == 0 {
                     usize::MAX
                 } else {
@@ -1945,7 +1959,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             dst.copy_from_slice(&[TAG_RX, hi, lo]);
             r.dirty = false;
             r.lsn = lsn;
-            self.journal.rx_dirty -= 1;
+            self.journal.rx_dirty = self.journal.rx_dirty.saturating_sub(1);
             return Ok(Some(Record {
                 lsn,
                 key: r.key,

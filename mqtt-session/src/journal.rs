@@ -100,6 +100,9 @@ pub(crate) struct Journal {
     pub(crate) dirty_from: usize,
     /// Received ids with an unreported change.
     pub(crate) rx_dirty: usize,
+    /// After a session-less reconnect: nothing is sent (and no id given) until the records
+    /// of the ids it dropped are durable.
+    pub(crate) barrier: bool,
     /// Deletes that found no room (only without `alloc`): their records outlive the items.
     pub(crate) lost_deletes: u32,
 }
@@ -135,13 +138,13 @@ impl Journal {
     pub(crate) fn key(&mut self) -> u64 {
         self.next_key = self.next_key.max(1);
         let k = self.next_key;
-        self.next_key += 1;
+        self.next_key = self.next_key.saturating_add(1);
         k
     }
 
     /// Numbers the next record.
     pub(crate) fn next_lsn(&mut self) -> u64 {
-        self.lsn += 1;
+        self.lsn = self.lsn.saturating_add(1);
         self.lsn
     }
 }
