@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::vec::Vec;
 
-use mqtt_proto::{Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
+use mqtt_proto::{PacketId, Publish, QoS, ReasonCode, SubscriptionOptions, TopicFilter};
 
 use mqtt_session::engine::{Engine, Failure, Message, Stats};
+
+use crate::persist::Persist;
 use mqtt_session::{ConnectionError, Instant};
 
 use crate::delivery::{Done, Slot, Slots};
@@ -44,6 +46,9 @@ pub enum ClientError {
     Options(OptionsError),
     /// The request completed with a failure.
     Failed(Failure),
+    /// The store cannot be opened (another process holds it, or its directory is not
+    /// writable).
+    Store(String),
 }
 
 impl fmt::Display for ClientError {
@@ -56,6 +61,7 @@ impl fmt::Display for ClientError {
             ClientError::NotSupported(rc) => write!(f, "not supported by the server: {rc}"),
             ClientError::Options(e) => write!(f, "bad options: {e}"),
             ClientError::Failed(e) => write!(f, "{e}"),
+            ClientError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -255,6 +261,17 @@ pub(crate) struct Inner {
     pub(crate) engine: Engine<Done>,
     /// The slots of the publishes whose [`crate::Delivery`] is not finished.
     pub(crate) slots: Slots,
+    /// The store, with [`Options::store`].
+    pub(crate) persist: Option<Persist>,
+}
+
+impl Inner {
+    /// Hands the records the last engine call made to the store; gives the commit to await
+    /// (`Sync` mode) and the sequence number it makes durable.
+    pub(crate) fn flush(&mut self) -> Option<(mqtt_store::Commit, u64)> {
+        let persist = self.persist.as_mut()?;
+        persist.flush(&mut self.engine)
+    }
 }
 
 /// Everything the client handles, their deliveries, the handler tasks and the driver share.
@@ -290,7 +307,7 @@ impl Core {
     /// A core for valid `options`, its engine connecting at [`Instant::ZERO`].
     pub(crate) fn new(options: Options) -> Result<Self, ClientError> {
         options.validate().map_err(ClientError::Options)?;
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             options.session_config(),
             options.identity(),
             options.backoff_policy(jitter_seed()),
@@ -298,10 +315,12 @@ impl Core {
             options.queue_bytes,
             Instant::ZERO,
         );
+        let persist = Persist::open(&options, &mut engine)?;
         Ok(Core {
             inner: Mutex::new(Inner {
                 engine,
                 slots: Slots::new(),
+                persist,
             }),
             handlers: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
@@ -348,6 +367,18 @@ impl Core {
         self.status_changed.notify(usize::MAX);
     }
 
+    /// Acknowledges a received message (manual-ack modes); the driver sends it.
+    pub(crate) fn ack(&self, packet_id: PacketId, reason_code: ReasonCode) {
+        self.lock().engine.ack(packet_id, reason_code);
+        self.wake.wake();
+    }
+
+    /// The store commit up to `lsn` ended: releases what waited for it.
+    pub(crate) fn committed(&self, lsn: u64, result: Result<(), mqtt_store::StoreError>) {
+        crate::persist::committed(&mut self.lock().engine, lsn, result);
+        self.wake.wake();
+    }
+
     /// Waits until `done` gives a value, re-checking whenever `signal` fires.
     pub(crate) async fn until<T>(
         &self,
@@ -367,17 +398,18 @@ impl Core {
         lock(&self.handlers)
     }
 
-    /// Queues a publish; gives the key of its slot.
+    /// Queues a publish; gives the key of its slot, and the store commit that makes it
+    /// durable (with the sequence number to report after it) when the store syncs.
     pub(crate) fn publish(
         &self,
         now: Instant,
         msg: &Publish<'_>,
         priority: u8,
-    ) -> Result<usize, ClientError> {
+    ) -> Result<(usize, Option<(mqtt_store::Commit, u64)>), ClientError> {
         let mut inner = self.lock();
         let key = inner.slots.insert(Slot::Pending);
         match inner.engine.publish(now, msg, priority, Done::Publish(key)) {
-            Ok(()) => Ok(key),
+            Ok(()) => Ok((key, inner.flush())),
             Err((e, _)) => {
                 inner.slots.remove(key);
                 Err(ClientError::from(e))
@@ -476,7 +508,10 @@ impl Core {
 
     /// A snapshot of the connection state, queue and counters.
     pub(crate) fn stats(&self, now: Instant) -> Stats {
-        self.lock().engine.stats(now)
+        let inner = self.lock();
+        let mut stats = inner.engine.stats(now);
+        stats.store_commits = inner.persist.as_ref().map_or(0, Persist::commits);
+        stats
     }
 }
 
@@ -543,6 +578,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
             properties: None,
+            packet_id: None,
         };
         let mut fut = Box::pin(run_handler(handler, msg));
         let waker = std::task::Waker::noop();

@@ -4,11 +4,12 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqtt_proto::{Publish, QoS, ReasonCode};
+use mqtt_proto::{PacketId, Publish, QoS, ReasonCode};
 use mqtt_session::engine::Engine;
 use mqtt_session::engine::{Failure, Message, Output, ReadStatus, Stats};
 use mqtt_session::{ConnectionError, Instant};
@@ -19,7 +20,7 @@ use crate::api::{
     HandlerResult, RouteId, Status, publish_of, run_handler,
 };
 use crate::delivery::{Acks, Delivery, Done, settle};
-use crate::options::Options;
+use crate::options::{AckMode, Options};
 use crate::runtime::{self, Runtime, Timer};
 use crate::transport::Transport;
 
@@ -144,29 +145,50 @@ impl<R: Runtime> Client<R> {
         priority: u8,
     ) -> Result<Delivery, ClientError> {
         // The common case takes no listener: it costs nothing when there is room.
-        match self.try_publish_with(msg, priority) {
-            Err(ClientError::QueueFull) => {}
-            other => return other,
+        let (delivery, commit) = match self.queue(msg, priority) {
+            Err(ClientError::QueueFull) => loop {
+                let room = self.core.room.listen();
+                match self.queue(msg, priority) {
+                    Err(ClientError::QueueFull) => room.await,
+                    other => break other?,
+                }
+            },
+            other => other?,
+        };
+        if let Some((commit, lsn)) = commit {
+            // With a synced store: on disk before this returns (concurrent publishers share
+            // the sync).
+            let result = commit.await;
+            self.core.committed(lsn, result);
         }
-        loop {
-            let room = self.core.room.listen();
-            match self.try_publish_with(msg, priority) {
-                Err(ClientError::QueueFull) => room.await,
-                other => return other,
-            }
-        }
+        Ok(delivery)
     }
 
-    /// [`Client::try_publish`] for a full PUBLISH with an eviction priority.
+    /// Queues a message; gives its delivery and the store commit to wait for, if any.
+    #[allow(clippy::type_complexity)]
+    fn queue(
+        &self,
+        msg: &Publish<'_>,
+        priority: u8,
+    ) -> Result<(Delivery, Option<(mqtt_store::Commit, u64)>), ClientError> {
+        let (key, commit) = self.core.publish(self.core.now(), msg, priority)?;
+        trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
+        self.core.wake.wake();
+        Ok((Delivery::new(self.core.clone(), key), commit))
+    }
+
+    /// [`Client::try_publish`] for a full PUBLISH with an eviction priority. With a synced
+    /// store it returns before the message is on disk (it is not sent before).
     pub fn try_publish_with(
         &self,
         msg: &Publish<'_>,
         priority: u8,
     ) -> Result<Delivery, ClientError> {
-        let key = self.core.publish(self.core.now(), msg, priority)?;
-        trace!(topic = msg.topic, qos = ?msg.qos, bytes = msg.payload.len(), "queued");
-        self.core.wake.wake();
-        Ok(Delivery::new(self.core.clone(), key))
+        let (delivery, commit) = self.queue(msg, priority)?;
+        if let Some((commit, lsn)) = commit {
+            spawn_commit::<R>(self.core.clone(), commit, lsn);
+        }
+        Ok(delivery)
     }
 
     /// Subscribes to filters and waits for the broker's answer: one reason code per filter
@@ -235,6 +257,20 @@ impl<R: Runtime> Client<R> {
         Ok(id)
     }
 
+    /// Acknowledges a message received with [`AckMode::Manual`](crate::AckMode::Manual)
+    /// (QoS 0 messages need none).
+    pub fn ack(&self, message: &Message) {
+        self.ack_with(message, ReasonCode::Success);
+    }
+
+    /// [`Client::ack`] with a reason code (sent to MQTT 5 brokers; an error code refuses the
+    /// message, which the broker then does not send again).
+    pub fn ack_with(&self, message: &Message, reason_code: ReasonCode) {
+        if let Some(id) = message.packet_id {
+            self.core.ack(id, reason_code);
+        }
+    }
+
     /// Stops routing to a handler (the subscription stays).
     pub fn unroute(&self, id: RouteId) -> bool {
         self.core.unroute(id)
@@ -292,6 +328,21 @@ impl<R: Runtime> Client<R> {
         }
         self.disconnect().await;
     }
+}
+
+/// The handlers of one received message still running, when it is acknowledged after them.
+struct AckGroup {
+    id: PacketId,
+    left: AtomicUsize,
+    failed: AtomicBool,
+}
+
+/// Waits for a store commit in a task of its own, then releases what waited for it.
+fn spawn_commit<R: Runtime>(core: Arc<Core>, commit: mqtt_store::Commit, lsn: u64) {
+    R::spawn(async move {
+        let result = commit.await;
+        core.committed(lsn, result);
+    });
 }
 
 /// Answers the SUBSCRIBE and UNSUBSCRIBE completions among `outs` (without the lock held).
@@ -464,6 +515,9 @@ impl<R: Runtime> Driver<R> {
         let mut inner = core.lock();
         let inner = &mut *inner;
         let value = f(&mut inner.engine, core.now(), &mut out.outs);
+        if let Some((commit, lsn)) = inner.flush() {
+            spawn_commit::<R>(core.clone(), commit, lsn);
+        }
         if settle(&mut inner.slots, &mut out.outs, &mut out.wake) {
             core.room.notify(usize::MAX);
         }
@@ -537,9 +591,21 @@ impl<R: Runtime> Driver<R> {
                 }
             })
             .await;
-            match woken {
+            let read = match woken {
                 Woken::Read(Ok(0) | Err(_)) => return Some(ConnectionError::TransportClosed),
-                Woken::Read(Ok(_)) => loop {
+                Woken::Read(Ok(_)) => true,
+                // Bytes left unread while acknowledgments waited for the store.
+                Woken::Wake => !b.rx.is_empty(),
+                Woken::Timeout => {
+                    fired = true;
+                    self.engine(&mut b.out, |e, now, outs| e.handle_timeout(now, outs));
+                    lost = lost.or(self.dispatch(&mut b.out));
+                    false
+                }
+            };
+            if read {
+                let mut stalled = false;
+                loop {
                     let rx = &mut b.rx;
                     let status =
                         self.engine(&mut b.out, |e, now, outs| e.handle_read(now, rx, outs));
@@ -553,21 +619,24 @@ impl<R: Runtime> Driver<R> {
                         ReadStatus::TransmitFirst => {
                             let (n, end) = self.transmit(b);
                             lost = lost.or(end);
-                            if n > 0
-                                && t.write_all(b.tx.get(..n).unwrap_or_default())
-                                    .await
-                                    .is_err()
+                            if n == 0 {
+                                // Twice nothing to write: what is owed waits for the store;
+                                // read on once a commit wakes us.
+                                if stalled {
+                                    break;
+                                }
+                                stalled = true;
+                                continue;
+                            }
+                            stalled = false;
+                            if t.write_all(b.tx.get(..n).unwrap_or_default())
+                                .await
+                                .is_err()
                             {
                                 return Some(ConnectionError::TransportClosed);
                             }
                         }
                     }
-                },
-                Woken::Wake => {}
-                Woken::Timeout => {
-                    fired = true;
-                    self.engine(&mut b.out, |e, now, outs| e.handle_timeout(now, outs));
-                    lost = lost.or(self.dispatch(&mut b.out));
                 }
             }
         }
@@ -624,18 +693,52 @@ impl<R: Runtime> Driver<R> {
 
     /// Starts a task per matching handler.
     fn deliver(&self, message: &Message, routes: &[u64]) {
-        for handler in self.core.handlers_for(routes) {
+        let handlers = self.core.handlers_for(routes);
+        // With acknowledgments after handlers, the last handler to finish sends it.
+        let group = match (self.core.options().ack, message.packet_id) {
+            (AckMode::AfterHandlers, Some(id)) if handlers.is_empty() => {
+                self.core.ack(id, ReasonCode::Success);
+                None
+            }
+            (AckMode::AfterHandlers, Some(id)) => Some(Arc::new(AckGroup {
+                id,
+                left: AtomicUsize::new(handlers.len()),
+                failed: AtomicBool::new(false),
+            })),
+            _ => None,
+        };
+        for handler in handlers {
             let core = self.core.clone();
             let message = message.clone();
+            let group = group.clone();
             R::spawn(async move {
                 // Acquired in the task, not the driver: the driver never waits on handlers,
                 // so a handler that publishes cannot deadlock it.
                 let permit = core.limit.acquire_arc().await;
                 let topic = message.topic.clone();
-                match run_handler(handler, message).await {
-                    Ok(()) => {}
-                    Err(HandlerFailure::Error(e)) => warn!(topic, error = %e, "handler failed"),
-                    Err(HandlerFailure::Panicked) => warn!(topic, "handler panicked"),
+                let ok = match run_handler(handler, message).await {
+                    Ok(()) => true,
+                    Err(HandlerFailure::Error(e)) => {
+                        warn!(topic, error = %e, "handler failed");
+                        false
+                    }
+                    Err(HandlerFailure::Panicked) => {
+                        warn!(topic, "handler panicked");
+                        false
+                    }
+                };
+                if let Some(g) = group {
+                    if !ok {
+                        g.failed.store(true, Ordering::Relaxed);
+                    }
+                    if g.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        let rc = if g.failed.load(Ordering::Relaxed) {
+                            ReasonCode::UnspecifiedError
+                        } else {
+                            ReasonCode::Success
+                        };
+                        core.ack(g.id, rc);
+                    }
                 }
                 drop(permit);
                 if core.handler_done() {

@@ -14,6 +14,29 @@
 //!
 //! A publish costs no allocation when its [`Delivery`] is dropped: completions live in slots
 //! beside the engine (see [`Delivery`]).
+//!
+//! # Durability
+//! With [`Options::store`] the session's journal (see `mqtt_session::journal`) is written to
+//! an `mqtt-store` file: QoS 1/2 messages accepted, their packet ids, PUBRECs received, QoS 2
+//! ids received, subscriptions. [`Durability::Sync`] syncs each publish before
+//! `publish().await` returns (concurrent publishers share a sync); [`Durability::Relaxed`]
+//! syncs in the background within its delay; [`Durability::Memory`] (the default) writes
+//! nothing. A QoS 1/2 message is never sent before its record is written, nor a PUBREL before
+//! the PUBREC record, nor a PUBREC before the record of the received id.
+//!
+//! Started again with the same client id and store, the client resends what was not
+//! acknowledged: with its original packet id (and DUP) when the broker kept the session, as a
+//! new message when it did not. A QoS 2 message whose exchange had begun can then arrive
+//! twice (the broker may have delivered it already with the lost session): exactly-once holds
+//! across restarts only while the broker keeps the session. QoS 0 messages are not stored.
+//! Messages still queued at [`Client::disconnect`] stay in the store (their [`Delivery`]
+//! reports `Closed`) and are sent by the next client on it. A store that cannot be read is set
+//! aside next to it (logged, counted in [`Stats::set_aside`]) and the client starts empty; a
+//! write that fails is logged and counted ([`Stats::store_failures`]) and the client goes on
+//! in memory.
+//!
+//! [`AckMode`] chooses when received QoS 1/2 messages are acknowledged: on receipt, after
+//! every matching handler, or by the application ([`Client::ack`]).
 
 // Network input reaches this crate: no panics outside tests, as in the core crates.
 #![cfg_attr(
@@ -32,6 +55,7 @@ mod delivery;
 #[cfg(feature = "health")]
 mod health;
 pub mod options;
+mod persist;
 pub mod runtime;
 pub mod tls;
 pub mod transport;
@@ -44,5 +68,7 @@ pub use mqtt_session::ConnectionError;
 pub use mqtt_session::engine::{Failure, Message, MessageProperties, Stats};
 #[cfg(feature = "config")]
 pub use options::ENV_VARS;
-pub use options::{Broker, DEFAULT_URL, Options, OptionsError, Scheme, TlsOptions};
+pub use options::{
+    AckMode, Broker, DEFAULT_URL, Durability, Options, OptionsError, Scheme, TlsOptions,
+};
 pub use runtime::{Runtime, Timer};

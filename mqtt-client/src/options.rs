@@ -262,6 +262,49 @@ pub struct Options {
     pub will: Option<LastWill>,
     /// TLS settings (used by `mqtts://` and `wss://`).
     pub tls: TlsOptions,
+    /// The file that keeps unacknowledged and queued messages and received QoS 2 ids across
+    /// restarts (see [`Durability`]); `None` keeps them in memory only.
+    pub store: Option<PathBuf>,
+    /// How durable a publish is when `publish().await` returns, with a store.
+    pub durability: Durability,
+    /// When received QoS 1/2 messages are acknowledged.
+    pub ack: AckMode,
+}
+
+/// When the client acknowledges a received QoS 1/2 message (PUBACK or PUBREC).
+///
+/// Acknowledging later never reorders delivery (handlers start as messages arrive), but an
+/// unacknowledged message holds one of the Receive Maximum slots the client announces (128):
+/// a broker sends at most that many before it waits for acknowledgments, so slow handlers
+/// slow the stream instead of piling up messages in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// On arrival, before any handler runs (the broker's resend is needed only if the
+    /// connection drops before the acknowledgment is written).
+    #[default]
+    OnReceipt,
+    /// Once every matching handler has finished: successfully, with success; if one failed
+    /// (error or panic), with "unspecified error" (MQTT 5; 3.1.1 has no negative
+    /// acknowledgment). If the process dies first, a broker keeping the session sends the
+    /// message again on the next connection: handlers see it at least once.
+    AfterHandlers,
+    /// Only when the application calls `Client::ack` / `Client::ack_with` for the message.
+    Manual,
+}
+
+/// How durable the client's state is (with [`Options::store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every QoS 1/2 publish is synced to the store before `publish().await` returns;
+    /// concurrent publishers share one sync (group commit). A crash loses nothing that
+    /// `publish()` returned for.
+    Sync,
+    /// Records are written and synced in the background within this delay; a crash loses at
+    /// most the messages of that last interval (and never sends one it has not recorded).
+    Relaxed(Duration),
+    /// Nothing is written: a restart loses every queued and unacknowledged message.
+    #[default]
+    Memory,
 }
 
 impl fmt::Debug for Options {
@@ -280,6 +323,9 @@ impl fmt::Debug for Options {
             .field("queue_messages", &self.queue_messages)
             .field("queue_bytes", &self.queue_bytes)
             .field("tls", &self.tls)
+            .field("store", &self.store)
+            .field("durability", &self.durability)
+            .field("ack", &self.ack)
             .finish_non_exhaustive()
     }
 }
@@ -308,7 +354,34 @@ impl Options {
             handler_concurrency: 64,
             will: None,
             tls: TlsOptions::default(),
+            store: None,
+            durability: Durability::Memory,
+            ack: AckMode::OnReceipt,
         })
+    }
+
+    /// Keeps the client's state in the store file at `path` (created if missing), synced on
+    /// every publish unless [`Options::store_durability`] says otherwise. Resuming after a
+    /// restart needs the same client id (and a persistent session to resend with the same
+    /// packet ids).
+    pub fn store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = Some(path.into());
+        if self.durability == Durability::Memory {
+            self.durability = Durability::Sync;
+        }
+        self
+    }
+
+    /// Sets when received QoS 1/2 messages are acknowledged.
+    pub fn ack_mode(mut self, mode: AckMode) -> Self {
+        self.ack = mode;
+        self
+    }
+
+    /// Sets how durable the store is ([`Durability::Memory`] ignores the store).
+    pub fn store_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// Sets the client identifier.
@@ -456,6 +529,7 @@ impl Options {
             response_timeout: self.response_timeout,
             // The session tracks 1024; announcing 128 tolerates brokers that overshoot.
             receive_maximum: 128,
+            manual_acks: self.ack != AckMode::OnReceipt,
             ..Config::default()
         }
     }

@@ -9,6 +9,7 @@ use mqtt_proto::{
     Status, Subscribe, SubscriptionOptions, TopicFilter, Unsubscribe, Will, decode,
 };
 
+use crate::journal::{Change, Journal, OUT_HEADER, Record, RestoreError, TAG_OUT, TAG_RX};
 use crate::store::{Backing, Fixed, Kind, NewEntry, OutState, PushError, Store};
 use crate::{Instant, PacketIds};
 
@@ -318,6 +319,30 @@ enum RxState {
     AwaitPubRel,
 }
 
+/// A received QoS 1/2 message in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rx {
+    id: PacketId,
+    state: RxState,
+    /// Journal key (0: not journaled), the sequence number of its record, and whether its
+    /// record is still to be reported.
+    key: u64,
+    lsn: u64,
+    dirty: bool,
+}
+
+impl Rx {
+    const fn new(id: PacketId, state: RxState) -> Self {
+        Rx {
+            id,
+            state,
+            key: 0,
+            lsn: 0,
+            dirty: false,
+        }
+    }
+}
+
 /// Limits the server announced in CONNACK.
 #[derive(Debug, Clone, Copy)]
 struct ServerLimits {
@@ -391,7 +416,8 @@ pub struct Session<B, const RX: usize> {
     store: Store<B>,
     ids: PacketIds,
     next_token: Token,
-    rx: heapless::Vec<(PacketId, RxState), RX>,
+    rx: heapless::Vec<Rx, RX>,
+    journal: Journal,
     control: heapless::Deque<Control, 8>,
     notices: heapless::Deque<Notice, 16>,
     /// The end of the connection, reported before any other notice and never crowded out.
@@ -445,6 +471,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             ids: PacketIds::new(),
             next_token: 1,
             rx: heapless::Vec::new(),
+            journal: Journal::default(),
             control: heapless::Deque::new(),
             notices: heapless::Deque::new(),
             lost: None,
@@ -627,7 +654,11 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             packet_id: (message.qos != QoS::AtMostOnce).then_some(PacketId::MAX),
             ..*message
         });
-        self.push(now, Kind::Publish, &packet, priority.clamp(1, 10), evict)
+        let token = self.push(now, Kind::Publish, &packet, priority.clamp(1, 10), evict)?;
+        if message.qos != QoS::AtMostOnce {
+            self.journal_new(self.store.len().saturating_sub(1));
+        }
+        Ok(token)
     }
 
     /// Queues a SUBSCRIBE; returns its packet id, which the `Subscribed` event carries.
@@ -667,9 +698,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         let pos = self
             .rx
             .iter()
-            .position(|(id, s)| *id == packet_id && matches!(s, RxState::AwaitUser(_)))
+            .position(|r| r.id == packet_id && matches!(r.state, RxState::AwaitUser(_)))
             .ok_or(Error::UnknownPacketId)?;
-        let Some((_, RxState::AwaitUser(qos))) = self.rx.get(pos).copied() else {
+        let Some(RxState::AwaitUser(qos)) = self.rx.get(pos).map(|r| r.state) else {
             return Err(Error::UnknownPacketId);
         };
         let reason_code = if self.cfg.version.is_v5() {
@@ -683,17 +714,18 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         match qos {
             QoS::ExactlyOnce if !reason_code.is_error() => {
                 if let Some(e) = self.rx.get_mut(pos) {
-                    e.1 = RxState::AwaitPubRel;
+                    e.state = RxState::AwaitPubRel;
                 }
+                self.journal_rx(pos);
                 self.queue_control(Control::PubRec(packet_id, reason_code));
             }
             QoS::ExactlyOnce => {
                 // A refused QoS 2 message ends its exchange at PUBREC.
-                self.rx.swap_remove(pos);
+                self.remove_rx(pos);
                 self.queue_control(Control::PubRec(packet_id, reason_code));
             }
             _ => {
-                self.rx.swap_remove(pos);
+                self.remove_rx(pos);
                 self.queue_control(Control::PubAck(packet_id, reason_code));
             }
         }
@@ -760,7 +792,10 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             return Read::Closed;
         }
         // Each packet may owe one acknowledgment or one notice; keep room for them.
-        if self.control.len() + 1 >= self.control.capacity() || self.notices.is_full() {
+        if self.control.len() + 1 >= self.control.capacity()
+            || self.notices.is_full()
+            || (self.journal.on && !self.journal.can_delete(8))
+        {
             return Read::TransmitFirst;
         }
         let max = usize::try_from(self.cfg.max_packet_size).unwrap_or(usize::MAX);
@@ -855,6 +890,13 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     /// If `buf` is too small the error says how much is needed and nothing is lost.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         if let Some(&c) = self.control.front() {
+            if let Control::PubRec(id, _) = c
+                && self.rx_held_back(id)
+            {
+                // The record of the received id must be durable first, or a restart would
+                // deliver the server's resend again.
+                return Ok(None);
+            }
             let n = self.encode_control(c, buf)?;
             self.control.pop_front();
             match c {
@@ -905,9 +947,18 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         // The server's quota counts QoS 1/2 PUBLISHes sent on this connection (MQTT 5 4.9).
         let sent = self.quota_used;
         let max = usize::try_from(self.server.max_packet_size).unwrap_or(usize::MAX);
+        if self.journal.barrier {
+            if self.records_pending() || self.journal.durable < self.journal.lsn {
+                return Ok(None);
+            }
+            self.journal.barrier = false;
+        }
         let mut i = self.scan_from;
         let mut publish_blocked = false;
-        while let Some(e) = self.store.get(i).copied() {
+        // Journal: QoS 2 messages given their id ahead of being sent, and entries passed
+        // because their record is not durable yet.
+        let (mut reserved, mut held) = (0, 0);
+        while let Some(mut e) = self.store.get(i).copied() {
             let is_new = e.state == OutState::Queued;
             if !needs_send(&e) {
                 if i == self.scan_from {
@@ -915,6 +966,37 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 }
                 i += 1;
                 continue;
+            }
+            if self.journal.on && e.key != 0 {
+                if e.kind == Kind::Publish
+                    && is_new
+                    && e.packet_id.is_none()
+                    && sent + reserved < window
+                    && publish_flags(self.store.bytes(i)).0 == QoS::ExactlyOnce
+                {
+                    // A QoS 2 message takes its id before it is first sent, and the record of
+                    // that id is made durable first: after a restart it goes out again with
+                    // the same id, which the server knows, and is not delivered twice.
+                    let id = self.allocate_id()?;
+                    self.update(i, |entry| entry.packet_id = Some(id));
+                    e.packet_id = Some(id);
+                    e.dirty = true;
+                }
+                if e.dirty || e.lsn > self.journal.durable {
+                    if e.kind == Kind::Publish {
+                        // Nothing overtakes it; later QoS 2 messages may still take ids.
+                        publish_blocked = true;
+                        reserved += usize::from(is_new && e.packet_id.is_some());
+                        held += 1;
+                        if self.requests_waiting == 0
+                            && (held >= window || sent + reserved >= window)
+                        {
+                            return Ok(None);
+                        }
+                    }
+                    i += 1;
+                    continue;
+                }
             }
             if e.state == OutState::AwaitPubComp {
                 // PUBREL does not count against the quota.
@@ -946,7 +1028,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                     .refuses(qos, retain)
                     .or((len > max).then_some(ReasonCode::PacketTooLarge));
                 if let Some(reason_code) = refusal {
-                    if self.notices.is_full() {
+                    if self.notices.is_full() || !self.journal.can_delete(1) {
                         // Drain notices first: a message is never dropped unreported.
                         return Ok(None);
                     }
@@ -1170,10 +1252,11 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         let session_present = ack.session_present;
         if !session_present {
             // The server has no state for us: earlier messages go again as new ones.
-            self.rx.clear();
+            self.clear_rx();
         }
         let mut i = 0;
         while let Some(e) = self.store.get_mut(i) {
+            let mut reset = false;
             match e.state {
                 OutState::Queued => {}
                 // The server kept our subscriptions along with the session.
@@ -1188,7 +1271,14 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                         e.packet_id = None;
                     }
                     e.resend = false;
+                    reset = e.key != 0;
                 }
+            }
+            if reset && self.journal.on {
+                // The journal must forget the ids before any is given to another message:
+                // two records with one id could not be told apart after a restart.
+                self.mark_dirty(i);
+                self.journal.barrier = true;
             }
             i += 1;
         }
@@ -1267,7 +1357,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         let Some(id) = p.packet_id else {
             return Ok(Some(Event::Message(message)));
         };
-        let known = self.rx.iter().find(|(rid, _)| *rid == id).map(|e| e.1);
+        let known = self.rx.iter().find(|r| r.id == id).map(|r| r.state);
         match (p.qos, known) {
             (QoS::ExactlyOnce, Some(RxState::AwaitPubRel)) => {
                 // A resend of a message already delivered: acknowledge it again, do not deliver.
@@ -1277,14 +1367,15 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             (_, Some(RxState::AwaitUser(_))) => Ok(None),
             (QoS::ExactlyOnce, None) | (QoS::AtLeastOnce, None) if self.cfg.manual_acks => {
                 self.rx
-                    .push((id, RxState::AwaitUser(p.qos)))
+                    .push(Rx::new(id, RxState::AwaitUser(p.qos)))
                     .map_err(|_| ReasonCode::ReceiveMaximumExceeded)?;
                 Ok(Some(Event::Message(message)))
             }
             (QoS::ExactlyOnce, None) => {
                 self.rx
-                    .push((id, RxState::AwaitPubRel))
+                    .push(Rx::new(id, RxState::AwaitPubRel))
                     .map_err(|_| ReasonCode::ReceiveMaximumExceeded)?;
+                self.journal_rx(self.rx.len() - 1);
                 self.queue_control(Control::PubRec(id, ReasonCode::Success));
                 Ok(Some(Event::Message(message)))
             }
@@ -1299,10 +1390,10 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         let pos = self
             .rx
             .iter()
-            .position(|(id, s)| *id == a.packet_id && *s == RxState::AwaitPubRel);
+            .position(|r| r.id == a.packet_id && r.state == RxState::AwaitPubRel);
         let rc = match pos {
             Some(pos) => {
-                self.rx.swap_remove(pos);
+                self.remove_rx(pos);
                 ReasonCode::Success
             }
             None if self.cfg.version.is_v5() => ReasonCode::PacketIdentifierNotFound,
@@ -1427,6 +1518,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 Ok(i) => {
                     self.note_pushed(i);
                     self.update(i, |e| e.state = OutState::Active);
+                    self.journal_new(i);
                 }
                 // No room: the subscription holds now but cannot be restored after a
                 // session loss; say so rather than drop it silently.
@@ -1472,11 +1564,13 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             return;
         };
         let before = tally(e);
-        let id_before = e.packet_id;
+        let (id_before, state_before) = (e.packet_id, e.state);
         change(e);
         let after = tally(e);
         let id_after = e.packet_id;
         let send = needs_send(e);
+        // Persistent state is the exchange state and the packet id; `resend` is not.
+        let changed = e.key != 0 && (e.state != state_before || id_after != id_before);
         self.untally(before);
         self.add_tally(after);
         if id_before != id_after {
@@ -1485,6 +1579,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         }
         if send {
             self.scan_from = self.scan_from.min(i);
+        }
+        if changed {
+            self.mark_dirty(i);
         }
     }
 
@@ -1505,6 +1602,13 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         if i < self.scan_from {
             self.scan_from -= 1;
         }
+        if e.dirty {
+            self.journal.dirty = self.journal.dirty.saturating_sub(1);
+        }
+        if i < self.journal.dirty_from && self.journal.dirty_from != usize::MAX {
+            self.journal.dirty_from = self.journal.dirty_from.saturating_sub(1);
+        }
+        self.journal.delete(e.key);
         Some(e)
     }
 
@@ -1656,7 +1760,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             return Err(Error::QueueFull);
         }
         while self.store.fits(len).is_err() {
-            if self.notices.is_full() {
+            if self.notices.is_full() || !self.journal.can_delete(1) {
                 // Every eviction is reported; with no room to say so, refuse instead.
                 return Err(Error::QueueFull);
             }
@@ -1720,6 +1824,359 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.ping_queued = false;
         self.lost = Some(e);
     }
+}
+
+/// The journal of persistent state (see [`crate::journal`]).
+impl<B: Backing, const RX: usize> Session<B, RX> {
+    /// Turns the journal on: from now on every change of persistent state is reported by
+    /// [`poll_record`](Session::poll_record), and transmissions wait for
+    /// [`handle_durable`](Session::handle_durable). Call it after [`restore`](Session::restore)
+    /// and before the first publish; without it the session keeps everything in memory only.
+    pub fn enable_journal(&mut self) {
+        self.journal.on = true;
+        self.journal.next_key = self.journal.next_key.max(1);
+        self.journal.dirty_from = usize::MAX;
+    }
+
+    /// Whether the journal is on.
+    pub const fn journal_enabled(&self) -> bool {
+        self.journal.on
+    }
+
+    /// Whether [`poll_record`](Session::poll_record) has records to give.
+    pub fn records_pending(&self) -> bool {
+        self.journal.on
+            && (!self.journal.deleted.is_empty()
+                || self.journal.dirty > 0
+                || self.journal.rx_dirty > 0)
+    }
+
+    /// The sequence number of the last record reported (0: none yet).
+    pub const fn last_record(&self) -> u64 {
+        self.journal.lsn
+    }
+
+    /// The highest sequence number known to be durable.
+    pub const fn durable(&self) -> u64 {
+        self.journal.durable
+    }
+
+    /// Deletes that could not be held for reporting (only without `alloc`); their records
+    /// outlive their items and are restored.
+    pub const fn lost_deletes(&self) -> u32 {
+        self.journal.lost_deletes
+    }
+
+    /// Every record up to `lsn` is durable: what waited for them may go out (drain
+    /// `poll_transmit` again).
+    pub fn handle_durable(&mut self, lsn: u64) {
+        let lsn = lsn.min(self.journal.lsn);
+        if lsn > self.journal.durable {
+            self.journal.durable = lsn;
+            // Entries passed over while their records were written are looked at again.
+            self.scan_from = 0;
+        }
+    }
+
+    /// Writes the next record into `buf`: `Ok(None)` when every change is reported. Records
+    /// must reach the store in the order they come (their `lsn`).
+    pub fn poll_record(&mut self, buf: &mut [u8]) -> Result<Option<Record>, Error> {
+        if !self.journal.on {
+            return Ok(None);
+        }
+        if let Some(key) = self.journal.deleted.pop_front() {
+            let lsn = self.journal.next_lsn();
+            return Ok(Some(Record {
+                lsn,
+                key,
+                change: Change::Delete,
+            }));
+        }
+        if self.journal.dirty > 0 {
+            let mut i = self.journal.dirty_from.min(self.store.len());
+            if i == self.store.len() {
+                i = 0;
+            }
+            while let Some(e) = self.store.get(i).copied() {
+                if !e.dirty {
+                    i += 1;
+                    continue;
+                }
+                let bytes = self.store.bytes(i);
+                let n = OUT_HEADER + bytes.len();
+                let dst = buf
+                    .get_mut(..n)
+                    .ok_or(Error::Encode(EncodeError::BufferTooSmall { needed: n }))?;
+                let (head, rest) = dst.split_at_mut(OUT_HEADER);
+                let [hi, lo] = e.packet_id.map_or(0, PacketId::get).to_be_bytes();
+                head.copy_from_slice(&[
+                    TAG_OUT,
+                    kind_code(e.kind),
+                    state_code(e.state),
+                    e.priority,
+                    hi,
+                    lo,
+                ]);
+                rest.copy_from_slice(bytes);
+                let lsn = self.journal.next_lsn();
+                if let Some(e) = self.store.get_mut(i) {
+                    e.dirty = false;
+                    e.lsn = lsn;
+                }
+                self.journal.dirty = self.journal.dirty.saturating_sub(1);
+                self.journal.dirty_from = if self.journal.dirty == 0 {
+                    usize::MAX
+                } else {
+                    i + 1
+                };
+                return Ok(Some(Record {
+                    lsn,
+                    key: e.key,
+                    change: Change::Put(n),
+                }));
+            }
+            // The count ran ahead of the entries (cannot happen); start over.
+            self.journal.dirty = self.store.entries().iter().filter(|e| e.dirty).count();
+            self.journal.dirty_from = if self.journal.dirty == 0 {
+                usize::MAX
+            } else {
+                0
+            };
+        }
+        if self.journal.rx_dirty > 0 {
+            let Some(pos) = self.rx.iter().position(|r| r.dirty) else {
+                self.journal.rx_dirty = 0;
+                return Ok(None);
+            };
+            let dst = buf
+                .get_mut(..3)
+                .ok_or(Error::Encode(EncodeError::BufferTooSmall { needed: 3 }))?;
+            let lsn = self.journal.next_lsn();
+            let Some(r) = self.rx.get_mut(pos) else {
+                return Ok(None);
+            };
+            let [hi, lo] = r.id.get().to_be_bytes();
+            dst.copy_from_slice(&[TAG_RX, hi, lo]);
+            r.dirty = false;
+            r.lsn = lsn;
+            self.journal.rx_dirty = self.journal.rx_dirty.saturating_sub(1);
+            return Ok(Some(Record {
+                lsn,
+                key: r.key,
+                change: Change::Put(3),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Rebuilds one item from its record (as [`poll_record`](Session::poll_record) wrote it),
+    /// before the journal is enabled and before connecting. Restore records in key order, so
+    /// messages keep their order.
+    ///
+    /// A message that was sent (or may have been) is resent with its packet id and DUP if the
+    /// server kept the session, and as a new message if it did not; a queued one is sent; a
+    /// received QoS 2 id stays known, so the server's resend is not delivered again.
+    pub fn restore(&mut self, key: u64, record: &[u8]) -> Result<(), RestoreError> {
+        if self.journal.on {
+            return Err(RestoreError::TooLate);
+        }
+        if key == 0 {
+            return Err(RestoreError::Malformed);
+        }
+        match record.first().copied() {
+            Some(TAG_OUT) => self.restore_out(key, record)?,
+            Some(TAG_RX) => {
+                let Some(&[_, hi, lo]) = record.first_chunk::<3>().filter(|_| record.len() == 3)
+                else {
+                    return Err(RestoreError::Malformed);
+                };
+                let id =
+                    PacketId::new(u16::from_be_bytes([hi, lo])).ok_or(RestoreError::Malformed)?;
+                if self.rx.iter().any(|r| r.id == id) {
+                    return Err(RestoreError::Malformed);
+                }
+                let rx = Rx {
+                    key,
+                    ..Rx::new(id, RxState::AwaitPubRel)
+                };
+                self.rx.push(rx).map_err(|_| RestoreError::Full)?;
+            }
+            _ => return Err(RestoreError::Malformed),
+        }
+        self.journal.next_key = self.journal.next_key.max(key.saturating_add(1));
+        Ok(())
+    }
+
+    fn restore_out(&mut self, key: u64, record: &[u8]) -> Result<(), RestoreError> {
+        let Some((&[_, kind, state, priority, hi, lo], packet)) =
+            record.split_first_chunk::<OUT_HEADER>()
+        else {
+            return Err(RestoreError::Malformed);
+        };
+        let kind = match kind {
+            0 => Kind::Publish,
+            3 => Kind::Subscription,
+            _ => return Err(RestoreError::Malformed),
+        };
+        let state = state_from_code(state).ok_or(RestoreError::Malformed)?;
+        let id = PacketId::new(u16::from_be_bytes([hi, lo]));
+        // The packet must be what the kind says, whole.
+        let whole = match decode(packet, self.cfg.version, usize::MAX) {
+            Ok(Status::Complete((Packet::Publish(p), used))) => {
+                kind == Kind::Publish && used == packet.len() && p.qos != QoS::AtMostOnce
+            }
+            Ok(Status::Complete((Packet::Subscribe(_), used))) => {
+                kind == Kind::Subscription && used == packet.len()
+            }
+            _ => false,
+        };
+        if !whole || !(1..=10).contains(&priority) {
+            return Err(RestoreError::Malformed);
+        }
+        let state = match (kind, state, id) {
+            (Kind::Subscription, _, _) => OutState::Active,
+            // It took its id to be sent: it may have gone out.
+            (_, OutState::Queued, Some(_)) => OutState::AwaitPubRec,
+            (_, OutState::Queued, None) => OutState::Queued,
+            (
+                _,
+                OutState::AwaitPubAck | OutState::AwaitPubRec | OutState::AwaitPubComp,
+                Some(_),
+            ) => state,
+            _ => return Err(RestoreError::Malformed),
+        };
+        let id = if kind == Kind::Subscription { None } else { id };
+        if id.is_some_and(|id| self.store.position_of(id).is_some()) {
+            return Err(RestoreError::Malformed);
+        }
+        let entry = NewEntry {
+            token: self.next_token,
+            kind,
+            priority,
+            accepted_at: Instant::ZERO,
+        };
+        let i = self
+            .store
+            .push(entry, packet.len(), |dst| {
+                dst.copy_from_slice(packet);
+                Ok::<_, ()>(packet.len())
+            })
+            .map_err(|_| RestoreError::Full)?;
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        if let Some(e) = self.store.get_mut(i) {
+            e.key = key;
+            e.packet_id = id;
+            e.state = state;
+        }
+        self.note_pushed(i);
+        Ok(())
+    }
+
+    /// Gives the just stored persistent entry at `i` a key and reports it.
+    fn journal_new(&mut self, i: usize) {
+        if !self.journal.on {
+            return;
+        }
+        let key = self.journal.key();
+        if let Some(e) = self.store.get_mut(i) {
+            e.key = key;
+        }
+        self.mark_dirty(i);
+    }
+
+    /// Marks the journaled entry at `i` as changed: a record is due.
+    fn mark_dirty(&mut self, i: usize) {
+        if !self.journal.on {
+            return;
+        }
+        let Some(e) = self.store.get_mut(i) else {
+            return;
+        };
+        if e.key == 0 || e.dirty {
+            return;
+        }
+        e.dirty = true;
+        self.journal.dirty += 1;
+        self.journal.dirty_from = self.journal.dirty_from.min(i);
+    }
+
+    /// The received message at `pos` now awaits PUBREL: its id is journaled.
+    fn journal_rx(&mut self, pos: usize) {
+        if !self.journal.on {
+            return;
+        }
+        let key = self.journal.key();
+        if let Some(r) = self.rx.get_mut(pos) {
+            r.key = key;
+            r.dirty = true;
+            self.journal.rx_dirty += 1;
+        }
+    }
+
+    /// Forgets the received message at `pos`.
+    fn remove_rx(&mut self, pos: usize) {
+        if pos >= self.rx.len() {
+            return;
+        }
+        let r = self.rx.swap_remove(pos);
+        if r.dirty {
+            self.journal.rx_dirty = self.journal.rx_dirty.saturating_sub(1);
+        }
+        self.journal.delete(r.key);
+    }
+
+    /// Forgets every received message (the server lost the session).
+    fn clear_rx(&mut self) {
+        for r in &self.rx {
+            self.journal.delete(r.key);
+        }
+        self.rx.clear();
+        self.journal.rx_dirty = 0;
+    }
+
+    /// Whether the PUBREC for `id` must wait for the record of that id.
+    fn rx_held_back(&self, id: PacketId) -> bool {
+        self.journal.on
+            && self
+                .rx
+                .iter()
+                .any(|r| r.id == id && r.key != 0 && (r.dirty || r.lsn > self.journal.durable))
+    }
+}
+
+/// The record code of an entry kind (only publishes and subscriptions are journaled).
+const fn kind_code(k: Kind) -> u8 {
+    match k {
+        Kind::Publish => 0,
+        Kind::Subscribe => 1,
+        Kind::Unsubscribe => 2,
+        Kind::Subscription => 3,
+        Kind::Alias => 4,
+    }
+}
+
+/// The record code of an exchange state.
+const fn state_code(s: OutState) -> u8 {
+    match s {
+        OutState::Queued => 0,
+        OutState::AwaitPubAck => 1,
+        OutState::AwaitPubRec => 2,
+        OutState::AwaitPubComp => 3,
+        OutState::AwaitAck => 4,
+        OutState::Active => 5,
+    }
+}
+
+const fn state_from_code(c: u8) -> Option<OutState> {
+    Some(match c {
+        0 => OutState::Queued,
+        1 => OutState::AwaitPubAck,
+        2 => OutState::AwaitPubRec,
+        3 => OutState::AwaitPubComp,
+        4 => OutState::AwaitAck,
+        5 => OutState::Active,
+        _ => return None,
+    })
 }
 
 /// Whether bit `id` is set.

@@ -135,6 +135,8 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5 properties, when the message has any.
     pub properties: Option<Box<MessageProperties>>,
+    /// The id to acknowledge it with in manual-ack mode ([`Engine::ack`]; QoS 1 and 2).
+    pub packet_id: Option<PacketId>,
 }
 
 /// Why a publish (or request) will not complete successfully.
@@ -236,6 +238,25 @@ pub struct Stats {
     pub dropped: u64,
     /// Connections established after the first.
     pub reconnects: u64,
+    /// Queued messages dropped for more important ones (also counted in `dropped`).
+    pub evicted: u64,
+    /// Messages and received QoS 2 ids rebuilt from the store at start.
+    pub restored: u64,
+    /// What the store could not give back at start: unreadable files and records, set aside.
+    pub set_aside: u64,
+    /// Store commits (each one sync in `Sync` mode).
+    pub store_commits: u64,
+    /// Store writes that failed (the client then goes on in memory).
+    pub store_failures: u64,
+}
+
+/// A change for the store, from [`Engine::take_records`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Write the record with this key.
+    Put(u64, Vec<u8>),
+    /// Remove the record with this key.
+    Delete(u64),
 }
 
 /// Where the engine's connection stands (apart from the session's own state).
@@ -258,6 +279,9 @@ pub struct Engine<C> {
     next_route: u64,
     publishes: ByToken<C>,
     requests: BTreeMap<u16, C>,
+    /// Acknowledgments the application gave (manual-ack mode), fed to the session as it
+    /// has room for them.
+    acks: VecDeque<(PacketId, ReasonCode)>,
     accepting: bool,
     ever_connected: bool,
     connected_at: Option<Instant>,
@@ -285,6 +309,7 @@ impl<C> Engine<C> {
             next_route: 1,
             publishes: ByToken::new(),
             requests: BTreeMap::new(),
+            acks: VecDeque::new(),
             accepting: true,
             ever_connected: false,
             connected_at: None,
@@ -295,6 +320,59 @@ impl<C> Engine<C> {
     /// The session.
     pub fn session(&self) -> &EngineSession {
         &self.session
+    }
+
+    /// Rebuilds one message or received id from its store record, before
+    /// [`Engine::enable_journal`]; see [`crate::Session::restore`].
+    pub fn restore(&mut self, key: u64, record: &[u8]) -> Result<(), crate::journal::RestoreError> {
+        self.session.restore(key, record)?;
+        self.stats.restored += 1;
+        Ok(())
+    }
+
+    /// Turns the session's journal on: changes of persistent state come out of
+    /// [`Engine::take_records`], and transmissions wait for [`Engine::handle_durable`].
+    pub fn enable_journal(&mut self) {
+        self.session.enable_journal();
+    }
+
+    /// Moves the records due into `ops` (in the order the store must apply them); returns
+    /// the sequence number of the last, which [`Engine::handle_durable`] takes once they are
+    /// durable, or `None` when there was none.
+    pub fn take_records(&mut self, ops: &mut Vec<StoreOp>) -> Option<u64> {
+        let mut buf = Vec::new();
+        let mut last = None;
+        loop {
+            match self.session.poll_record(&mut buf) {
+                Ok(Some(r)) => {
+                    ops.push(match r.change {
+                        crate::journal::Change::Put(n) => {
+                            StoreOp::Put(r.key, buf.get(..n).unwrap_or_default().to_vec())
+                        }
+                        crate::journal::Change::Delete => StoreOp::Delete(r.key),
+                    });
+                    last = Some(r.lsn);
+                }
+                Ok(None) => return last,
+                Err(Error::Encode(EncodeError::BufferTooSmall { needed })) => {
+                    buf.resize(needed, 0);
+                }
+                // Unreachable: the buffer is the only reason poll_record fails.
+                Err(_) => return last,
+            }
+        }
+    }
+
+    /// Records up to `lsn` are durable: what waited for them may be transmitted.
+    pub fn handle_durable(&mut self, lsn: u64) {
+        self.session.handle_durable(lsn);
+    }
+
+    /// Counts store work the runtime did (it owns the store).
+    pub fn count_store(&mut self, set_aside: u64, commits: u64, failures: u64) {
+        self.stats.set_aside += set_aside;
+        self.stats.store_commits += commits;
+        self.stats.store_failures += failures;
     }
 
     /// The protocol version.
@@ -478,6 +556,7 @@ impl<C> Engine<C> {
                     self.complete_publish(token, Err(Failure::Refused(reason_code)), out);
                 }
                 Notice::Evicted { token } => {
+                    self.stats.evicted += 1;
                     self.complete_publish(token, Err(Failure::Evicted), out);
                 }
                 Notice::ConnectionLost(e) => out.push(Output::ConnectionLost(e)),
@@ -511,6 +590,7 @@ impl<C> Engine<C> {
         }
         let mut filled = 0;
         while let Some(dst) = buf.get_mut(filled..) {
+            self.feed_acks();
             match self.session.poll_transmit(now, dst) {
                 Ok(Some(n)) => filled += n,
                 Ok(None) => break,
@@ -523,6 +603,22 @@ impl<C> Engine<C> {
         }
         self.drain_notices(out);
         filled
+    }
+
+    /// Acknowledges a message received in manual-ack mode (sent with the next
+    /// [`Engine::transmit`]); the reason code is sent to MQTT 5 servers only.
+    pub fn ack(&mut self, packet_id: PacketId, reason_code: ReasonCode) {
+        self.acks.push_back((packet_id, reason_code));
+    }
+
+    fn feed_acks(&mut self) {
+        while let Some(&(id, rc)) = self.acks.front() {
+            if self.session.ack(id, rc) == Err(Error::WouldBlock) {
+                break;
+            }
+            // Done, or unknown: the server lost the session, and resends nothing.
+            self.acks.pop_front();
+        }
     }
 
     /// The next moment [`Engine::handle_timeout`] has work to do (including reconnecting).
@@ -632,7 +728,11 @@ impl<C> Engine<C> {
 
     /// Whether every accepted message and request has completed.
     pub fn is_drained(&self) -> bool {
-        self.publishes.is_empty() && self.requests.is_empty() && self.session.in_flight() == 0
+        // `pending` also counts messages restored from a store, which have no completion.
+        self.publishes.is_empty()
+            && self.requests.is_empty()
+            && self.session.in_flight() == 0
+            && self.session.pending() == 0
     }
 
     /// Ends the session: queues DISCONNECT and never reconnects. Flush [`Engine::transmit`],
@@ -757,6 +857,7 @@ impl Owned {
                     retain: m.retain,
                     properties: (m.properties.iter().next().is_some())
                         .then(|| Box::new(MessageProperties::from_wire(&m.properties))),
+                    packet_id: m.packet_id,
                 };
                 // The payload is a slice of the read buffer: share it instead of copying.
                 let at = (m.payload.as_ptr() as usize).wrapping_sub(base);

@@ -63,6 +63,7 @@
 //! - [`time`]: the millisecond [`Instant`] that every deadline is expressed in.
 //! - [`backoff`]: the reconnect delay policy (exponential, bounded, full jitter from a seed).
 //! - [`packet_id`]: the packet identifier allocator shared by PUBLISH, SUBSCRIBE, UNSUBSCRIBE.
+//! - [`journal`]: records of the persistent state for a durable store, and restoring from them.
 //! - [`store`]: ordered, compacting storage of outgoing messages as encoded packets.
 //! - [`engine`] (feature `alloc`): what an allocating client keeps around the session
 //!   (completions, routing, reconnect timing, statistics), still sans-IO; the async client of
@@ -92,6 +93,7 @@ pub mod broker;
 pub mod client;
 #[cfg(feature = "alloc")]
 pub mod engine;
+pub mod journal;
 pub mod packet_id;
 #[cfg(any(feature = "alloc", feature = "broker"))]
 pub mod router;

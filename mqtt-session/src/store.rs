@@ -62,6 +62,13 @@ pub struct Entry {
     pub priority: u8,
     /// When the message was accepted.
     pub accepted_at: Instant,
+    /// The key of its journal records (0: not journaled; see [`crate::journal`]).
+    pub key: u64,
+    /// The journal sequence number of its last record, which must be durable before it is
+    /// (re)transmitted.
+    pub(crate) lsn: u64,
+    /// A change of its persistent state has not been reported as a record yet.
+    pub(crate) dirty: bool,
     start: usize,
     len: usize,
 }
@@ -356,6 +363,9 @@ impl<B: Backing> Store<B> {
                 state: OutState::Queued,
                 priority: entry.priority,
                 accepted_at: entry.accepted_at,
+                key: 0,
+                lsn: 0,
+                dirty: false,
                 start: self.used,
                 len,
             })

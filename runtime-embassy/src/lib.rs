@@ -95,13 +95,15 @@
 
 #[macro_use]
 mod fmt;
+#[cfg(feature = "flash-store")]
+pub mod flash;
 mod handle;
 mod runner;
 
 use core::fmt as core_fmt;
 
 pub use handle::{ClientHandle, Message, Resources};
-pub use runner::{Connector, Runner};
+pub use runner::{Connector, Journal, NoJournal, Runner};
 
 pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
 pub use mqtt_session::{Backoff, Client, Config, ConnectOptions, Session};

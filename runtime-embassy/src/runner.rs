@@ -117,6 +117,7 @@ pub struct Runner<
     const TOPIC: usize,
     const PAYLOAD: usize,
     const DEPTH: usize,
+    J: Journal = NoJournal,
 > {
     session: &'a mut Session<B, RX>,
     options: ConnectOptions<'a>,
@@ -124,6 +125,28 @@ pub struct Runner<
     rx: &'a mut [u8],
     tx: &'a mut [u8],
     waiters: Waiters<'a, M, TOPIC, PAYLOAD, DEPTH>,
+    journal: J,
+}
+
+/// Where the runner writes the session's journal records (see [`mqtt_session::journal`]).
+///
+/// The runner calls [`flush`](Journal::flush) before it transmits and after each request; an
+/// implementation writes every record [`Session::poll_record`] gives, in order, then calls
+/// [`Session::handle_durable`] with the last one written.
+pub trait Journal {
+    /// Writes the records due and reports them durable.
+    fn flush<B: Backing, const RX: usize>(
+        &mut self,
+        session: &mut Session<B, RX>,
+    ) -> impl Future<Output = ()>;
+}
+
+/// No journal: the session keeps its state in RAM only (its journal stays off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    async fn flush<B: Backing, const RX: usize>(&mut self, _session: &mut Session<B, RX>) {}
 }
 
 impl<
@@ -159,9 +182,39 @@ impl<
                 waiting: Vec::new(),
                 closing: None,
             },
+            journal: NoJournal,
         }
     }
 
+    /// The runner writing the session's journal to `journal` (e.g. a
+    /// `FlashJournal`, feature `flash-store`); restore the session from it first.
+    pub fn with_journal<J: Journal>(
+        self,
+        journal: J,
+    ) -> Runner<'a, M, B, RX, TOPIC, PAYLOAD, DEPTH, J> {
+        Runner {
+            session: self.session,
+            options: self.options,
+            backoff: self.backoff,
+            rx: self.rx,
+            tx: self.tx,
+            waiters: self.waiters,
+            journal,
+        }
+    }
+}
+
+impl<
+    'a,
+    M: RawMutex,
+    B: Backing,
+    const RX: usize,
+    const TOPIC: usize,
+    const PAYLOAD: usize,
+    const DEPTH: usize,
+    J: Journal,
+> Runner<'a, M, B, RX, TOPIC, PAYLOAD, DEPTH, J>
+{
     /// The session this runner drives (its state, what is pending, in flight, subscribed).
     pub fn session(&self) -> &Session<B, RX> {
         self.session
@@ -221,6 +274,8 @@ impl<
                 Either::First(out) => return Some(out),
                 Either::Second(request) => {
                     self.on_request(request);
+                    // An accepted message is on flash before anything else happens.
+                    self.journal.flush(self.session).await;
                     self.drain_notices();
                     if self.session.state() == State::Closed {
                         return None;
@@ -385,11 +440,17 @@ impl<
     /// Writes every packet the session has to send, then flushes.
     async fn transmit<T: Write>(&mut self, io: &mut T) -> Result<(), ()> {
         let mut wrote = false;
+        // What the last packets changed is written first: sends wait for their records.
+        self.journal.flush(self.session).await;
         loop {
             match self.session.poll_transmit(now(), self.tx) {
                 Ok(Some(n)) => {
                     write(io, self.tx.get(..n).unwrap_or_default()).await?;
                     wrote = true;
+                }
+                Ok(None) if self.session.records_pending() => {
+                    // Sending took ids or changed states: record them, then send what waited.
+                    self.journal.flush(self.session).await;
                 }
                 Ok(None) => break,
                 Err(_e) => {

@@ -38,9 +38,9 @@ use async_net::{TcpListener, TcpStream};
 #[cfg(feature = "config")]
 pub use mqtt_client::options::{ENV_VARS, load_options, load_options_unvalidated};
 pub use mqtt_client::{
-    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery, Event, Failure,
-    HandlerResult, Message, MessageProperties, Options, OptionsError, ProtocolVersion, QoS,
-    ReasonCode, RouteId, Scheme, Stats, TlsOptions,
+    AckMode, Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, Delivery,
+    Durability, Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
+    ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
 
 /// A cloneable handle to an MQTT client whose connection runs in a [`Driver`] on smol.

@@ -39,9 +39,9 @@ pub mod codec;
 pub use codec::MqttCodec;
 pub use mqtt_client::options::{load_options, load_options_unvalidated};
 pub use mqtt_client::{
-    Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, DEFAULT_URL, Delivery,
-    ENV_VARS, Event, Failure, HandlerResult, Message, MessageProperties, Options, OptionsError,
-    ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
+    AckMode, Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, DEFAULT_URL,
+    Delivery, Durability, ENV_VARS, Event, Failure, HandlerResult, Message, MessageProperties,
+    Options, OptionsError, ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
 
 /// A cloneable handle to an MQTT client whose connection runs in a [`Driver`] on tokio.

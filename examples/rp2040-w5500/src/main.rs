@@ -35,8 +35,15 @@ const BROKER: IpEndpoint = IpEndpoint::new(
     1883,
 );
 
+#[cfg(not(feature = "flash-store"))]
 bind_interrupts!(struct Irqs {
     DMA_IRQ_0 => dma::InterruptHandler<DMA_CH0>, dma::InterruptHandler<DMA_CH1>;
+});
+// DMA channel 2 reads the flash journal.
+#[cfg(feature = "flash-store")]
+bind_interrupts!(struct Irqs {
+    DMA_IRQ_0 => dma::InterruptHandler<DMA_CH0>, dma::InterruptHandler<DMA_CH1>,
+        dma::InterruptHandler<embassy_rp::peripherals::DMA_CH2>;
 });
 
 type EthSpi = ExclusiveDevice<Spi<'static, SPI0, Async>, Output<'static>, Delay>;
@@ -122,8 +129,12 @@ async fn main(spawner: Spawner) {
         info!("address {}", cfg.address);
     }
 
+    #[cfg(feature = "flash-store")]
+    let flash = embassy_rp::flash::Flash::new(p.FLASH, p.DMA_CH2, Irqs);
+    #[cfg(all(feature = "mqtt", not(feature = "flash-store")))]
+    let flash = ();
     #[cfg(feature = "mqtt")]
-    mqtt::run(spawner, Tcp::new(stack), rng.next_u64()).await;
+    mqtt::run(spawner, Tcp::new(stack), rng.next_u64(), flash).await;
     #[cfg(not(feature = "mqtt"))]
     plain::run(Tcp::new(stack)).await;
 }
@@ -155,7 +166,28 @@ mod mqtt {
     /// 8 queued or in-flight messages in 1 KiB; 4 incoming QoS 2 messages in progress.
     type Session = Client<8, 1024, 4>;
     type Handle = ClientHandle<'static, CriticalSectionRawMutex, 64, 64, 4>;
-    type MqttRunner = Runner<'static, CriticalSectionRawMutex, Fixed<8, 1024>, 4, 64, 64, 4>;
+    #[cfg(feature = "flash-store")]
+    type Flash = embassy_rp::flash::Flash<
+        'static,
+        embassy_rp::peripherals::FLASH,
+        embassy_rp::flash::Async,
+        FLASH_SIZE,
+    >;
+    #[cfg(not(feature = "flash-store"))]
+    type Flash = ();
+    /// Flash of the Pico's W25Q16.
+    #[cfg(feature = "flash-store")]
+    const FLASH_SIZE: usize = 2 * 1024 * 1024;
+    /// The journal: the last 64 KiB (16 erase pages), kept out of the program by memory.x.
+    #[cfg(feature = "flash-store")]
+    const JOURNAL: core::ops::Range<u32> = (FLASH_SIZE as u32 - 64 * 1024)..FLASH_SIZE as u32;
+    /// Room for the largest record: a stored PUBLISH (64-byte topic and payload) and headers.
+    #[cfg(feature = "flash-store")]
+    type Journal = mqtt_embassy::flash::FlashJournal<Flash, 320>;
+    #[cfg(not(feature = "flash-store"))]
+    type Journal = mqtt_embassy::NoJournal;
+    type MqttRunner =
+        Runner<'static, CriticalSectionRawMutex, Fixed<8, 1024>, 4, 64, 64, 4, Journal>;
 
     impl Connector for Tcp {
         type Transport<'t> = &'t mut TcpSocket<'static>;
@@ -170,7 +202,7 @@ mod mqtt {
         runner.run(tcp).await;
     }
 
-    pub async fn run(spawner: Spawner, tcp: Tcp, seed: u64) {
+    pub async fn run(spawner: Spawner, tcp: Tcp, seed: u64, flash: Flash) {
         static RES: StaticCell<Res> = StaticCell::new();
         static SESSION: StaticCell<Session> = StaticCell::new();
         static BUFS: StaticCell<([u8; 1024], [u8; 256])> = StaticCell::new();
@@ -183,6 +215,7 @@ mod mqtt {
             inflight: 4,
             ..Config::default()
         }));
+        let journal = journal(session, flash).await;
         let (rx, tx) = BUFS.init(([0; 1024], [0; 256]));
         let options = ConnectOptions {
             client_id: ID,
@@ -196,8 +229,32 @@ mod mqtt {
         let (client, runner) = RES
             .init(Resources::new())
             .split(session, options, backoff, rx, tx);
-        spawner.spawn(unwrap!(mqtt_task(runner, tcp)));
+        spawner.spawn(unwrap!(mqtt_task(runner.with_journal(journal), tcp)));
         app(client).await;
+    }
+
+    /// Rebuilds the session from the flash journal: what was queued or unacknowledged before
+    /// the reset is sent again.
+    #[cfg(feature = "flash-store")]
+    async fn journal(session: &mut Session, flash: Flash) -> Journal {
+        let mut journal = unwrap!(Journal::new(flash, JOURNAL).ok());
+        match journal.restore(session).await {
+            Ok(r) => info!(
+                "journal: {} records restored, {} set aside",
+                r.records, r.set_aside
+            ),
+            Err(e) => {
+                // Unreadable: go on, writing anew (sequential-storage repairs what it can).
+                warn!("journal unreadable: {}", e);
+                session.enable_journal();
+            }
+        }
+        journal
+    }
+
+    #[cfg(not(feature = "flash-store"))]
+    async fn journal(_session: &mut Session, _flash: Flash) -> Journal {
+        mqtt_embassy::NoJournal
     }
 
     async fn app(client: Handle) {

@@ -219,6 +219,15 @@ struct PubArgs {
     /// Messages per second (e.g. 100 or 100/s); unpaced when not given.
     #[arg(long = "rate", value_parser = parse_rate)]
     rate: Option<f64>,
+    /// Exit (code 1) when the connection stays lost this long (e.g. 30s, 500ms; 0: at the
+    /// first loss). Without it, a lost connection is re-made with back-off and every message
+    /// not yet acknowledged is kept and sent.
+    #[arg(long = "give-up-after", value_name = "DURATION", value_parser = parse_duration)]
+    give_up_after: Option<Duration>,
+    /// Keep unsent and unacknowledged messages in DIR (synced before each is taken), so a
+    /// killed `mqtt pub` started again with the same -i resends them. Needs -i.
+    #[arg(long = "store", value_name = "DIR", requires = "id")]
+    store: Option<PathBuf>,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -254,6 +263,11 @@ struct SubArgs {
     /// Exit (code 27) after this many seconds.
     #[arg(short = 'W', value_name = "SECS")]
     timeout: Option<u64>,
+    /// Keep received QoS 2 ids in DIR, and acknowledge each message only after it is
+    /// printed: with -c, a killed `mqtt sub` started again prints every message at least
+    /// once and a QoS 2 message it acknowledged never again.
+    #[arg(long = "store", value_name = "DIR", requires = "persistent")]
+    store: Option<PathBuf>,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -276,6 +290,41 @@ fn parse_rate(s: &str) -> Result<f64, String> {
             "{s:?} is not a rate (messages per second, e.g. 100 or 100/s)"
         )),
     }
+}
+
+/// A duration: `30s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (n, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: the unit is ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The store file of client `id` in `dir`.
+fn store_file(dir: &std::path::Path, id: &str) -> PathBuf {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{safe}.redb"))
 }
 
 fn qos(q: u8) -> QoS {
@@ -448,7 +497,14 @@ fn stdin_lines() -> mpsc::Receiver<Vec<u8>> {
 
 async fn run_pub(args: PubArgs) -> Result<(), Fail> {
     init_logging(&args.conn);
-    let (options, url_topic) = options(&args.conn, "pub")?;
+    let (mut options, url_topic) = options(&args.conn, "pub")?;
+    if let Some(dir) = &args.store {
+        // Resending with the same packet ids needs the broker to keep the session.
+        let file = store_file(dir, &options.client_id);
+        options = options
+            .persistent_session(Duration::from_secs(u64::from(u32::MAX)))
+            .store(file);
+    }
     let topic = args
         .topic
         .clone()
@@ -527,10 +583,34 @@ async fn run_pub(args: PubArgs) -> Result<(), Fail> {
         acks.await
             .map_err(|e| Fail(EXIT_UNREACHABLE, format!("internal error: {e}")))
     };
+    // A lost connection is re-made by the client, which keeps what is not acknowledged;
+    // only --give-up-after ends the run when it stays lost.
+    let give_up = args.give_up_after;
     let lost = async {
+        let mut down: Option<(tokio::time::Instant, String)> = None;
         loop {
-            match events.recv().await {
-                Some(Event::Disconnected(e)) => return e.to_string(),
+            let limit = match (&down, give_up) {
+                (Some((since, _)), Some(g)) => Some(*since + g),
+                _ => None,
+            };
+            let ev = match limit {
+                Some(at) => match tokio::time::timeout_at(at, events.recv()).await {
+                    Ok(ev) => ev,
+                    Err(_) => return down.map(|d| d.1).unwrap_or_default(),
+                },
+                None => events.recv().await,
+            };
+            match ev {
+                Some(Event::Disconnected(e)) => {
+                    if give_up == Some(Duration::ZERO) {
+                        return e.to_string();
+                    }
+                    if debug {
+                        say(&format!("connection lost ({e}); reconnecting"));
+                    }
+                    down.get_or_insert((tokio::time::Instant::now(), e.to_string()));
+                }
+                Some(Event::Connected { .. }) => down = None,
                 Some(_) => {}
                 None => return "the client stopped".to_string(),
             }
@@ -567,6 +647,12 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
         let expiry = args.session_expiry.unwrap_or(u32::MAX);
         options = options.persistent_session(Duration::from_secs(u64::from(expiry)));
     }
+    if let Some(dir) = &args.store {
+        // Printed, then acknowledged: a kill between the two prints it again on restart.
+        let file = store_file(dir, &options.client_id);
+        options = options.store(file).ack_mode(mqtt_tokio::AckMode::Manual);
+    }
+    let manual = args.store.is_some();
     let debug = args.conn.debug;
     let deadline = args
         .timeout
@@ -628,12 +714,18 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
                 break;
             }
             print(&m)?;
+            if manual {
+                client.ack(&m);
+            }
             seen += 1;
         }
         while !done(seen) {
             match events.recv().await {
                 Some(Event::Message(m)) => {
                     print(&m)?;
+                    if manual {
+                        client.ack(&m);
+                    }
                     seen += 1;
                 }
                 Some(Event::Disconnected(e)) if debug => {

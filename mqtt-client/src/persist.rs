@@ -1,0 +1,146 @@
+//! The client's state on disk: the session's journal written to an `mqtt-store` file.
+//!
+//! Every engine call that may change persistent state is followed, under the same lock, by
+//! [`Persist::flush`], which hands the records to the store's writer in their order. In
+//! `Sync` mode the caller (a publisher, or a task the driver spawns) awaits the commit and
+//! then tells the engine which records are durable; until then the session holds back what
+//! depends on them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mqtt_session::engine::{Engine, StoreOp};
+use mqtt_store::{Commit, Mode, Op, Store, StoreError};
+use tracing::{info, warn};
+
+use crate::api::ClientError;
+use crate::options::{Durability, Options};
+
+/// The open store and what the client needs to write to it.
+pub(crate) struct Persist {
+    store: Store,
+    sync: bool,
+    ops: Vec<StoreOp>,
+}
+
+impl Persist {
+    /// Opens the store named by the options (if any, and not in memory mode), rebuilds the
+    /// engine's state from it and turns the journal on. Unreadable files and records are set
+    /// aside and counted, never a refusal to start.
+    pub(crate) fn open<C>(
+        options: &Options,
+        engine: &mut Engine<C>,
+    ) -> Result<Option<Persist>, ClientError> {
+        let (Some(path), mode) = (&options.store, options.durability) else {
+            return Ok(None);
+        };
+        let mode = match mode {
+            Durability::Memory => return Ok(None),
+            Durability::Sync => Mode::Sync,
+            Durability::Relaxed(d) => Mode::Relaxed(d),
+        };
+        let mut set_aside = 0;
+        let (store, recovered) = match Store::open(path, mode) {
+            Ok(opened) => opened,
+            Err(e) if !is_damaged(&e) => return Err(ClientError::Store(e.to_string())),
+            Err(e) => {
+                // A file the store cannot even read: move it out of the way and start empty.
+                let moved = aside(path, "unreadable");
+                warn!(store = %path.display(), error = %e, moved_to = %moved.display(), "store unreadable; set aside");
+                fs::rename(path, &moved).map_err(|r| ClientError::Store(r.to_string()))?;
+                set_aside += 1;
+                Store::open(path, mode).map_err(|e| ClientError::Store(e.to_string()))?
+            }
+        };
+        for s in &recovered.set_aside {
+            warn!(store = %path.display(), "{s}");
+        }
+        set_aside += recovered.set_aside.len() as u64;
+        let mut dropped = Vec::new();
+        for (key, record) in &recovered.records {
+            if let Err(e) = engine.restore(*key, record) {
+                let moved = aside(path, &format!("record-{key}"));
+                warn!(store = %path.display(), key, error = %e, moved_to = %moved.display(), "store record not restored; set aside");
+                if let Err(w) = fs::write(&moved, record) {
+                    warn!(error = %w, "cannot write the set-aside record");
+                }
+                dropped.push(Op::Delete(*key));
+                set_aside += 1;
+            }
+        }
+        if !dropped.is_empty() {
+            store
+                .submit(dropped)
+                .wait()
+                .map_err(|e| ClientError::Store(e.to_string()))?;
+        }
+        engine.count_store(set_aside, 0, 0);
+        engine.enable_journal();
+        info!(
+            store = %path.display(),
+            records = recovered.records.len(),
+            set_aside,
+            elapsed = ?recovered.elapsed,
+            "store opened"
+        );
+        Ok(Some(Persist {
+            store,
+            sync: mode == Mode::Sync,
+            ops: Vec::new(),
+        }))
+    }
+
+    /// Hands the engine's due records to the store. In `Sync` mode gives the commit to await
+    /// and the sequence number to pass to [`Engine::handle_durable`] after it; otherwise
+    /// marks them durable at once (the writer syncs them within the relaxed delay).
+    pub(crate) fn flush<C>(&mut self, engine: &mut Engine<C>) -> Option<(Commit, u64)> {
+        let lsn = engine.take_records(&mut self.ops)?;
+        let ops = self
+            .ops
+            .drain(..)
+            .map(|op| match op {
+                StoreOp::Put(k, v) => Op::Put(k, v),
+                StoreOp::Delete(k) => Op::Delete(k),
+            })
+            .collect();
+        let commit = self.store.submit(ops);
+        if self.sync {
+            Some((commit, lsn))
+        } else {
+            engine.handle_durable(lsn);
+            None
+        }
+    }
+
+    /// Syncs performed by the store.
+    pub(crate) fn commits(&self) -> u64 {
+        self.store.stats().commits
+    }
+}
+
+/// After a commit: counts a failure (the client goes on in memory: holding messages back
+/// forever would lose them too) and releases what waited for the records.
+pub(crate) fn committed<C>(engine: &mut Engine<C>, lsn: u64, result: Result<(), StoreError>) {
+    if let Err(e) = result {
+        warn!(error = %e, "store write failed; going on in memory");
+        engine.count_store(0, 0, 1);
+    }
+    engine.handle_durable(lsn);
+}
+
+/// Whether opening failed on the file's contents, not because another process holds it or
+/// its directory is unwritable (where moving it aside would not help).
+fn is_damaged(e: &StoreError) -> bool {
+    e.0.starts_with("read") || e.0.starts_with("open the records table")
+}
+
+fn aside(path: &Path, what: &str) -> PathBuf {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{what}-{stamp}"));
+    path.with_file_name(name)
+}
