@@ -511,6 +511,7 @@ impl Core {
         let inner = self.lock();
         let mut stats = inner.engine.stats(now);
         stats.store_commits = inner.persist.as_ref().map_or(0, Persist::commits);
+        stats.store_latency = inner.persist.as_ref().map(Persist::latency);
         stats
     }
 }

@@ -117,6 +117,11 @@ impl Persist {
     pub(crate) fn commits(&self) -> u64 {
         self.store.stats().commits
     }
+
+    /// How long the last commit took.
+    pub(crate) fn latency(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.store.stats().last_commit_micros)
+    }
 }
 
 /// After a commit: counts a failure (the client goes on in memory: holding messages back

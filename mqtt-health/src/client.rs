@@ -102,6 +102,24 @@ pub fn health(
         oldest_check = oldest_check.output("the oldest held message waits longer than allowed");
     }
     h.check("queue:oldest", oldest_check);
+    if let Some(latency) = stats.store_latency {
+        // A store that fails its writes loses the durability the user asked for: fail.
+        let writable = if stats.store_failures == 0 {
+            Check::new(Status::Pass, true)
+        } else {
+            Check::new(Status::Fail, false).output(format!(
+                "{} store writes failed; messages are held in memory only",
+                stats.store_failures
+            ))
+        };
+        h.check("store:writable", writable.of_type("datastore"));
+        h.check(
+            "store:latency",
+            Check::new(Status::Pass, latency.as_secs_f64())
+                .of_type("datastore")
+                .unit("s"),
+        );
+    }
     h
 }
 
@@ -185,6 +203,32 @@ pub fn metrics(stats: &Stats, queue_capacity: usize) -> String {
         "Messages that will not be delivered (refused, evicted, closed)",
         stats.dropped,
     );
+    if let Some(latency) = stats.store_latency {
+        seconds(
+            &mut r,
+            "store_write",
+            "Duration of the store's last commit",
+            latency,
+        );
+        counter(
+            &mut r,
+            "store_commits",
+            "Store commits (syncs)",
+            stats.store_commits,
+        );
+        counter(
+            &mut r,
+            "store_failures",
+            "Store writes that failed",
+            stats.store_failures,
+        );
+    }
+    counter(
+        &mut r,
+        "messages_evicted",
+        "Queued messages dropped for more important ones",
+        stats.evicted,
+    );
     counter(
         &mut r,
         "reconnects",
@@ -250,6 +294,37 @@ mod tests {
     }
 
     #[test]
+    fn a_store_shows_its_latency_and_fails_when_writes_fail() {
+        // Connected for longer than the clock says has passed since 1970: no time, no panic.
+        let now = SystemTime::UNIX_EPOCH;
+        let t = Thresholds::default();
+        assert!(
+            !health(&stats(), 100, &t, now)
+                .checks
+                .contains_key("store:latency")
+        );
+        let mut s = stats();
+        s.store_latency = Some(Duration::from_millis(4));
+        s.store_commits = 9;
+        let h = health(&s, 100, &t, now);
+        assert_eq!(h.status, Status::Pass);
+        assert_eq!(h.checks["store:latency"][0].observed_value, 0.004);
+        let text = metrics(&s, 100);
+        assert!(
+            text.contains("mqtt_client_store_write_seconds 0.004\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt_client_store_commits_total 9\n"),
+            "{text}"
+        );
+        s.store_failures = 1;
+        let h = health(&s, 100, &t, now);
+        assert_eq!(h.status, Status::Fail);
+        assert_eq!(h.checks["store:writable"][0].status, Status::Fail);
+    }
+
+    #[test]
     fn metrics_parse_and_match_stats() {
         let mut s = stats();
         s.queued_by_priority[9] = 4;
@@ -258,7 +333,7 @@ mod tests {
         let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("parses");
         assert_eq!(
             scrape.samples.len(),
-            22,
+            23,
             "one sample per metric, ten priorities"
         );
         for line in [

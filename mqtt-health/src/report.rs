@@ -93,7 +93,10 @@ impl Check {
 
     /// The same check with the moment its state began.
     pub fn since(mut self, at: SystemTime) -> Check {
-        self.time = Some(humantime::format_rfc3339_seconds(at).to_string());
+        // humantime cannot format a time before 1970 (a clock set wrong): leave it out.
+        if at >= SystemTime::UNIX_EPOCH {
+            self.time = Some(humantime::format_rfc3339_seconds(at).to_string());
+        }
         self
     }
 }

@@ -248,6 +248,8 @@ pub struct Stats {
     pub store_commits: u64,
     /// Store writes that failed (the client then goes on in memory).
     pub store_failures: u64,
+    /// How long the store's last commit (with its sync) took; `None` without a store.
+    pub store_latency: Option<Duration>,
 }
 
 /// A change for the store, from [`Engine::take_records`].
