@@ -106,7 +106,9 @@
 //! [`Limits::total_bytes`]; a message that does not fit is dropped for that subscriber and
 //! counted in [`Drops`]. So a subscriber that stops reading costs at most its limits.
 
+pub mod acl;
 mod message;
+pub mod password;
 mod persist;
 mod retained;
 mod session;
@@ -117,6 +119,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 use core::time::Duration;
 
 use mqtt_proto::{
@@ -2020,4 +2023,31 @@ fn encode_control(
         }
     };
     encode(&packet, version, buf)
+}
+
+/// A rejected configuration file: the 1-based line number and what is wrong there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineError<K> {
+    /// The 1-based line number.
+    pub line: usize,
+    /// What is wrong with that line.
+    pub kind: K,
+}
+
+impl<K: fmt::Display> fmt::Display for LineError<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.kind)
+    }
+}
+
+impl<K: fmt::Display + fmt::Debug> core::error::Error for LineError<K> {}
+
+/// The lines of a mosquitto-style file that hold something: 1-based number and trimmed text,
+/// without blank lines and `#` comments.
+fn statements(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(index, line)| (index + 1, line))
 }
