@@ -213,6 +213,8 @@ pub enum ReadStatus {
 pub struct Stats {
     /// Whether the connection is up (CONNACK accepted).
     pub connected: bool,
+    /// How long the current connection has been up (since its CONNACK), while connected.
+    pub connected_for: Option<Duration>,
     /// The wait before the next reconnect attempt, while disconnected.
     pub backoff: Option<Duration>,
     /// Failed attempts since the last stable connection.
@@ -257,6 +259,7 @@ pub struct Engine<C> {
     requests: BTreeMap<u16, C>,
     accepting: bool,
     ever_connected: bool,
+    connected_at: Option<Instant>,
     stats: Stats,
 }
 
@@ -283,6 +286,7 @@ impl<C> Engine<C> {
             requests: BTreeMap::new(),
             accepting: true,
             ever_connected: false,
+            connected_at: None,
             stats: Stats::default(),
         }
     }
@@ -425,6 +429,7 @@ impl<C> Engine<C> {
                     self.stats.reconnects += 1;
                 }
                 self.ever_connected = true;
+                self.connected_at = Some(now);
                 out.push(Output::Connected { session_present });
             }
             Owned::Published(token, rc) => {
@@ -643,6 +648,10 @@ impl<C> Engine<C> {
     pub fn stats(&self, now: Instant) -> Stats {
         let mut s = self.stats.clone();
         s.connected = self.is_connected();
+        s.connected_for = self
+            .connected_at
+            .filter(|_| s.connected)
+            .map(|at| now.saturating_since(at));
         s.backoff = self.reconnect_at().and(self.wait);
         s.reconnect_attempts = self.backoff.attempts();
         s.in_flight = self.session.in_flight();
