@@ -5,22 +5,11 @@ mod broker_common;
 
 use broker_common::*;
 use mqtt_proto::{
-    Connect, Packet, PacketId, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
-    SubscriptionOptions, TopicName, Will,
+    Connect, Packet, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubscriptionOptions,
 };
 use mqtt_session::broker::{Config, Limits};
 use mqtt_session::{ConnectOptions, Instant};
-
-const V5: ProtocolVersion = ProtocolVersion::V5;
-const V311: ProtocolVersion = ProtocolVersion::V311;
-
-fn opts(qos: QoS) -> SubscriptionOptions {
-    SubscriptionOptions::new(qos)
-}
-
-fn pid(v: u16) -> PacketId {
-    PacketId::new(v).unwrap()
-}
 
 /// Publisher and subscriber at `version`, subscriber on `filter` at `sub_qos`.
 fn pair(version: ProtocolVersion, filter: &str, sub_qos: QoS) -> Net {
@@ -197,16 +186,6 @@ fn retained_message_expires() {
     assert_eq!(net.broker.stats().dropped.expired, 1);
 }
 
-fn will<'a>(topic: &'a str, payload: &'a [u8], props: &'a [Property<'a>]) -> Will<'a> {
-    Will {
-        topic: TopicName::new(topic).unwrap(),
-        payload,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: mqtt_proto::Properties::new(props),
-    }
-}
-
 /// A watcher subscribed to `w/#` and a client "dying" with a will on `w/dying`.
 fn will_setup(version: ProtocolVersion, cfg: ClientConfig, props: &[Property<'_>]) -> Net {
     let mut net = Net::new(Config::default());
@@ -380,51 +359,6 @@ fn clean_start_discards_the_session() {
     net.connect_id(c2, "x");
     assert_eq!(net.peers[c2].got, [Got::Connected { present: false }]);
     assert_eq!(net.broker.stats().subscriptions, 0);
-}
-
-/// Raw v5 CONNECT with properties.
-fn connect_v5<'a>(id: &'a str, clean: bool, props: &'a [Property<'a>]) -> Packet<'a> {
-    Packet::Connect(Connect {
-        clean_start: clean,
-        properties: mqtt_proto::Properties::new(props),
-        ..Connect::new(V5, id, 0)
-    })
-}
-
-fn raw_subscribe<'a>(
-    id: u16,
-    filters: &'a [(mqtt_proto::TopicFilter<'a>, SubscriptionOptions)],
-    props: &'a [Property<'a>],
-) -> Packet<'a> {
-    Packet::Subscribe(mqtt_proto::Subscribe {
-        packet_id: pid(id),
-        properties: mqtt_proto::Properties::new(props),
-        filters: mqtt_proto::Filters::new(filters),
-    })
-}
-
-fn filter(f: &str) -> mqtt_proto::TopicFilter<'_> {
-    mqtt_proto::TopicFilter::new(f).unwrap()
-}
-
-/// A PUBLISH as (dup, qos, packet id, topic, payload).
-type Pub = (bool, QoS, Option<u16>, String, Vec<u8>);
-
-/// The PUBLISH packets among frames.
-fn publishes(frames: &[Vec<u8>], v: ProtocolVersion) -> Vec<Pub> {
-    frames
-        .iter()
-        .filter_map(|f| match packet(f, v) {
-            Packet::Publish(p) => Some((
-                p.dup,
-                p.qos,
-                p.packet_id.map(|i| i.get()),
-                p.topic.to_string(),
-                p.payload.to_vec(),
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]
@@ -761,13 +695,6 @@ fn request_response_user_properties_content_type_pass_through() {
             .get(mqtt_proto::PropertyId::PayloadFormatIndicator),
         Some(Property::PayloadFormatIndicator(true))
     );
-}
-
-fn connack(frame: &[u8], v: ProtocolVersion) -> mqtt_proto::ConnAck<'_> {
-    match packet(frame, v) {
-        Packet::ConnAck(a) => a,
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
 }
 
 #[test]

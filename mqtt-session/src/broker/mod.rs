@@ -602,19 +602,9 @@ impl Broker {
                 }
                 continue;
             }
-            let packet_id = if out.qos == QoS::AtMostOnce {
-                None
-            } else {
-                let inflight = &s.inflight;
-                match s
-                    .ids
-                    .allocate(inflight.len(), |id| inflight.contains_key(&id))
-                {
-                    Some(id) => Some(id),
-                    None => return Ok(None),
-                }
-            };
-            let len = publish_len(out, version, packet_id, now);
+            // The length does not depend on the id's value: check the size before taking an id.
+            let placeholder = (out.qos != QoS::AtMostOnce).then_some(PacketId::MIN);
+            let len = publish_len(out, version, placeholder, now);
             if len.is_none_or(|len| len > c.client_max_packet) {
                 // Too large for this client [MQTT-3.1.2-25]: dropped and counted.
                 self.stats.dropped.too_large += 1;
@@ -634,6 +624,18 @@ impl Broker {
                 }
                 continue;
             }
+            let packet_id = if out.qos == QoS::AtMostOnce {
+                None
+            } else {
+                let inflight = &s.inflight;
+                match s
+                    .ids
+                    .allocate(inflight.len(), |id| inflight.contains_key(&id))
+                {
+                    Some(id) => Some(id),
+                    None => return Ok(None),
+                }
+            };
             let n = encode_publish(out, version, packet_id, false, now, buf)?;
             self.stats.messages_sent += 1;
             let Some(out) = s.queue.pop_front() else {
@@ -754,8 +756,15 @@ impl Broker {
             // 5.0 and 3.1.1 with a clean session get an assigned identifier [MQTT-3.1.3-6];
             // 3.1.1 without one is refused with 0x02 [MQTT-3.1.3-8]; 3.1 needs one.
             if v == ProtocolVersion::V5 || (v == ProtocolVersion::V311 && p.clean_start) {
-                client_id = format!("{}{}", self.cfg.assigned_id_prefix, self.next_assigned).into();
-                self.next_assigned += 1;
+                // Not used by any other session [MQTT-3.2.2-16].
+                loop {
+                    client_id =
+                        format!("{}{}", self.cfg.assigned_id_prefix, self.next_assigned).into();
+                    self.next_assigned += 1;
+                    if !self.by_id.contains_key(&client_id) {
+                        break;
+                    }
+                }
                 assigned = true;
             } else {
                 self.refuse(conn, ReasonCode::ClientIdentifierNotValid);

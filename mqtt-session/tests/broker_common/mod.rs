@@ -7,11 +7,17 @@
 //! for that peer's protocol version).
 #![allow(dead_code)]
 
-use mqtt_proto::{Packet, PacketId, Property, ProtocolVersion, QoS, ReasonCode, Status, decode};
+use mqtt_proto::{
+    Connect, Packet, PacketId, Properties, Property, ProtocolVersion, QoS, ReasonCode, Status,
+    SubscriptionOptions, TopicName, Will, decode,
+};
 use mqtt_session::broker::{Answer, Broker, Config, ConnId, Event, Question, Record};
 use mqtt_session::{ConnectOptions, ConnectionError, HeapClient, Instant, Notice, Read};
 
 pub use mqtt_session::Config as ClientConfig;
+
+pub const V5: ProtocolVersion = ProtocolVersion::V5;
+pub const V311: ProtocolVersion = ProtocolVersion::V311;
 
 /// A message a client peer received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,4 +498,74 @@ pub fn publish(
     let t = net.cl(i).publish(now, &msg, 5).expect("publish");
     net.run();
     t
+}
+
+pub fn will<'a>(topic: &'a str, payload: &'a [u8], props: &'a [Property<'a>]) -> Will<'a> {
+    Will {
+        topic: TopicName::new(topic).unwrap(),
+        payload,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::new(props),
+    }
+}
+
+/// Raw v5 CONNECT with properties.
+pub fn connect_v5<'a>(id: &'a str, clean: bool, props: &'a [Property<'a>]) -> Packet<'a> {
+    Packet::Connect(Connect {
+        clean_start: clean,
+        properties: Properties::new(props),
+        ..Connect::new(ProtocolVersion::V5, id, 0)
+    })
+}
+
+pub fn raw_subscribe<'a>(
+    id: u16,
+    filters: &'a [(mqtt_proto::TopicFilter<'a>, SubscriptionOptions)],
+    props: &'a [Property<'a>],
+) -> Packet<'a> {
+    Packet::Subscribe(mqtt_proto::Subscribe {
+        packet_id: pid(id),
+        properties: Properties::new(props),
+        filters: mqtt_proto::Filters::new(filters),
+    })
+}
+
+pub fn filter(f: &str) -> mqtt_proto::TopicFilter<'_> {
+    mqtt_proto::TopicFilter::new(f).unwrap()
+}
+
+/// A PUBLISH as (dup, qos, packet id, topic, payload).
+pub type Pub = (bool, QoS, Option<u16>, String, Vec<u8>);
+
+/// The PUBLISH packets among frames.
+pub fn publishes(frames: &[Vec<u8>], v: ProtocolVersion) -> Vec<Pub> {
+    frames
+        .iter()
+        .filter_map(|f| match packet(f, v) {
+            Packet::Publish(p) => Some((
+                p.dup,
+                p.qos,
+                p.packet_id.map(|i| i.get()),
+                p.topic.to_string(),
+                p.payload.to_vec(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn connack(frame: &[u8], v: ProtocolVersion) -> mqtt_proto::ConnAck<'_> {
+    match packet(frame, v) {
+        Packet::ConnAck(a) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+pub fn pid(v: u16) -> PacketId {
+    PacketId::new(v).unwrap()
+}
+
+pub fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions::new(qos)
 }
