@@ -308,6 +308,29 @@ impl Broker {
         Ok(())
     }
 
+    /// The server ends `conn` (e.g. 0x8B when it shuts down): DISCONNECT with `reason` at
+    /// MQTT 5, the will is published, and [`Event::Close`] follows.
+    pub fn handle_disconnect(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        reason: ReasonCode,
+    ) -> Result<(), Error> {
+        if !self.conns.contains_key(&conn) {
+            return Err(Error::UnknownConnection);
+        }
+        self.end_conn(
+            conn,
+            now,
+            End {
+                will: true,
+                send: Some(reason),
+                reason: CloseReason::Server(reason),
+            },
+        );
+        Ok(())
+    }
+
     /// Feeds bytes received on `conn`; returns how many it consumed (whole packets only).
     pub fn handle_read(
         &mut self,

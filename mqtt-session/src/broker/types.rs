@@ -193,6 +193,8 @@ pub enum CloseReason {
     ConnectTimeout,
     /// The runtime reported the transport closed.
     TransportClosed,
+    /// The runtime ended it with [`Broker::handle_disconnect`](super::Broker::handle_disconnect).
+    Server(ReasonCode),
 }
 
 /// Something the runtime must act on; drain [`Broker::poll_event`](super::Broker::poll_event).
