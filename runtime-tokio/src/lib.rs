@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "websocket")]
+pub mod broker;
 mod client;
 pub mod codec;
 mod transport;

@@ -10,6 +10,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use mqtt_tokio::{Client, ConnectError, Event, Options, QoS, Scheme};
 use tokio::sync::mpsc;
 
+#[path = "mqtt/broker_cli.rs"]
+mod broker_cli;
+
 const AFTER_HELP: &str = "\
 Exit codes:
   0   success
@@ -53,6 +56,10 @@ enum Command {
     /// Subscribe and print messages (like mosquitto_sub).
     #[command(disable_help_flag = true, after_help = AFTER_HELP)]
     Sub(SubArgs),
+    /// Run the MQTT broker server (see `mqtt broker --help`).
+    Broker(broker_cli::BrokerArgs),
+    /// Add, replace or delete a user of a mosquitto password file.
+    Passwd(broker_cli::PasswdArgs),
 }
 
 /// Connection flags shared by `pub` and `sub`.
@@ -548,6 +555,11 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Broker(args) => return broker_cli::run_broker(args),
+        Command::Passwd(args) => return broker_cli::run_passwd(args),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -559,9 +571,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Pub(args) => run_pub(args).await,
             Command::Sub(args) => run_sub(args).await,
+            Command::Broker(_) | Command::Passwd(_) => Ok(()),
         }
     });
     match result {
