@@ -14,6 +14,7 @@
 //!
 //! The package also builds the `mqtt` command-line tool (`mqtt pub`, `mqtt sub`), whose flags
 //! follow `mosquitto_pub` and `mosquitto_sub`; `mqtt --help` lists them and its exit codes.
+//! `mqtt bench` (module [`bench`](mod@bench), feature `bench`) is a load generator for any broker.
 //!
 //! ```no_run
 //! use mqtt_tokio::{Client, Options, QoS};
@@ -29,6 +30,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "bench")]
+pub mod bench;
 #[cfg(feature = "websocket")]
 pub mod broker;
 mod client;

@@ -1,5 +1,6 @@
 //! `mqtt`: publish and subscribe from the command line, with the flags of `mosquitto_pub` and
-//! `mosquitto_sub`. Run `mqtt --help`, `mqtt pub --help`, `mqtt sub --help`.
+//! `mosquitto_sub`, and load-test a broker (`mqtt bench`). Run `mqtt --help`, `mqtt pub
+//! --help`, `mqtt sub --help`, `mqtt bench --help`.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -37,7 +38,8 @@ const EXIT_REFUSED: u8 = 5;
 /// Exit code: `sub -W` timed out (as mosquitto_sub).
 const EXIT_TIMEOUT: u8 = 27;
 
-/// Publish and subscribe to an MQTT broker (flags as mosquitto_pub / mosquitto_sub).
+/// Publish and subscribe to an MQTT broker (flags as mosquitto_pub / mosquitto_sub), and
+/// load-test it (`mqtt bench`).
 #[derive(Parser)]
 #[command(name = "mqtt", version, disable_help_flag = true, after_help = AFTER_HELP)]
 struct Cli {
@@ -60,6 +62,35 @@ enum Command {
     Broker(broker_cli::BrokerArgs),
     /// Add, replace or delete a user of a mosquitto password file.
     Passwd(broker_cli::PasswdArgs),
+    /// Load-test a broker: publishers, subscribers, connections; rates, losses, latency.
+    #[cfg(feature = "bench")]
+    #[command(disable_help_flag = true, after_help = BENCH_AFTER_HELP)]
+    Bench(BenchCmd),
+}
+
+#[cfg(feature = "bench")]
+const BENCH_AFTER_HELP: &str = "\
+Examples:
+  mqtt bench pub -c 10 --count 10000 -q 1          10 publishers, 10 000 messages each
+  mqtt bench p2p -c 100 --rate 100/s --duration 30s  100 pairs at a fixed rate: honest latency
+  mqtt bench fan-out -c 1000 --rate 10 --count 100   one publisher, 1000 subscribers
+  mqtt bench conn -c 10000 --rate 2000 --duration 10s
+  mqtt bench sub -c 4 --count 1000 & mqtt bench pub -c 4 --count 250   two processes
+
+Exit codes: 0 all went well; 1 a connection failed or was lost, or messages were lost at QoS 1/2;
+2 bad arguments; 5 the broker refused the connection. The summary is printed in every case.";
+
+/// `mqtt bench`.
+#[cfg(feature = "bench")]
+#[derive(Args)]
+struct BenchCmd {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(flatten)]
+    bench: mqtt_tokio::bench::BenchArgs,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// Connection flags shared by `pub` and `sub`.
@@ -77,7 +108,7 @@ struct Conn {
     /// TOML file of client options (see the mqtt_tokio docs for the keys).
     #[arg(long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Client identifier (default: mqtt-pub-PID / mqtt-sub-PID).
+    /// Client identifier (default: mqtt-pub-PID / mqtt-sub-PID; bench: the prefix of its ids).
     #[arg(short = 'i', long = "id")]
     id: Option<String>,
     /// User name.
@@ -553,6 +584,49 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
     }
 }
 
+/// Runs `mqtt bench` on a runtime of its own and prints the summary.
+#[cfg(feature = "bench")]
+fn run_bench(cmd: BenchCmd) -> Result<(), Fail> {
+    init_logging(cmd.conn.debug);
+    let (options, url_topic) = options(&cmd.conn, "bench")?;
+    options.validate().map_err(|e| Fail::usage(e.0))?;
+    let mut args = cmd.bench;
+    // As for pub and sub, -L URL/TOPIC names the topic when -t does not.
+    args.topic = args.topic.or(url_topic);
+    let summary = mqtt_tokio::bench::run(options, &args).map_err(|e| Fail::usage(e.0))?;
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| Fail(EXIT_UNREACHABLE, format!("cannot render the result: {e}")))?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, format!("{json}\n")).map_err(|e| {
+            Fail(
+                EXIT_UNREACHABLE,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    let text = if args.json {
+        format!("{json}\n")
+    } else {
+        summary.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    if summary.ok {
+        return Ok(());
+    }
+    let refused = summary
+        .errors
+        .iter()
+        .any(|e| e.contains("connection refused"));
+    let code = if refused {
+        EXIT_REFUSED
+    } else {
+        EXIT_UNREACHABLE
+    };
+    let first = summary.errors.first().cloned().unwrap_or_default();
+    Err(Fail(code, format!("bench: {first}")))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
@@ -560,6 +634,16 @@ fn main() -> ExitCode {
         Command::Passwd(args) => return broker_cli::run_passwd(args),
         other => other,
     };
+    #[cfg(feature = "bench")]
+    if let Command::Bench(cmd) = command {
+        return match run_bench(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Fail(code, msg)) => {
+                eprintln!("mqtt: {msg}");
+                ExitCode::from(code)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -575,6 +659,8 @@ fn main() -> ExitCode {
             Command::Pub(args) => run_pub(args).await,
             Command::Sub(args) => run_sub(args).await,
             Command::Broker(_) | Command::Passwd(_) => Ok(()),
+            #[cfg(feature = "bench")]
+            Command::Bench(_) => Err(Fail::usage("bench runs on its own runtime")),
         }
     });
     match result {
