@@ -1262,7 +1262,6 @@ impl Broker {
             return;
         };
         let Some(sid) = c.session else { return };
-        let version = c.version;
         let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -1274,13 +1273,11 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
-        let rc = if known || !version.is_v5() {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
-        };
+        // An unknown id is a PUBREL resent after a reconnect whose PUBCOMP was lost: the
+        // message was released already, so it is complete (as mosquitto answers; clients
+        // that treat 0x92 as a failure would report a delivered message as refused).
         c.pubcomp_unsent += 1;
-        self.ack(conn, Control::PubComp(pid, rc));
+        self.ack(conn, Control::PubComp(pid, ReasonCode::Success));
     }
 
     fn on_subscribe(&mut self, conn: ConnId, now: Instant, p: &Subscribe<'_>) {
