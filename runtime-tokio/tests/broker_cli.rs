@@ -11,25 +11,45 @@ use mqtt_proto::{Connect, Packet, ProtocolVersion, ReasonCode, Status, decode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt");
 
+thread_local! {
+    /// The log file of each broker a test started, by process id.
+    static LOGS: std::cell::RefCell<std::collections::HashMap<u32, std::fs::File>> =
+        Default::default();
+}
+
 /// Starts `mqtt broker ARGS` and returns it with the port of its first listener.
 fn start(args: &[&str]) -> (Child, u16) {
-    let mut child = Command::new(BIN)
-        .arg("broker")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let port = line
+    let (child, lines) = start_lines(args, 1);
+    let port = lines[0]
         .trim()
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        .unwrap_or_else(|| panic!("no listening line: {lines:?}"));
     (child, port)
+}
+
+/// Starts `mqtt broker ARGS` and returns it with the first `n` lines it printed.
+fn start_lines(args: &[&str], n: usize) -> (Child, Vec<String>) {
+    // The log goes to a file: a pipe nobody reads would fill and stall the broker.
+    let log = tempfile::tempfile().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("broker")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    LOGS.with(|l| l.borrow_mut().insert(child.id(), log));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let lines = (0..n)
+        .map(|_| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line
+        })
+        .collect();
+    (child, lines)
 }
 
 fn connect(port: u16, v: ProtocolVersion, user: Option<(&str, &[u8])>) -> (TcpStream, Vec<u8>) {
@@ -84,12 +104,11 @@ fn wait(mut child: Child) -> (Option<i32>, String) {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+            if let Some(mut log) = LOGS.with(|l| l.borrow_mut().remove(&child.id())) {
+                use std::io::Seek;
+                log.seek(std::io::SeekFrom::Start(0)).unwrap();
+                log.read_to_string(&mut err).unwrap();
+            }
             return (status.code(), err);
         }
         assert!(Instant::now() < deadline, "the broker did not exit");
@@ -203,4 +222,108 @@ fn passwd_entries_log_in_and_json_logs_hold_no_password() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v.get("level").is_some(), "{l}");
     }
+}
+
+/// Metrics text from the broker's HTTP endpoint.
+fn metrics(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn gauge(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(-1.0)
+}
+
+/// 10 000 clients connected at once to `mqtt broker` (its own process, so that each side fits
+/// in the file limit): all get CONNACK, /metrics counts them, a message still goes through, and
+/// when they go the count returns to 0.
+#[test]
+fn ten_thousand_concurrent_connections() {
+    const N: usize = 10_000;
+    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    rlimit::Resource::NOFILE.set(hard, hard).unwrap();
+    assert!(
+        hard >= N as u64 + 500,
+        "the file limit {hard} is too low for {N} connections"
+    );
+    let (child, lines) = start_lines(
+        &[
+            "--listen",
+            "mqtt://127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        2,
+    );
+    let port: u16 = lines[0].trim().rsplit(':').next().unwrap().parse().unwrap();
+    let http = lines[1]
+        .trim()
+        .trim_start_matches("http on http://")
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let v = ProtocolVersion::V311;
+        let mut conns = Vec::with_capacity(N);
+        let mut tasks = tokio::task::JoinSet::new();
+        for chunk in 0..N / 500 {
+            for i in 0..500 {
+                let id = format!("many-{}", chunk * 500 + i);
+                tasks.spawn(async move { tests::raw::Raw::connect(addr, v, &id).await });
+            }
+            while let Some(r) = tasks.join_next().await {
+                conns.push(r.unwrap());
+            }
+        }
+        let mut first = conns.swap_remove(0);
+        let mut last = conns.pop().unwrap();
+        assert_eq!(
+            first
+                .subscribe("many/t", mqtt_proto::QoS::AtLeastOnce)
+                .await,
+            [ReasonCode::GrantedQoS1]
+        );
+        last.publish("many/t", b"hello", mqtt_proto::QoS::AtLeastOnce, 1)
+            .await;
+        assert_eq!(
+            last.recv().await,
+            Some(tests::raw::Got::PubAck(1, ReasonCode::Success))
+        );
+        let got = first.recv().await;
+        assert!(
+            matches!(&got, Some(tests::raw::Got::Publish { payload, .. }) if payload == b"hello"),
+            "{got:?}"
+        );
+        let m = metrics(&http);
+        assert_eq!(gauge(&m, "mqtt_broker_connections "), N as f64, "{m}");
+        drop((first, last));
+        let open = conns.len() + 2;
+        drop(conns);
+        // Every connection closes, and the broker counts none left.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gauge(&metrics(&http), "mqtt_broker_connections ") != 0.0 {
+            assert!(Instant::now() < deadline, "connections left open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        open
+    });
+    assert_eq!(result, N);
+    drop(rt);
+    sigterm(&child);
+    let (code, err) = wait(child);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.matches("connection closed").count() >= N,
+        "closes logged"
+    );
 }

@@ -20,6 +20,7 @@ pub mod mosquitto;
 pub mod node;
 pub mod peers;
 pub mod proxy;
+pub mod raw;
 
 /// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
 ///
