@@ -871,7 +871,7 @@ impl Broker {
             return;
         };
         c.keep_alive_ms = u64::from(keep_alive) * 1500;
-        c.client_receive_max = receive_max;
+        c.client_receive_max = receive_max.min(self.cfg.max_inflight.max(1));
         c.client_max_packet = usize::try_from(max_packet).unwrap_or(usize::MAX);
         c.aliases = (0..self.cfg.topic_alias_maximum).map(|_| None).collect();
         c.connect_expiry_zero = connect_expiry_zero;
