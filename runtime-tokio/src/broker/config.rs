@@ -154,6 +154,8 @@ pub struct BrokerConfig {
     pub connect_timeout: u64,
     /// QoS 1/2 publishes a client may have unacknowledged towards the broker.
     pub receive_maximum: u16,
+    /// QoS 1/2 messages sent to a client unacknowledged at most (below its Receive Maximum).
+    pub max_inflight: u16,
     /// Messages one session may hold (queued and in flight).
     pub max_queued_messages: usize,
     /// Bytes one session may hold (queued and in flight).
@@ -184,6 +186,7 @@ impl Default for BrokerConfig {
             max_connections: 0,
             connect_timeout: core.connect_timeout.as_secs(),
             receive_maximum: core.receive_maximum,
+            max_inflight: core.max_inflight,
             max_queued_messages: core.limits.session_messages,
             max_queued_bytes: core.limits.session_bytes,
             max_queued_bytes_total: core.limits.total_bytes,
@@ -268,6 +271,9 @@ impl BrokerConfig {
                 "connect_timeout must be at least 1 second",
             ));
         }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::new("max_inflight must be at least 1"));
+        }
         if self.max_queued_messages == 0 {
             return Err(ConfigError::new("max_queued_messages must be at least 1"));
         }
@@ -299,6 +305,7 @@ impl BrokerConfig {
             max_keep_alive: self.max_keep_alive,
             connect_timeout: Duration::from_secs(self.connect_timeout),
             max_session_expiry: self.max_session_expiry,
+            max_inflight: self.max_inflight,
             authenticate,
             sys_interval: (self.sys_interval > 0).then(|| Duration::from_secs(self.sys_interval)),
             limits: Limits {

@@ -50,6 +50,9 @@ pub struct BrokerArgs {
     /// QoS 1/2 publishes a client may have unacknowledged towards the broker.
     #[arg(long)]
     receive_maximum: Option<u16>,
+    /// QoS 1/2 messages sent to a client unacknowledged at most.
+    #[arg(long)]
+    max_inflight: Option<u16>,
     /// Messages one session may hold.
     #[arg(long)]
     max_queued_messages: Option<usize>,
@@ -110,6 +113,7 @@ impl BrokerArgs {
             max_connections,
             connect_timeout,
             receive_maximum,
+            max_inflight,
             max_queued_messages,
             max_queued_bytes,
             max_queued_bytes_total,
