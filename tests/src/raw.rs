@@ -125,7 +125,8 @@ impl Raw {
 
     /// Sends one packet.
     pub async fn send(&mut self, p: &Packet<'_>) {
-        let mut b = vec![0u8; 8192];
+        let len = p.encoded_len(self.v).expect("the packet encodes");
+        let mut b = vec![0u8; len];
         let n = p.encode(self.v, &mut b).expect("the packet encodes");
         self.s.write_all(&b[..n]).await.expect("the write succeeds");
     }

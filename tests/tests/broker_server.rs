@@ -644,3 +644,112 @@ async fn malformed_packets_close_only_their_connection() {
     })
     .await;
 }
+
+/// With `use_identity_as_username`, the client certificate's common name is the user name the
+/// ACL sees: the CN's topics are allowed, others are not (SUBACK 0x87), whatever user name
+/// the CONNECT carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_common_name_is_the_acl_user() {
+    bounded(async {
+        let certs = Certs::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(
+            &acl,
+            format!(
+                "user {}\ntopic readwrite cn/#\nuser impostor\ntopic readwrite #\n",
+                tests::certs::CLIENT_NAME
+            ),
+        )
+        .unwrap();
+        let mut cfg = BrokerConfig::new("mqtts://127.0.0.1:0");
+        cfg.tls.cert_file = Some(certs.server_cert());
+        cfg.tls.key_file = Some(certs.server_key());
+        cfg.tls.client_ca_file = Some(certs.ca_pem());
+        cfg.tls.require_certificate = true;
+        cfg.tls.use_identity_as_username = true;
+        cfg.acl_file = Some(acl);
+        let broker = start(cfg).await;
+        let opts = Options::new(&broker.urls()[0])
+            .unwrap()
+            .client_id("cn")
+            .version(V5)
+            .credentials("impostor", "whatever")
+            .ca_file(certs.ca_pem())
+            .client_cert(certs.client_cert(), certs.client_key());
+        let c = Client::spawn(opts).unwrap();
+        c.wait_connected(WAIT).await.unwrap();
+        assert_eq!(
+            c.subscribe("cn/t", QoS::AtLeastOnce).await.unwrap(),
+            ReasonCode::GrantedQoS1
+        );
+        assert_eq!(
+            c.subscribe("other/t", QoS::AtLeastOnce).await.unwrap(),
+            ReasonCode::NotAuthorized
+        );
+        c.disconnect().await;
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// `sys_interval` publishes `$SYS/broker/...` counters that a subscriber to `$SYS/#` gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_are_published() {
+    bounded(async {
+        let mut cfg = local();
+        cfg.sys_interval = 1;
+        let broker = start(cfg).await;
+        let mut raw = Raw::connect(broker.local_addr(), V311, "sys").await;
+        assert_eq!(
+            raw.subscribe("$SYS/broker/#", QoS::AtMostOnce).await,
+            [ReasonCode::Success]
+        );
+        let mut topics = std::collections::BTreeSet::new();
+        while topics.len() < 3 {
+            match raw.recv().await {
+                Some(Got::Publish { topic, .. }) => {
+                    assert!(topic.starts_with("$SYS/broker/"), "{topic}");
+                    topics.insert(topic);
+                }
+                other => panic!("{other:?} after {topics:?}"),
+            }
+        }
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// A publish larger than the read-ahead buffer (300 KB, under the 1 MB packet limit) goes
+/// through whole, and one over the limit closes only its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_packets_pass_and_oversized_ones_are_refused() {
+    bounded(async {
+        let broker = start(local()).await;
+        let mut sub = Raw::connect(broker.local_addr(), V5, "big-sub").await;
+        assert_eq!(
+            sub.subscribe("big", QoS::AtLeastOnce).await,
+            [ReasonCode::GrantedQoS1]
+        );
+        let mut p = Raw::connect(broker.local_addr(), V5, "big-pub").await;
+        let payload = vec![42u8; 300_000];
+        p.publish("big", &payload, QoS::AtLeastOnce, 1).await;
+        assert_eq!(p.recv().await, Some(Got::PubAck(1, ReasonCode::Success)));
+        match sub.recv().await {
+            Some(Got::Publish { payload: got, .. }) => assert_eq!(got, payload),
+            other => panic!("{other:?}"),
+        }
+        let huge = vec![1u8; 1_100_000];
+        p.publish("big", &huge, QoS::AtMostOnce, 0).await;
+        assert_eq!(
+            p.recv().await,
+            Some(Got::Disconnect(ReasonCode::PacketTooLarge))
+        );
+        sub.publish("big", b"after", QoS::AtMostOnce, 0).await;
+        assert!(
+            matches!(sub.recv().await, Some(Got::Publish { payload, .. }) if payload == b"after")
+        );
+        broker.stop().await;
+    })
+    .await;
+}

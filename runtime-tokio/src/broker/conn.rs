@@ -187,7 +187,8 @@ pub(crate) async fn serve(
     conn.run(io).await;
 }
 
-/// Bytes kept unread in front of the core before the task stops reading from the socket.
+/// Bytes kept unread in front of the core before the task stops reading from the socket (and
+/// room for one whole packet of the largest size allowed above it).
 const READ_AHEAD: usize = 64 * 1024;
 /// Bytes encoded for the socket before they are written (and the lock released).
 const WRITE_BATCH: usize = 64 * 1024;
@@ -249,9 +250,12 @@ impl Conn {
                 self.service();
                 continue;
             }
-            let room = self.rbuf.len() < READ_AHEAD;
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(4096);
+            // Room for one more whole packet: a packet larger than READ_AHEAD must fit.
+            let max_packet = self.shared.cfg.max_packet_size as usize;
+            let room = self.rbuf.len() < READ_AHEAD + max_packet.saturating_add(5);
+            // Small for an idle connection (memory per connection), doubling when busy.
+            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(self.rbuf.len().max(1024));
             }
             tokio::select! {
                 _ = self.slot.notify.notified() => self.service(),
@@ -306,8 +310,9 @@ impl Conn {
                 self.more = true;
                 return;
             }
-            if self.out.len() < self.filled + 512 {
-                self.out.resize(self.filled + 2048, 0);
+            if self.out.len() < self.filled + 256 {
+                let len = (self.filled + 512).max(self.out.len() * 2);
+                self.out.resize(len, 0);
             }
             let buf = self.out.get_mut(self.filled..).unwrap_or_default();
             match core.broker.poll_transmit(self.id, now, buf) {
