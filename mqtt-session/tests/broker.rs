@@ -824,6 +824,33 @@ fn client_receive_maximum_is_honoured() {
 }
 
 #[test]
+fn max_inflight_caps_what_is_sent_unacknowledged() {
+    let mut net = Net::new(Config {
+        max_inflight: 3,
+        ..Config::default()
+    });
+    // The client allows 10; the broker's bound (3) is lower and wins.
+    let s = net.raw(V5);
+    let props = [Property::ReceiveMaximum(10)];
+    net.send(s, &connect_v5("s", true, &props));
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("f"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    net.take_frames(s);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "p");
+    for i in 0..6u8 {
+        publish(&mut net, p, "f", &[i], QoS::AtLeastOnce, false);
+    }
+    assert_eq!(publishes(&net.take_frames(s), V5).len(), 3);
+    net.send(s, &Packet::PubAck(mqtt_proto::Ack::new(pid(1))));
+    let next = publishes(&net.take_frames(s), V5);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].4, [3]);
+}
+
+#[test]
 fn our_receive_maximum_is_enforced_with_0x93() {
     let mut net = Net::new(Config {
         receive_maximum: 2,

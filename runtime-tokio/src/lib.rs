@@ -34,6 +34,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod broker;
 pub mod codec;
 
 pub use codec::MqttCodec;

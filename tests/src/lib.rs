@@ -22,6 +22,7 @@ pub mod node;
 pub mod peers;
 pub mod proxy;
 pub mod runtimes;
+pub mod raw;
 
 /// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
 ///

@@ -345,6 +345,29 @@ impl Broker {
         Ok(())
     }
 
+    /// The server ends `conn` (e.g. 0x8B when it shuts down): DISCONNECT with `reason` at
+    /// MQTT 5, the will is published, and [`Event::Close`] follows.
+    pub fn handle_disconnect(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        reason: ReasonCode,
+    ) -> Result<(), Error> {
+        if !self.conns.contains_key(&conn) {
+            return Err(Error::UnknownConnection);
+        }
+        self.end_conn(
+            conn,
+            now,
+            End {
+                will: true,
+                send: Some(reason),
+                reason: CloseReason::Server(reason),
+            },
+        );
+        Ok(())
+    }
+
     /// Feeds bytes received on `conn`; returns how many it consumed (whole packets only).
     pub fn handle_read(
         &mut self,
@@ -883,7 +906,7 @@ impl Broker {
             return;
         };
         c.keep_alive_ms = u64::from(keep_alive) * 1500;
-        c.client_receive_max = receive_max;
+        c.client_receive_max = receive_max.min(self.cfg.max_inflight.max(1));
         c.client_max_packet = usize::try_from(max_packet).unwrap_or(usize::MAX);
         c.aliases = (0..self.cfg.topic_alias_maximum).map(|_| None).collect();
         c.connect_expiry_zero = connect_expiry_zero;
@@ -1283,7 +1306,6 @@ impl Broker {
             return;
         };
         let Some(sid) = c.session else { return };
-        let version = c.version;
         let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -1295,13 +1317,11 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
-        let rc = if known || !version.is_v5() {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
-        };
+        // An unknown id is a PUBREL resent after a reconnect whose PUBCOMP was lost: the
+        // message was released already, so it is complete (as mosquitto answers; clients
+        // that treat 0x92 as a failure would report a delivered message as refused).
         c.pubcomp_unsent += 1;
-        self.ack(conn, Control::PubComp(pid, rc));
+        self.ack(conn, Control::PubComp(pid, ReasonCode::Success));
     }
 
     fn on_subscribe(&mut self, conn: ConnId, now: Instant, p: &Subscribe<'_>) {

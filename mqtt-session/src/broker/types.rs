@@ -82,6 +82,9 @@ pub struct Config {
     pub limits: Limits,
     /// Publish `$SYS/broker/...` counters (retained) at this interval.
     pub sys_interval: Option<Duration>,
+    /// QoS 1/2 messages the broker sends a client before it waits for acknowledgments, below
+    /// the client's own Receive Maximum.
+    pub max_inflight: u16,
     /// Prefix of the client identifiers assigned to MQTT 5 clients that send an empty one.
     pub assigned_id_prefix: &'static str,
 }
@@ -99,6 +102,7 @@ impl Default for Config {
             hold_acks_until_durable: false,
             limits: Limits::default(),
             sys_interval: None,
+            max_inflight: u16::MAX,
             assigned_id_prefix: "auto-",
         }
     }
@@ -206,6 +210,8 @@ pub enum CloseReason {
     ConnectTimeout,
     /// The runtime reported the transport closed.
     TransportClosed,
+    /// The runtime ended it with [`Broker::handle_disconnect`](super::Broker::handle_disconnect).
+    Server(ReasonCode),
 }
 
 /// Something the runtime must act on; drain [`Broker::poll_event`](super::Broker::poll_event).

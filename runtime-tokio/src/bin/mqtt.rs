@@ -13,6 +13,9 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use mqtt_tokio::{Client, ConnectError, Event, Options, QoS, Scheme};
 use tokio::sync::mpsc;
 
+#[path = "mqtt/broker_cli.rs"]
+mod broker_cli;
+
 const AFTER_HELP: &str = "\
 Exit codes:
   0   success
@@ -57,6 +60,10 @@ enum Command {
     /// Subscribe and print messages (like mosquitto_sub).
     #[command(disable_help_flag = true, after_help = AFTER_HELP)]
     Sub(SubArgs),
+    /// Run the MQTT broker server (see `mqtt broker --help`).
+    Broker(broker_cli::BrokerArgs),
+    /// Add, replace or delete a user of a mosquitto password file.
+    Passwd(broker_cli::PasswdArgs),
     /// Load-test a broker: publishers, subscribers, connections; rates, losses, latency.
     #[cfg(feature = "bench")]
     #[command(disable_help_flag = true, after_help = BENCH_AFTER_HELP)]
@@ -795,8 +802,13 @@ fn run_bench(cmd: BenchCmd) -> Result<(), Fail> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Broker(args) => return broker_cli::run_broker(args),
+        Command::Passwd(args) => return broker_cli::run_passwd(args),
+        other => other,
+    };
     #[cfg(feature = "bench")]
-    if let Command::Bench(cmd) = cli.command {
+    if let Command::Bench(cmd) = command {
         return match run_bench(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(Fail(code, msg)) => {
@@ -816,9 +828,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Pub(args) => run_pub(args).await,
             Command::Sub(args) => run_sub(args).await,
+            Command::Broker(_) | Command::Passwd(_) => Ok(()),
             #[cfg(feature = "bench")]
             Command::Bench(_) => Err(Fail::usage("bench runs on its own runtime")),
         }

@@ -1,0 +1,404 @@
+//! One connection's task: handshake (TLS, WebSocket), then bytes in and out of the core.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use mqtt_proto::ReasonCode;
+use mqtt_session::broker::{Answer, ConnId, Error as CoreError, Question};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_util::either::Either;
+
+use super::config::ListenKind;
+use super::{Core, Shared, Slot};
+
+/// What a listener's connections need for their handshake.
+pub(crate) struct ListenerCtx {
+    pub kind: ListenKind,
+    pub path: String,
+    pub tls: Option<TlsAcceptor>,
+}
+
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// The transport after its handshake.
+enum Io {
+    Stream(Stream),
+    Ws(Box<WebSocketStream<Stream>>),
+}
+
+impl Io {
+    /// Reads what is there into `buf`; 0 at the end of the stream.
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Io::Stream(s) => s.read_buf(buf).await,
+            Io::Ws(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(0),
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                        buf.extend_from_slice(&b);
+                        return Ok(b.len());
+                    }
+                    // MQTT over WebSocket is carried in binary frames only [MQTT-6.0.0-1].
+                    Some(Ok(Message::Text(_))) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "text frame on an MQTT WebSocket",
+                        ));
+                    }
+                    Some(Ok(_)) => {} // ping, pong: tungstenite answers pings itself
+                }
+            },
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Io::Stream(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Io::Ws(ws) => ws
+                .send(Message::Binary(bytes::Bytes::copy_from_slice(data)))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Io::Stream(s) => s.shutdown().await,
+            Io::Ws(ws) => SinkExt::close(ws).await.map_err(io::Error::other),
+        };
+    }
+}
+
+/// Decrements the open-connection count when the task ends, however it ends.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The handshake: TLS (with the client certificate's common name), WebSocket upgrade.
+async fn handshake(sock: TcpStream, ctx: &ListenerCtx) -> io::Result<(Io, Option<String>)> {
+    let (stream, identity) = match &ctx.tls {
+        Some(acceptor) => {
+            let s = acceptor.accept(sock).await?;
+            let cn = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(super::tls::common_name);
+            (Either::Right(Box::new(s)), cn)
+        }
+        None => (Either::Left(sock), None),
+    };
+    if !matches!(ctx.kind, ListenKind::Ws | ListenKind::Wss) {
+        return Ok((Io::Stream(stream), identity));
+    }
+    let path = ctx.path.clone();
+    // The signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != path {
+            let mut err = ErrorResponse::new(Some("no MQTT endpoint here".into()));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        // Browsers drop the connection unless the server picks the subprotocol they offer.
+        let offers_mqtt = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
+        if offers_mqtt {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+        }
+        Ok(resp)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+        .await
+        .map_err(io::Error::other)?;
+    Ok((Io::Ws(Box::new(ws)), identity))
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+) {
+    let _open = OpenGuard(shared.clone());
+    let limit = Duration::from_secs(shared.cfg.connect_timeout);
+    let (io, identity) = match tokio::time::timeout(limit, handshake(sock, &ctx)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let slot = Arc::new(Slot::default());
+    let id = {
+        let mut core = shared.lock();
+        if core.stopping {
+            return;
+        }
+        let id = core.broker.handle_open(shared.now());
+        core.slots.insert(id, slot.clone());
+        id
+    };
+    tracing::debug!(conn = %id, %peer, "connection opened");
+    let mut conn = Conn {
+        shared,
+        id,
+        slot,
+        rbuf: BytesMut::new(),
+        out: Vec::new(),
+        filled: 0,
+        more: false,
+        gone: false,
+        identity,
+        peer,
+    };
+    conn.run(io).await;
+}
+
+/// Bytes kept unread in front of the core before the task stops reading from the socket (and
+/// room for one whole packet of the largest size allowed above it).
+const READ_AHEAD: usize = 64 * 1024;
+/// Bytes encoded for the socket before they are written (and the lock released).
+const WRITE_BATCH: usize = 64 * 1024;
+
+struct Conn {
+    shared: Arc<Shared>,
+    id: ConnId,
+    slot: Arc<Slot>,
+    /// Received bytes the core has not consumed yet.
+    rbuf: BytesMut,
+    /// Encoded packets, `..filled` to be written.
+    out: Vec<u8>,
+    filled: usize,
+    /// `poll_transmit` had more when the batch was full.
+    more: bool,
+    /// The core forgot the connection.
+    gone: bool,
+    identity: Option<String>,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    async fn run(&mut self, mut io: Io) {
+        let reason = loop {
+            if self.filled > 0 {
+                let write = io.write(self.out.get(..self.filled).unwrap_or_default());
+                if let Err(e) = write.await {
+                    break format!("write failed: {e}");
+                }
+                let c = &self.shared.counters;
+                c.bytes_out.fetch_add(self.filled as u64, Ordering::Relaxed);
+                self.filled = 0;
+                // A write may unblock the core (it stops reading while it owes many packets).
+                if !self.rbuf.is_empty() || self.more {
+                    self.service();
+                    continue;
+                }
+            }
+            let work = self.slot.take();
+            for q in work.questions {
+                self.answer(q).await;
+            }
+            if self.filled > 0 && work.close.is_none() {
+                continue;
+            }
+            if let Some(reason) = work.close {
+                self.service();
+                if self.filled > 0 {
+                    let _ = io
+                        .write(self.out.get(..self.filled).unwrap_or_default())
+                        .await;
+                }
+                break format!("{reason:?}");
+            }
+            if self.gone {
+                break "closed".into();
+            }
+            if self.more {
+                self.service();
+                continue;
+            }
+            // Room for one more whole packet: a packet larger than READ_AHEAD must fit.
+            let max_packet = self.shared.cfg.max_packet_size as usize;
+            let room = self.rbuf.len() < READ_AHEAD + max_packet.saturating_add(5);
+            // Small for an idle connection (memory per connection), doubling when busy.
+            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(self.rbuf.len().max(1024));
+            }
+            tokio::select! {
+                _ = self.slot.notify.notified() => self.service(),
+                r = io.read(&mut self.rbuf), if room => match r {
+                    Ok(0) => break "closed by the client".into(),
+                    Ok(n) => {
+                        self.shared.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        self.service();
+                    }
+                    Err(e) => break format!("read failed: {e}"),
+                },
+            }
+            // An idle connection gives back what a burst made its buffers grow to.
+            if self.rbuf.is_empty() && self.rbuf.capacity() > READ_AHEAD {
+                self.rbuf = BytesMut::new();
+            }
+            if self.filled == 0 && self.out.len() > WRITE_BATCH * 2 {
+                self.out = Vec::new();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), io.shutdown())
+            .await
+            .ok();
+        let mut core = self.shared.lock();
+        let _ = core.broker.handle_close(self.id, self.shared.now());
+        core.slots.remove(&self.id);
+        core.dispatch(self.id);
+        drop(core);
+        tracing::info!(conn = %self.id, peer = %self.peer, reason, "connection closed");
+    }
+
+    /// Under the lock: feeds unread bytes, hands out the core's output, drains this
+    /// connection's packets into its write buffer.
+    fn service(&mut self) {
+        let shared = self.shared.clone();
+        let mut core = shared.lock();
+        self.service_locked(&mut core);
+    }
+
+    fn service_locked(&mut self, core: &mut Core) {
+        let now = self.shared.now();
+        if !self.rbuf.is_empty() && !self.more {
+            match core.broker.handle_read(self.id, now, &self.rbuf) {
+                Ok(n) => self.rbuf.advance(n),
+                Err(_) => self.gone = true,
+            }
+        }
+        core.dispatch(self.id);
+        self.more = false;
+        loop {
+            if self.filled >= WRITE_BATCH {
+                self.more = true;
+                return;
+            }
+            if self.out.len() < self.filled + 256 {
+                let len = (self.filled + 512).max(self.out.len() * 2);
+                self.out.resize(len, 0);
+            }
+            let buf = self.out.get_mut(self.filled..).unwrap_or_default();
+            match core.broker.poll_transmit(self.id, now, buf) {
+                Ok(Some(n)) => self.filled += n,
+                Ok(None) => return,
+                Err(CoreError::BufferTooSmall { needed }) => {
+                    self.out.resize(self.filled + needed, 0);
+                }
+                Err(_) => {
+                    self.gone = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers an authentication question (the password check runs off the workers).
+    async fn answer(&mut self, q: Question) {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let (answer, who) = match q {
+            Question::Connect {
+                client_id,
+                username,
+                password,
+                method,
+                ..
+            } => {
+                let who = (client_id.clone(), username.clone());
+                let answer = if method.is_some() {
+                    Answer::Refuse(ReasonCode::BadAuthenticationMethod)
+                } else if cfg.tls.use_identity_as_username {
+                    match (&self.identity, &shared.identities) {
+                        (Some(cn), Some(ids)) => {
+                            ids.write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(client_id.to_string(), cn.clone());
+                            Answer::Accept
+                        }
+                        _ => Answer::Refuse(ReasonCode::NotAuthorized),
+                    }
+                } else {
+                    match (username, shared.passwords.is_some()) {
+                        (None, _) if cfg.allow_anonymous => Answer::Accept,
+                        (None, _) | (Some(_), false) => Answer::Refuse(ReasonCode::NotAuthorized),
+                        (Some(user), true) => {
+                            let s = shared.clone();
+                            let password = password.unwrap_or_default();
+                            // PBKDF2 takes milliseconds: not on a worker thread.
+                            let ok = tokio::task::spawn_blocking(move || {
+                                s.passwords
+                                    .as_ref()
+                                    .is_some_and(|p| p.verify(&user, &password))
+                            })
+                            .await
+                            .unwrap_or(false);
+                            if ok {
+                                Answer::Accept
+                            } else {
+                                Answer::Refuse(ReasonCode::BadUserNameOrPassword)
+                            }
+                        }
+                    }
+                };
+                (answer, Some(who))
+            }
+            Question::Auth { .. } => (Answer::Refuse(ReasonCode::BadAuthenticationMethod), None),
+            _ => return,
+        };
+        if let Some((client_id, username)) = who {
+            let user = self.identity.as_deref().or(username.as_deref());
+            match &answer {
+                Answer::Accept => {
+                    tracing::info!(conn = %self.id, peer = %self.peer, %client_id, username = user, "authenticated");
+                }
+                Answer::Refuse(rc) => {
+                    tracing::warn!(conn = %self.id, peer = %self.peer, %client_id, username = user, reason = %rc, "refused");
+                }
+                Answer::Continue(_) => {}
+            }
+        }
+        let shared = self.shared.clone();
+        let mut core = shared.lock();
+        let _ = core
+            .broker
+            .handle_auth_answer(self.id, self.shared.now(), answer);
+        self.service_locked(&mut core);
+    }
+}

@@ -1,0 +1,543 @@
+//! The MQTT broker server: the sans-IO [`mqtt_session::broker`] core on tokio.
+//!
+//! This module owns sockets, TLS, WebSocket, timers, tasks and files; every MQTT rule lives in
+//! the core. One task per connection (never one per message), spread over tokio's worker
+//! threads, and one timer task.
+//!
+//! # How the core is shared
+//! One core [`Broker`](mqtt_session::broker::Broker) sits behind a `std::sync::Mutex` that is
+//! held only for a `handle_read` (decode and route what one socket read brought) and the drain
+//! of the wakes, events and the task's own `poll_transmit` that follows, never across I/O, a
+//! TLS handshake or a password check. A delivery to another connection is a name from
+//! `poll_wake` handed to that connection's task (a `Notify`), which takes the lock itself to
+//! pull its packets into its own write buffer, and writes them without the lock. A client that
+//! does not read only stops its own task (its session queue is bounded by the core's limits).
+//!
+//! The records a durable store must keep (`poll_record`) are drained in one place
+//! ([`Core::dispatch`]); without a store they are dropped, and acks are not held.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mqtt_tokio::broker::{Broker, BrokerConfig};
+//! let broker = Broker::start(BrokerConfig::new("mqtt://127.0.0.1:0")).await?;
+//! println!("listening on {}", broker.local_addr());
+//! broker.stop().await; // DISCONNECT 0x8B to MQTT 5 clients, then return
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod conn;
+mod http;
+mod tls;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use mqtt_proto::ReasonCode;
+use mqtt_session::Instant;
+use mqtt_session::broker::acl::{Access, AclFile};
+use mqtt_session::broker::password::PasswordFile;
+use mqtt_session::broker::{
+    Action, Broker as Core0, ClientInfo, CloseReason, ConnId, Event, Question, Stats,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{BrokerConfig, ConfigError, Listen, ListenKind, TlsConfig};
+
+/// Why the broker could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid, or a file it names cannot be read or parsed.
+    Config(ConfigError),
+    /// A listener could not be bound.
+    Bind {
+        /// The listener's URL.
+        url: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "configuration: {e}"),
+            StartError::Bind { url, source } => write!(f, "cannot listen on {url}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+/// Counters of the server (the core counts the MQTT side).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub open: AtomicU64,
+    pub refused_max_connections: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    lock_acquired: AtomicU64,
+    lock_wait_ns: AtomicU64,
+    lock_held_ns: AtomicU64,
+}
+
+/// How much the core's lock was used and waited for since the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockStats {
+    /// Times the lock was taken.
+    pub acquired: u64,
+    /// Time spent waiting for it, summed over all tasks.
+    pub waited: Duration,
+    /// Time it was held.
+    pub held: Duration,
+}
+
+/// What one connection's task is told by the others (through the core's lock).
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub notify: Notify,
+    pub state: Mutex<SlotState>,
+}
+
+/// Work for a connection's task.
+#[derive(Debug, Default)]
+pub(crate) struct SlotState {
+    /// The core ended the connection: flush and close.
+    pub close: Option<CloseReason>,
+    /// Authentication questions to answer.
+    pub questions: Vec<Question>,
+}
+
+impl Slot {
+    pub fn take(&self) -> SlotState {
+        std::mem::take(&mut *self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SlotState)) {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// The core and the connections' slots, behind one lock.
+pub(crate) struct Core {
+    pub broker: Core0,
+    pub slots: HashMap<ConnId, Arc<Slot>>,
+    /// Set under the lock by `stop`, so no connection registers after it.
+    pub stopping: bool,
+}
+
+impl Core {
+    /// Hands the core's output to whom it concerns: wakes to the tasks named (not `me`, which
+    /// drains its own afterwards), questions and closes to their connection's slot, records
+    /// to the store (none yet: dropped, and acks are not held).
+    pub fn dispatch(&mut self, me: ConnId) {
+        while let Some(id) = self.broker.poll_wake() {
+            if id != me
+                && let Some(s) = self.slots.get(&id)
+            {
+                s.notify.notify_one();
+            }
+        }
+        while let Some(event) = self.broker.poll_event() {
+            let conn = match &event {
+                Event::Ask(Question::Connect { conn, .. } | Question::Auth { conn, .. })
+                | Event::Close { conn, .. } => *conn,
+                _ => continue,
+            };
+            let Some(s) = self.slots.get(&conn) else {
+                continue;
+            };
+            s.update(|state| match event {
+                Event::Ask(q) => state.questions.push(q),
+                Event::Close { reason, .. } => state.close = Some(reason),
+                _ => {}
+            });
+            if conn != me {
+                s.notify.notify_one();
+            }
+        }
+        // The seam of the durable broker: a store task takes these and reports back with
+        // `handle_durable` (with `hold_acks_until_durable`). Without one they are dropped.
+        while self.broker.poll_record().is_some() {}
+    }
+}
+
+/// What every task of one broker shares.
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    epoch: std::time::Instant,
+    pub cfg: BrokerConfig,
+    pub passwords: Option<PasswordFile>,
+    /// Client id to certificate common name, with `use_identity_as_username`.
+    pub identities: Option<Arc<RwLock<HashMap<String, String>>>>,
+    pub counters: Counters,
+    pub stopping: AtomicBool,
+    /// Ends the accept loops, the HTTP endpoint and the timer.
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    pub listeners: Vec<(Listen, SocketAddr)>,
+}
+
+/// The core's lock, counting how long it is held.
+pub(crate) struct CoreGuard<'a> {
+    guard: MutexGuard<'a, Core>,
+    since: std::time::Instant,
+    counters: &'a Counters,
+}
+
+impl Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.guard
+    }
+}
+
+impl DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.guard
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters
+            .lock_held_ns
+            .fetch_add(held, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// The core's clock: milliseconds since the broker started.
+    pub fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Takes the core's lock (never held across an `.await`).
+    pub fn lock(&self) -> CoreGuard<'_> {
+        let t = std::time::Instant::now();
+        let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = std::time::Instant::now();
+        let c = &self.counters;
+        c.lock_acquired.fetch_add(1, Ordering::Relaxed);
+        let waited = u64::try_from((since - t).as_nanos()).unwrap_or(u64::MAX);
+        c.lock_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        CoreGuard {
+            guard,
+            since,
+            counters: c,
+        }
+    }
+
+    /// Ends every connection with DISCONNECT 0x8B (MQTT 5) and refuses new ones.
+    fn disconnect_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+        let now = self.now();
+        let mut core = self.lock();
+        core.stopping = true;
+        let ids: Vec<ConnId> = core.slots.keys().copied().collect();
+        for id in ids {
+            let _ = core
+                .broker
+                .handle_disconnect(id, now, ReasonCode::ServerShuttingDown);
+        }
+        core.dispatch(ConnId(0));
+    }
+}
+
+/// A running broker; [`Broker::stop`] ends it gracefully (dropping it ends it too, without
+/// waiting).
+pub struct Broker {
+    shared: Arc<Shared>,
+    http: Option<SocketAddr>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("listeners", &self.urls())
+            .field("http", &self.http)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(path: &std::path::Path, key: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(format!("{key} {}: {e}", path.display())))
+}
+
+impl Broker {
+    /// Binds the listeners, loads the password and ACL files and starts serving on the
+    /// current tokio runtime (a multi-threaded one spreads connections over its workers).
+    pub async fn start(cfg: BrokerConfig) -> Result<Broker, StartError> {
+        cfg.validate()?;
+        let passwords = match &cfg.password_file {
+            Some(p) => Some(
+                PasswordFile::parse(&read_file(p, "password_file")?)
+                    .map_err(|e| ConfigError::new(format!("password_file {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let acl = match &cfg.acl_file {
+            Some(p) => Some(
+                AclFile::parse(&read_file(p, "acl_file")?)
+                    .map_err(|e| ConfigError::new(format!("acl_file {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let identities = cfg
+            .tls
+            .use_identity_as_username
+            .then(|| Arc::new(RwLock::new(HashMap::new())));
+        let needs_tls = cfg.listeners()?.iter().any(|l| l.kind.tls());
+        let tls = if needs_tls {
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                &cfg.tls,
+            )?))
+        } else {
+            None
+        };
+        let authenticate =
+            passwords.is_some() || !cfg.allow_anonymous || cfg.tls.use_identity_as_username;
+        let mut core = Core0::new(cfg.core(authenticate));
+        if let Some(acl) = acl {
+            let ids = identities.clone();
+            core.set_authorizer(Box::new(
+                move |c: ClientInfo<'_>, topic: &str, action: Action| {
+                    let access = match action {
+                        Action::Publish => Access::Write,
+                        Action::Subscribe => Access::Subscribe,
+                        _ => Access::Read,
+                    };
+                    match &ids {
+                        Some(ids) => {
+                            let ids = ids.read().unwrap_or_else(PoisonError::into_inner);
+                            let user = ids.get(c.client_id).map(String::as_str);
+                            acl.check(c.client_id, user, topic, access)
+                        }
+                        None => acl.check(c.client_id, c.username, topic, access),
+                    }
+                },
+            ));
+        }
+        let mut bound = Vec::new();
+        for l in cfg.listeners()? {
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    url: l.url(l.addr),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                url: l.url(l.addr),
+                source,
+            })?;
+            bound.push((l, addr, listener));
+        }
+        let http = match &cfg.http_listen {
+            Some(h) => {
+                let listener =
+                    TcpListener::bind(h.as_str())
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            url: format!("http://{h}"),
+                            source,
+                        })?;
+                let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                    url: format!("http://{h}"),
+                    source,
+                })?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                broker: core,
+                slots: HashMap::new(),
+                stopping: false,
+            }),
+            epoch: std::time::Instant::now(),
+            passwords,
+            identities,
+            counters: Counters::default(),
+            stopping: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            listeners: bound.iter().map(|(l, a, _)| (l.clone(), *a)).collect(),
+            cfg,
+        });
+        for (l, addr, listener) in bound {
+            tracing::info!(url = %l.url(addr), "listening");
+            let ctx = Arc::new(conn::ListenerCtx {
+                kind: l.kind,
+                path: l.path.clone(),
+                tls: if l.kind.tls() { tls.clone() } else { None },
+            });
+            tokio::spawn(accept_loop(shared.clone(), listener, ctx));
+        }
+        let http_addr = http.as_ref().map(|(_, a)| *a);
+        if let Some((listener, addr)) = http {
+            tracing::info!(url = %format!("http://{addr}"), "health endpoint listening");
+            tokio::spawn(http::serve(shared.clone(), listener));
+        }
+        tokio::spawn(timer(shared.clone()));
+        Ok(Broker {
+            shared,
+            http: http_addr,
+        })
+    }
+
+    /// The bound address of the first listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared
+            .listeners
+            .first()
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound address of the first listener of this kind.
+    pub fn addr_of(&self, kind: ListenKind) -> Option<SocketAddr> {
+        self.shared
+            .listeners
+            .iter()
+            .find(|(l, _)| l.kind == kind)
+            .map(|(_, a)| *a)
+    }
+
+    /// The listeners' URLs with their bound ports.
+    pub fn urls(&self) -> Vec<String> {
+        self.shared
+            .listeners
+            .iter()
+            .map(|(l, a)| l.url(*a))
+            .collect()
+    }
+
+    /// The bound address of the HTTP endpoint.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// The core's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().broker.stats()
+    }
+
+    /// Open connections (handshaking ones included).
+    pub fn connections(&self) -> u64 {
+        self.shared.counters.open.load(Ordering::Relaxed)
+    }
+
+    /// How much the core's lock was taken and waited for.
+    pub fn lock_stats(&self) -> LockStats {
+        let c = &self.shared.counters;
+        LockStats {
+            acquired: c.lock_acquired.load(Ordering::Relaxed),
+            waited: Duration::from_nanos(c.lock_wait_ns.load(Ordering::Relaxed)),
+            held: Duration::from_nanos(c.lock_held_ns.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Stops gracefully: stops accepting, sends DISCONNECT 0x8B to MQTT 5 clients, flushes
+    /// every connection and returns when they are closed (at most 5 s).
+    pub async fn stop(self) {
+        self.shared.disconnect_all();
+        self.shared.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open 5 s after the stop");
+        }
+        let lock = self.lock_stats();
+        tracing::info!(
+            lock_acquired = lock.acquired,
+            lock_waited_ms = lock.waited.as_millis() as u64,
+            lock_held_ms = lock.held.as_millis() as u64,
+            "stopped"
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if !self.shared.stopping.load(Ordering::SeqCst) {
+            self.shared.disconnect_all();
+        }
+    }
+}
+
+/// Accepts connections until the shutdown; each gets its own task.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctx: Arc<conn::ListenerCtx>) {
+    let max = shared.cfg.max_connections;
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let c = &shared.counters;
+                if max > 0 && c.open.load(Ordering::Relaxed) >= max as u64 {
+                    c.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, max, "refused: max_connections reached");
+                    drop(sock);
+                    continue;
+                }
+                c.accepted.fetch_add(1, Ordering::Relaxed);
+                c.open.fetch_add(1, Ordering::Relaxed);
+                let _ = sock.set_nodelay(true);
+                shared
+                    .tracker
+                    .spawn(conn::serve(shared.clone(), sock, peer, ctx.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Calls the core's `handle_timeout` at its deadlines (checked at least every 250 ms, since
+/// a read can move the deadline earlier: a new connection's connect timeout).
+async fn timer(shared: Arc<Shared>) {
+    loop {
+        let next = shared.lock().broker.poll_timeout();
+        let now = shared.now();
+        let wait = next
+            .map_or(Duration::MAX, |t| t.saturating_since(now))
+            .min(Duration::from_millis(250));
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = shared.now();
+        if next.is_some_and(|t| now >= t) {
+            let mut core = shared.lock();
+            core.broker.handle_timeout(now);
+            core.dispatch(ConnId(0));
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The broker server under faults: connections cut by the loopback proxy mid-stream, session
+//! takeover while messages flow. (10 000 concurrent connections: `runtime-tokio/tests/
+//! broker_cli.rs`, with the broker in its own process, each side within its file limit.)
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
+use mqtt_tokio::broker::{Broker, BrokerConfig};
+use mqtt_tokio::{Client, Message, Options};
+use tests::proxy::Proxy;
+use tests::raw::{Got, Raw};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn bounded(body: impl Future<Output = ()>) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .expect("the test ran over its time limit");
+}
+
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Copies of each decimal payload received per topic.
+type Seen = Arc<Mutex<BTreeMap<(String, u32), usize>>>;
+
+fn count(seen: &Seen, topic: &str) -> usize {
+    seen.lock()
+        .unwrap()
+        .keys()
+        .filter(|(t, _)| t == topic)
+        .count()
+}
+
+/// Two cuts of every connection while QoS 1 and QoS 2 streams flow between persistent
+/// sessions: QoS 1 arrives at least once, QoS 2 exactly once, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_lose_nothing_in_persistent_sessions() {
+    bounded(async {
+        let mut cfg = BrokerConfig::new("mqtt://127.0.0.1:0");
+        cfg.max_queued_messages = 100_000;
+        cfg.max_queued_bytes = 64 << 20;
+        let broker = Broker::start(cfg).await.unwrap();
+        let proxy = Arc::new(tokio::task::block_in_place(|| {
+            Proxy::start(broker.local_addr())
+        }));
+        const N: u32 = 1500;
+        let persistent = |id: &str| {
+            Options::new(&proxy.url())
+                .unwrap()
+                .client_id(id)
+                .version(ProtocolVersion::V5)
+                .backoff(Duration::from_millis(10), Duration::from_millis(200))
+                .persistent_session(Duration::from_secs(300))
+        };
+        let sub = Client::spawn(persistent("cut-sub")).unwrap();
+        sub.wait_connected(WAIT).await.unwrap();
+        let seen: Seen = Arc::default();
+        let s2 = seen.clone();
+        sub.route_with("cut/#", QoS::ExactlyOnce, move |m: Message| {
+            let seen = s2.clone();
+            async move {
+                let n: u32 = String::from_utf8_lossy(&m.payload).parse().unwrap();
+                *seen
+                    .lock()
+                    .unwrap()
+                    .entry((m.topic.clone(), n))
+                    .or_default() += 1;
+            }
+        })
+        .unwrap();
+        assert!(eventually(|| broker.stats().subscriptions == 1).await);
+        let publ = Client::spawn(persistent("cut-pub")).unwrap();
+        publ.wait_connected(WAIT).await.unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..N {
+            for (topic, qos) in [("cut/1", QoS::AtLeastOnce), ("cut/2", QoS::ExactlyOnce)] {
+                deliveries.push(
+                    publ.publish(topic, i.to_string(), qos, false)
+                        .await
+                        .unwrap(),
+                );
+            }
+            if i == 500 || i == 1000 {
+                let want = i as usize / 2;
+                assert!(eventually(|| count(&seen, "cut/1") >= want).await);
+                assert!(eventually(|| proxy.open_connections() == 2).await);
+                let p = proxy.clone();
+                tokio::task::spawn_blocking(move || p.cut_all())
+                    .await
+                    .unwrap();
+            }
+        }
+        for d in deliveries {
+            tokio::time::timeout(WAIT, d).await.unwrap().unwrap();
+        }
+        assert!(
+            eventually(
+                || count(&seen, "cut/1") == N as usize && count(&seen, "cut/2") == N as usize
+            )
+            .await,
+            "cut/1 {} cut/2 {}",
+            count(&seen, "cut/1"),
+            count(&seen, "cut/2")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let seen = seen.lock().unwrap().clone();
+        let dup2: Vec<_> = seen
+            .iter()
+            .filter(|((t, _), c)| t == "cut/2" && **c != 1)
+            .collect();
+        assert!(dup2.is_empty(), "QoS 2 delivered more than once: {dup2:?}");
+        assert_eq!(proxy.cut_connections(), 4);
+        assert_eq!(publ.stats().reconnects, 2);
+        assert_eq!(sub.stats().reconnects, 2);
+        publ.disconnect().await;
+        sub.disconnect().await;
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// A persistent session is taken over 10 times while a publisher streams QoS 1 into it: each
+/// old connection gets DISCONNECT 0x8E, each new one finds its session, and every message
+/// arrives (what was in flight is sent again, with DUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_takeover_under_load_loses_nothing() {
+    bounded(async {
+        let mut cfg = BrokerConfig::new("mqtt://127.0.0.1:0");
+        cfg.max_queued_messages = 100_000;
+        let broker = Broker::start(cfg).await.unwrap();
+        let addr = broker.local_addr();
+        let v = ProtocolVersion::V5;
+        let (mut taker, present) = Raw::connect_persistent(addr, v, "taker").await;
+        assert!(!present);
+        assert_eq!(
+            taker.subscribe("load/t", QoS::AtLeastOnce).await,
+            [ReasonCode::GrantedQoS1]
+        );
+        const N: u32 = 2000;
+        let publisher = tokio::spawn(async move {
+            let mut p = Raw::connect(addr, v, "loader").await;
+            // Windows of 50 unacknowledged: the broker's Receive Maximum is 64.
+            for batch in 0..N / 50 {
+                for i in batch * 50..(batch + 1) * 50 {
+                    let id = (i % 60_000 + 1) as u16;
+                    p.publish("load/t", i.to_string().as_bytes(), QoS::AtLeastOnce, id)
+                        .await;
+                }
+                for _ in 0..50 {
+                    match p.recv().await {
+                        Some(Got::PubAck(..)) => {}
+                        other => panic!("publisher: {other:?}"),
+                    }
+                }
+            }
+        });
+        let mut seen = BTreeMap::<u32, usize>::new();
+        let mut dups = 0;
+        for round in 0..=10 {
+            // Read (and ack) some, then let a new connection take the session over.
+            let quota = if round == 10 { usize::MAX } else { 100 };
+            let mut got = 0;
+            while got < quota && seen.len() < N as usize {
+                match taker.recv().await {
+                    Some(Got::Publish {
+                        payload,
+                        qos,
+                        id,
+                        dup,
+                        ..
+                    }) => {
+                        let n: u32 = String::from_utf8_lossy(&payload).parse().unwrap();
+                        *seen.entry(n).or_default() += 1;
+                        dups += usize::from(dup);
+                        got += 1;
+                        taker.ack(qos, id.unwrap()).await;
+                    }
+                    other => panic!("round {round}: {other:?} after {}", seen.len()),
+                }
+            }
+            if round < 10 {
+                let (next, present) = Raw::connect_persistent(addr, v, "taker").await;
+                assert!(present, "round {round}: the session is there");
+                let mut old = std::mem::replace(&mut taker, next);
+                // The old one gets 0x8E after whatever was already on its way.
+                loop {
+                    match old.recv().await {
+                        Some(Got::Publish { .. }) => {}
+                        Some(Got::Disconnect(code)) => {
+                            assert_eq!(code, ReasonCode::SessionTakenOver);
+                            break;
+                        }
+                        other => panic!("round {round}: {other:?}"),
+                    }
+                }
+            }
+        }
+        publisher.await.unwrap();
+        let missing: Vec<u32> = (0..N).filter(|i| !seen.contains_key(i)).collect();
+        assert!(missing.is_empty(), "lost: {missing:?}");
+        eprintln!("redelivered with DUP after 10 takeovers: {dups}");
+        broker.stop().await;
+    })
+    .await;
+}
