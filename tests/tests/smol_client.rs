@@ -108,11 +108,11 @@ async fn round_trips(url: &str, broker_log: &dyn Fn() -> String) {
         for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
             let v = if version.is_v5() { 5 } else { 3 };
             let (sub, mut driver) =
-                Client::new(options(&url, &format!("smol-rt-sub-{v}"), version)).unwrap();
+                Client::new(options(url, &format!("smol-rt-sub-{v}"), version)).unwrap();
             let events = driver.events();
             smol::spawn(driver.run()).detach();
             sub.wait_connected(WAIT).await.unwrap();
-            let publisher = connect(options(&url, &format!("smol-rt-pub-{v}"), version)).await;
+            let publisher = connect(options(url, &format!("smol-rt-pub-{v}"), version)).await;
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 let topic = format!("smol/rt/{v}/{}", qos as u8);
                 let log: Log = Arc::default();
@@ -247,14 +247,14 @@ fn reconnects_after_broker_restart_without_losing_acknowledged_messages() {
         const N: usize = 300;
         let session = Duration::from_secs(600);
         let sub_opts =
-            options(&url, "smol-rc-sub", ProtocolVersion::V5).persistent_session(session);
+            options(url, "smol-rc-sub", ProtocolVersion::V5).persistent_session(session);
         let sub = connect(sub_opts).await;
         let received: Log = Arc::default();
         sub.route_with("rc/#", QoS::ExactlyOnce, recorder(&received))
             .unwrap();
         sub.subscribe("rc-sync", QoS::AtLeastOnce).await.unwrap();
         let publisher = connect(
-            options(&url, "smol-rc-pub", ProtocolVersion::V311).persistent_session(session),
+            options(url, "smol-rc-pub", ProtocolVersion::V311).persistent_session(session),
         )
         .await;
 
