@@ -247,14 +247,14 @@ fn reconnects_after_broker_restart_without_losing_acknowledged_messages() {
         const N: usize = 300;
         let session = Duration::from_secs(600);
         let sub_opts =
-            options(url, "smol-rc-sub", ProtocolVersion::V5).persistent_session(session);
+            options(&url, "smol-rc-sub", ProtocolVersion::V5).persistent_session(session);
         let sub = connect(sub_opts).await;
         let received: Log = Arc::default();
         sub.route_with("rc/#", QoS::ExactlyOnce, recorder(&received))
             .unwrap();
         sub.subscribe("rc-sync", QoS::AtLeastOnce).await.unwrap();
         let publisher = connect(
-            options(url, "smol-rc-pub", ProtocolVersion::V311).persistent_session(session),
+            options(&url, "smol-rc-pub", ProtocolVersion::V311).persistent_session(session),
         )
         .await;
 

@@ -225,11 +225,11 @@ async fn round_trip_between_our_clients(url: &str, broker_log: &dyn Fn() -> Stri
     {
         for version in VERSIONS {
             let tag = format!("{version:?}");
-            let sub = connect(options(url, &format!("rt-sub-{tag}"), version)).await;
+            let sub = connect(options(&url, &format!("rt-sub-{tag}"), version)).await;
             let inbox = Inbox::default();
             inbox.route(&sub, &format!("rt/{tag}/#"), QoS::ExactlyOnce);
             wait_subscribed(&sub, 1).await;
-            let publ = connect(options(url, &format!("rt-pub-{tag}"), version)).await;
+            let publ = connect(options(&url, &format!("rt-pub-{tag}"), version)).await;
             let mut expected = Vec::new();
             let mut deliveries = Vec::new();
             for qos in QOS {
@@ -704,19 +704,19 @@ async fn tls_mutual_tls_and_websocket() {
     };
     bounded(async {
         let url = format!("mqtts://127.0.0.1:{}", tls.tls_port());
-        let c = connect(options(url, "tls", ProtocolVersion::V5).ca_file(certs.ca_pem())).await;
+        let c = connect(options(&url, "tls", ProtocolVersion::V5).ca_file(certs.ca_pem())).await;
         self_round_trip(&c, "tls/t").await;
         c.disconnect().await;
 
         // Without our CA the server is not trusted.
-        let untrusted = Client::spawn(options(url, "tls-untrusted", ProtocolVersion::V5)).unwrap();
+        let untrusted = Client::spawn(options(&url, "tls-untrusted", ProtocolVersion::V5)).unwrap();
         let err = untrusted.wait_connected(WAIT).await.unwrap_err();
         assert!(matches!(err, ConnectError::Unreachable(_)), "{err:?}");
         untrusted.disconnect().await;
 
         let url = format!("mqtts://127.0.0.1:{}", mtls.tls_port());
         let c = connect(
-            options(url, "mtls", ProtocolVersion::V311)
+            options(&url, "mtls", ProtocolVersion::V311)
                 .ca_file(certs.ca_pem())
                 .client_cert(certs.client_cert(), certs.client_key()),
         )
@@ -725,7 +725,7 @@ async fn tls_mutual_tls_and_websocket() {
         c.disconnect().await;
 
         let without = Client::spawn(
-            options(url, "mtls-without", ProtocolVersion::V311).ca_file(certs.ca_pem()),
+            options(&url, "mtls-without", ProtocolVersion::V311).ca_file(certs.ca_pem()),
         )
         .unwrap();
         let err = without.wait_connected(WAIT).await.unwrap_err();
@@ -850,7 +850,7 @@ async fn broker_crash_and_restart_mid_stream() {
     bounded(async {
         let url = broker.url();
         let persistent = |id: &str| {
-            options(url, id, ProtocolVersion::V5).persistent_session(Duration::from_secs(300))
+            options(&url, id, ProtocolVersion::V5).persistent_session(Duration::from_secs(300))
         };
         let sub = connect(persistent("crash-sub")).await;
         let inbox = Inbox::default();
@@ -958,7 +958,7 @@ async fn publishes_while_the_broker_is_down_are_delivered_after() {
     bounded(async {
         let url = broker.url();
         let persistent = |id: &str| {
-            options(url, id, ProtocolVersion::V5).persistent_session(Duration::from_secs(300))
+            options(&url, id, ProtocolVersion::V5).persistent_session(Duration::from_secs(300))
         };
         let sub = connect(persistent("down-sub")).await;
         let inbox = Inbox::default();
