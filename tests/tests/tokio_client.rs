@@ -225,11 +225,11 @@ async fn round_trip_between_our_clients(url: &str, broker_log: &dyn Fn() -> Stri
     {
         for version in VERSIONS {
             let tag = format!("{version:?}");
-            let sub = connect(options(&url, &format!("rt-sub-{tag}"), version)).await;
+            let sub = connect(options(url, &format!("rt-sub-{tag}"), version)).await;
             let inbox = Inbox::default();
             inbox.route(&sub, &format!("rt/{tag}/#"), QoS::ExactlyOnce);
             wait_subscribed(&sub, 1).await;
-            let publ = connect(options(&url, &format!("rt-pub-{tag}"), version)).await;
+            let publ = connect(options(url, &format!("rt-pub-{tag}"), version)).await;
             let mut expected = Vec::new();
             let mut deliveries = Vec::new();
             for qos in QOS {
