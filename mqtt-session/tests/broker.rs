@@ -5,7 +5,7 @@ mod broker_common;
 
 use broker_common::*;
 use mqtt_proto::{
-    Connect, Packet, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    Connect, Packet, PacketId, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     SubscriptionOptions,
 };
 use mqtt_session::broker::{Config, Limits};
@@ -38,8 +38,8 @@ fn pair(version: ProtocolVersion, filter: &str, sub_qos: QoS) -> Net {
 }
 
 #[test]
-fn qos_0_1_2_both_ways_at_311_and_5() {
-    for version in [V311, V5] {
+fn qos_0_1_2_both_ways_at_31_311_and_5() {
+    for version in [ProtocolVersion::V31, V311, V5] {
         for pub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             for sub_qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 let mut net = pair(version, "t/#", sub_qos);
@@ -1266,4 +1266,175 @@ fn extended_authentication_exchange() {
         connack(&f[0], V5).reason_code,
         ReasonCode::BadAuthenticationMethod
     );
+}
+
+#[test]
+fn continuing_an_exchange_without_a_method_refuses() {
+    for version in [V311, V5] {
+        let mut net = Net::new(Config {
+            authenticate: true,
+            ..Config::default()
+        });
+        net.answer = Some(Box::new(|_| {
+            Some(mqtt_session::broker::Answer::Continue(b"more".to_vec()))
+        }));
+        let r = net.raw(version);
+        net.send(r, &Packet::Connect(Connect::new(version, "x", 0)));
+        let f = net.take_frames(r);
+        assert_eq!(f.len(), 1, "{version}");
+        assert_eq!(
+            connack(&f[0], version).reason_code,
+            ReasonCode::NotAuthorized
+        );
+        assert!(net.peers[r].closed);
+    }
+}
+
+#[test]
+fn the_broker_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<mqtt_session::broker::Broker>();
+    // And it does: a broker built here is driven on another thread.
+    let mut b = mqtt_session::broker::Broker::new(Config::default());
+    let conn = b.handle_open(Instant::ZERO);
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let n = Packet::Connect(Connect::new(V311, "t", 0))
+            .encode(V311, &mut buf)
+            .unwrap();
+        b.handle_read(conn, Instant::ZERO, &buf[..n]).unwrap();
+        b.stats().clients_connected
+    });
+    assert_eq!(handle.join().unwrap(), 1);
+}
+
+/// Encodes a packet at 3.1.1.
+fn wire(p: &Packet<'_>) -> Vec<u8> {
+    let mut b = vec![0u8; p.encoded_len(V311).unwrap()];
+    p.encode(V311, &mut b).unwrap();
+    b
+}
+
+#[test]
+fn a_client_that_stops_reading_costs_at_most_its_limits() {
+    use mqtt_session::broker::Broker;
+    let now = Instant::ZERO;
+    let mut b = Broker::new(Config {
+        limits: Limits {
+            session_messages: 100,
+            session_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+            control_packets: 16,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let mut buf = vec![0u8; 4096];
+    let slow = b.handle_open(now);
+    b.handle_read(
+        slow,
+        now,
+        &wire(&Packet::Connect(Connect::new(V311, "slow", 0))),
+    )
+    .unwrap();
+    // Its requests pile up unanswered: the broker stops reading at 16 owed packets.
+    let mut requests = Vec::new();
+    for id in 1..=40u16 {
+        requests.extend(wire(&raw_subscribe(
+            id,
+            &[(filter("s/#"), opts(QoS::AtLeastOnce))],
+            &[],
+        )));
+    }
+    let used = b.handle_read(slow, now, &requests).unwrap();
+    let one = requests.len() / 40;
+    assert_eq!(used, 15 * one, "CONNACK and 15 SUBACKs owed, then it waits");
+    let mut written = 0;
+    while let Some(_n) = b.poll_transmit(slow, now, &mut buf).unwrap() {
+        written += 1;
+    }
+    assert_eq!(written, 16);
+    let used2 = b.handle_read(slow, now, &requests[used..]).unwrap();
+    assert_eq!(used2, 16 * one, "reading resumes once they are written");
+
+    // Messages for it pile up only to its session limit while it does not read.
+    let p = b.handle_open(now);
+    b.handle_read(
+        p,
+        now,
+        &wire(&Packet::Connect(Connect::new(V311, "pub", 0))),
+    )
+    .unwrap();
+    for i in 0..250u16 {
+        let publish = Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(PacketId::new(i % 60 + 1).unwrap()),
+            ..Publish::new("s/x", b"payload")
+        });
+        b.handle_read(p, now, &wire(&publish)).unwrap();
+        while b.poll_transmit(p, now, &mut buf).unwrap().is_some() {}
+    }
+    let st = b.stats();
+    assert_eq!(st.queued_messages, 100);
+    assert_eq!(st.dropped.session_full, 150);
+    assert!(b.queued_bytes() <= 100 * (64 + 3 + 7));
+}
+
+#[test]
+fn subscriptions_and_retained_bytes_are_bounded() {
+    let mut net = Net::new(Config {
+        limits: Limits {
+            subscriptions: 2,
+            retained_bytes: 2 * (64 + 3 + 4),
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "many", 0)));
+    net.take_frames(r);
+    net.send(
+        r,
+        &raw_subscribe(
+            1,
+            &[
+                (filter("a"), opts(QoS::AtMostOnce)),
+                (filter("b"), opts(QoS::AtMostOnce)),
+                (filter("c"), opts(QoS::AtMostOnce)),
+                (filter("a"), opts(QoS::AtLeastOnce)),
+            ],
+            &[],
+        ),
+    );
+    // The third is over the quota; replacing an existing one is not.
+    assert_eq!(
+        net.take_frames(r),
+        [vec![0x90, 0x07, 0x00, 0x01, 0x00, 0x00, 0x00, 0x97, 0x01]]
+    );
+    for (t, payload) in [
+        ("r/1", b"xxxx"),
+        ("r/2", b"yyyy"),
+        ("r/3", b"zzzz"),
+        ("r/1", b"wwww"),
+    ] {
+        net.send(
+            r,
+            &Packet::Publish(Publish {
+                retain: true,
+                ..Publish::new(t, payload)
+            }),
+        );
+    }
+    assert_eq!(net.broker.stats().retained, 2);
+    assert!(
+        net.broker.retained("r/3").is_none(),
+        "over the retained limit"
+    );
+    assert_eq!(
+        &*net.broker.retained("r/1").unwrap().payload,
+        b"wwww",
+        "a replacement fits"
+    );
+    assert_eq!(net.broker.stats().dropped.retained_full, 1);
+    assert!(net.broker.retained_bytes() <= 2 * 71);
 }

@@ -173,6 +173,16 @@ fn mqtt_3_1_2_10_and_3_14_4_3_normal_disconnect_discards_the_will() {
 }
 
 #[test]
+fn mqtt_3_1_2_8_an_error_disconnect_keeps_the_will() {
+    for rc in [ReasonCode::DisconnectWithWill, ReasonCode::UnspecifiedError] {
+        let mut net = Net::new(Config::default());
+        let r = with_will(&mut net, false, &[], 0);
+        net.send(r, &Packet::Disconnect(Disconnect::new(rc)));
+        assert_eq!(net.messages(0).len(), 1, "{rc:?}");
+    }
+}
+
+#[test]
 fn mqtt_3_1_2_16_and_17_will_retain() {
     for retain in [false, true] {
         let mut net = Net::new(Config::default());
@@ -1116,4 +1126,19 @@ fn mqtt_4_13_1_1_malformed_packet_closes_with_0x81() {
     net.send_bytes(r, &[0x30, 0x03, 0x00, 0x09, b'a']);
     assert_eq!(net.take_frames(r), [vec![0xE0, 0x01, 0x81]]);
     assert!(net.peers[r].closed);
+}
+
+#[test]
+fn mqtt_3_10_4_4_and_5_v311_unsuback() {
+    let mut net = Net::new(Config::default());
+    let r = raw_v311(&mut net, "u", true);
+    net.send(
+        r,
+        &raw_subscribe(3, &[(filter("a/#"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    assert_eq!(net.take_frames(r), [vec![0x90, 0x03, 0x00, 0x03, 0x01]]);
+    let filters = [filter("a/#"), filter("never")];
+    net.send(r, &Packet::Unsubscribe(Unsubscribe::new(pid(4), &filters)));
+    assert_eq!(net.take_frames(r), [vec![0xB0, 0x02, 0x00, 0x04]]);
+    assert_eq!(net.broker.stats().subscriptions, 0);
 }

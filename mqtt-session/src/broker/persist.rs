@@ -7,7 +7,9 @@ use alloc::vec::Vec;
 use mqtt_proto::{PacketId, QoS, SubscriptionOptions, TopicFilter};
 
 use super::session::{Inflight, OutState, Outgoing, Session, Sub, SubKey};
-use super::{Broker, Change, Config, Record, after_secs};
+use core::cmp::Reverse;
+
+use super::{Broker, Change, Config, Record, Timer, after_secs};
 use crate::Instant;
 
 /// The durable state of one session, as [`Broker::snapshot`] reports it.
@@ -56,6 +58,16 @@ impl Broker {
                 s.expires_at = after_secs(now, s.expiry);
             }
         }
+        let timers: Vec<_> = b
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let at = s.as_ref().and_then(super::session_deadline)?;
+                Some(Reverse((at, Timer::Session(u32::try_from(i).ok()?))))
+            })
+            .collect();
+        b.timers.extend(timers);
         b
     }
 

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use mqtt_proto::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 
+use super::ConnId;
 use super::message::{Message, Shared};
 use crate::{Instant, PacketIds};
 
@@ -67,7 +68,7 @@ pub(crate) struct Will {
 pub(crate) struct Session {
     pub(crate) client_id: Box<str>,
     pub(crate) username: Option<Box<str>>,
-    pub(crate) conn: Option<super::ConnId>,
+    pub(crate) conn: Option<ConnId>,
     /// Session expiry interval in seconds (`u32::MAX`: never).
     pub(crate) expiry: u32,
     /// Whether its changes are reported for persistence (created with an expiry above 0).
@@ -221,6 +222,8 @@ pub(crate) struct Conn {
     pub(crate) asked: bool,
     /// The session expiry CONNECT asked for was 0 (DISCONNECT may not raise it).
     pub(crate) connect_expiry_zero: bool,
+    /// Queued in the broker's wake list.
+    pub(crate) woken: bool,
 }
 
 impl Conn {
@@ -244,6 +247,82 @@ impl Conn {
             auth_method: None,
             asked: false,
             connect_expiry_zero: true,
+            woken: false,
         }
+    }
+}
+
+/// The connections, in slots: O(1) lookups on the hot path. An id carries its slot and a
+/// generation, so an id of a closed connection never reaches the slot's next tenant.
+#[derive(Debug, Default)]
+pub(crate) struct Conns {
+    slots: Vec<Option<(ConnId, Conn)>>,
+    free: Vec<u32>,
+    len: usize,
+    generation: u32,
+}
+
+impl Conns {
+    fn slot(id: ConnId) -> usize {
+        (id.0 & u64::from(u32::MAX)) as usize
+    }
+
+    pub(crate) fn insert(&mut self, conn: Conn) -> ConnId {
+        self.generation = self.generation.wrapping_add(1);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let id = ConnId((u64::from(self.generation) << 32) | u64::from(slot));
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some((id, conn));
+            self.len += 1;
+        }
+        id
+    }
+
+    pub(crate) fn get(&self, id: &ConnId) -> Option<&Conn> {
+        match self.slots.get(Self::slot(*id)) {
+            Some(Some((i, c))) if i == id => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &ConnId) -> Option<&mut Conn> {
+        match self.slots.get_mut(Self::slot(*id)) {
+            Some(Some((i, c))) if i == id => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn contains_key(&self, id: &ConnId) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub(crate) fn remove(&mut self, id: &ConnId) -> Option<Conn> {
+        let slot = self.slots.get_mut(Self::slot(*id))?;
+        if slot.as_ref().is_some_and(|(i, _)| i == id) {
+            let (_, c) = slot.take()?;
+            self.free
+                .push(u32::try_from(Self::slot(*id)).unwrap_or(u32::MAX));
+            self.len -= 1;
+            return Some(c);
+        }
+        None
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
+        self.slots.iter_mut().flatten().map(|(i, c)| (*i, c))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Conn> {
+        self.slots.iter().flatten().map(|(_, c)| c)
     }
 }

@@ -13,6 +13,7 @@ use crate::Instant;
 
 /// A connection, as the broker names it (handed out by [`Broker::handle_open`](super::Broker)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ConnId(pub u64);
 
 impl fmt::Display for ConnId {
@@ -23,6 +24,7 @@ impl fmt::Display for ConnId {
 
 /// Bounds on what queues may hold; what they drop is counted in [`Drops`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Limits {
     /// Messages one session may hold, queued and in flight.
     pub session_messages: usize,
@@ -33,6 +35,11 @@ pub struct Limits {
     /// Control packets (acks, SUBACK, PINGRESP) one connection may owe before the broker
     /// stops reading from it until they are written.
     pub control_packets: usize,
+    /// Subscriptions one session may hold (more are refused with 0x97, 0x80 before 5.0).
+    pub subscriptions: usize,
+    /// Bytes all retained messages together may hold; a retained publish past it is still
+    /// delivered but not retained, and counted.
+    pub retained_bytes: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +49,8 @@ impl Default for Limits {
             session_bytes: 1 << 20,
             total_bytes: 256 << 20,
             control_packets: 256,
+            subscriptions: 1_000,
+            retained_bytes: 64 << 20,
         }
     }
 }
@@ -101,6 +110,7 @@ impl Default for Config {
 
 /// What a client wants to do with a topic, for [`Authorize::allow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Action {
     /// Publish to a topic name (also checked for the will topic at CONNECT).
     Publish,
@@ -173,14 +183,17 @@ pub enum Question {
 pub enum Answer {
     /// Authenticated.
     Accept,
-    /// Refused with this reason code (e.g. 0x86 or 0x87; 3.x gets the matching return code).
+    /// Refused with this CONNACK reason code (e.g. 0x86 or 0x87; 3.x gets the matching return
+    /// code, or 0x05). A code below 0x80 is sent as 0x80.
     Refuse(ReasonCode),
-    /// Continue an extended exchange: send AUTH 0x18 with this data.
+    /// Continue an extended exchange: send AUTH 0x18 with this data. Only a CONNECT with an
+    /// Authentication Method (MQTT 5) can continue; any other is refused with 0x87.
     Continue(Vec<u8>),
 }
 
 /// Why the broker ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum CloseReason {
     /// The client sent DISCONNECT.
@@ -364,6 +377,7 @@ pub struct Record {
 
 /// Messages dropped, by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Drops {
     /// A session's message or byte limit was reached.
     pub session_full: u64,
@@ -377,6 +391,8 @@ pub struct Drops {
     pub offline_qos0: u64,
     /// The subscriber is not authorized to receive it.
     pub not_authorized: u64,
+    /// Not retained: the retained store was at [`Limits::retained_bytes`].
+    pub retained_full: u64,
 }
 
 impl Drops {
@@ -388,11 +404,13 @@ impl Drops {
             + self.expired
             + self.offline_qos0
             + self.not_authorized
+            + self.retained_full
     }
 }
 
 /// Broker counters (also published under `$SYS/broker/` when configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Stats {
     /// Open connections that completed CONNECT.
     pub clients_connected: usize,
@@ -416,6 +434,7 @@ pub struct Stats {
 
 /// A local misuse of the broker API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Error {
     /// No such connection (never opened, or already closed by `handle_close`).

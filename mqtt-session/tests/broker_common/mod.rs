@@ -68,6 +68,11 @@ pub struct Peer {
     pub got: Vec<Got>,
     /// Whether the broker closed this peer's connection.
     pub closed: bool,
+    /// While set, nothing moves from this peer to the broker (bytes wait in `up`, and are
+    /// lost if the transport drops): a stalled network.
+    pub paused: bool,
+    /// The same for the other direction (bytes wait in `down`).
+    pub paused_down: bool,
 }
 
 pub type Answerer = Box<dyn FnMut(&Question) -> Option<Answer>>;
@@ -114,6 +119,8 @@ impl Net {
             seen: 0,
             got: Vec::new(),
             closed: false,
+            paused: false,
+            paused_down: false,
         });
         self.peers.len() - 1
     }
@@ -131,6 +138,8 @@ impl Net {
             seen: 0,
             got: Vec::new(),
             closed: false,
+            paused: false,
+            paused_down: false,
         });
         self.peers.len() - 1
     }
@@ -151,6 +160,8 @@ impl Net {
         let p = &mut self.peers[i];
         p.conn = Some(conn);
         p.closed = false;
+        p.paused = false;
+        p.paused_down = false;
         p.up.clear();
         p.down.clear();
         p.up.extend_from_slice(&buf[..n]);
@@ -180,9 +191,20 @@ impl Net {
         self.run();
     }
 
-    /// Drops peer `i`'s transport without DISCONNECT.
+    /// Stalls (or resumes) the network between peer `i` and the broker, per direction.
+    pub fn pause(&mut self, i: usize, up: bool, down: bool) {
+        self.peers[i].paused = up;
+        self.peers[i].paused_down = down;
+        self.run();
+    }
+
+    /// Drops peer `i`'s transport without DISCONNECT; bytes on the wire are lost.
     pub fn drop_transport(&mut self, i: usize) {
         let now = self.now;
+        self.peers[i].up.clear();
+        self.peers[i].down.clear();
+        self.peers[i].paused = false;
+        self.peers[i].paused_down = false;
         if let Some(conn) = self.peers[i].conn.take() {
             let _ = self.broker.handle_close(conn, now);
         }
@@ -220,6 +242,7 @@ impl Net {
                 let p = &mut self.peers[i];
                 if let Some(conn) = p.conn
                     && !p.up.is_empty()
+                    && !p.paused
                 {
                     let used = self.broker.handle_read(conn, now, &p.up).expect("read");
                     if used > 0 {
@@ -317,6 +340,9 @@ impl Net {
             return false;
         };
         let mut any = false;
+        if p.paused_down {
+            return false;
+        }
         loop {
             if p.down.is_empty() {
                 return any;

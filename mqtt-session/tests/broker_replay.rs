@@ -1,0 +1,244 @@
+//! Persistence as data: the records the broker reports rebuild a broker with the same durable
+//! state (sessions, subscriptions, queued and in-flight messages, inbound QoS 2 ids, retained
+//! messages, pending wills) at any point of a run, and the rebuilt broker carries on.
+
+mod broker_common;
+
+use broker_common::*;
+use mqtt_proto::{Packet, Property, QoS, SubscriptionOptions, TopicFilter};
+use mqtt_session::ConnectOptions;
+use mqtt_session::broker::{Broker, Change, Config};
+use proptest::prelude::*;
+
+const CLIENTS: usize = 3;
+const TOPICS: [&str; 3] = ["r/a", "r/b", "s/c"];
+const FILTERS: [&str; 4] = ["r/+", "#", "s/c", "$share/g/r/#"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Drop(usize),
+    Connect(usize, bool),
+    Stall(usize, bool, bool),
+    Subscribe(usize, usize, QoS),
+    Unsubscribe(usize, usize),
+    Publish(usize, usize, QoS, bool, bool),
+    Advance(u64),
+}
+
+fn qos() -> impl Strategy<Value = QoS> {
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..CLIENTS).prop_map(Op::Drop),
+        1 => (0..CLIENTS, any::<bool>()).prop_map(|(c, clean)| Op::Connect(c, clean)),
+        1 => (0..CLIENTS, any::<bool>(), any::<bool>()).prop_map(|(c, u, d)| Op::Stall(c, u, d)),
+        1 => (0..CLIENTS, 0..FILTERS.len(), qos()).prop_map(|(c, f, q)| Op::Subscribe(c, f, q)),
+        1 => (0..CLIENTS, 0..FILTERS.len()).prop_map(|(c, f)| Op::Unsubscribe(c, f)),
+        3 => (0..CLIENTS, 0..TOPICS.len(), qos(), any::<bool>(), any::<bool>())
+            .prop_map(|(c, t, q, r, e)| Op::Publish(c, t, q, r, e)),
+        1 => (1u64..20_000).prop_map(Op::Advance),
+    ]
+}
+
+fn client_cfg(i: usize, clean: bool) -> ClientConfig {
+    ClientConfig {
+        clean_start: clean,
+        // Client 2 has a short session: expiry happens within a run.
+        session_expiry: if i == 2 { 30 } else { 100_000 },
+        ..ccfg(if i == 0 { V311 } else { V5 })
+    }
+}
+
+fn connect(net: &mut Net, i: usize) {
+    let id = format!("c{i}");
+    let props = [Property::WillDelayInterval(5)];
+    let w = will("r/will", b"w", &props);
+    net.connect(
+        i,
+        &ConnectOptions {
+            client_id: &id,
+            // 3.1.1 has no will properties.
+            will: (i != 0).then_some(w),
+            ..Default::default()
+        },
+    );
+}
+
+fn rebuilt(net: &Net) -> Broker {
+    Broker::restore(Config::default(), net.now, net.records.iter().cloned())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn records_rebuild_the_durable_state_at_every_point(ops in proptest::collection::vec(op(), 1..50)) {
+        let mut net = Net::new(Config::default());
+        for i in 0..CLIENTS {
+            net.client(client_cfg(i, false));
+            connect(&mut net, i);
+        }
+        let mut connected = [true; CLIENTS];
+        let mut seq = 0u8;
+        for op in &ops {
+            match *op {
+                Op::Drop(i) if connected[i] => {
+                    net.drop_transport(i);
+                    connected[i] = false;
+                }
+                Op::Connect(i, clean) if !connected[i] => {
+                    *net.cl(i) = mqtt_session::HeapClient::with_capacity(client_cfg(i, clean), 4096, 4 << 20);
+                    connect(&mut net, i);
+                    connected[i] = true;
+                }
+                Op::Stall(i, up, down) if connected[i] => net.pause(i, up, down),
+                Op::Subscribe(i, f, q) if connected[i] && !net.peers[i].paused => {
+                    subscribe(&mut net, i, FILTERS[f], SubscriptionOptions::new(q));
+                }
+                Op::Unsubscribe(i, f) if connected[i] && !net.peers[i].paused => {
+                    let now = net.now;
+                    let filter = TopicFilter::new(FILTERS[f]).unwrap();
+                    net.cl(i).unsubscribe(now, &[filter], &[]).unwrap();
+                    net.run();
+                }
+                Op::Publish(i, t, q, retain, expiring) if connected[i] => {
+                    seq = seq.wrapping_add(1);
+                    let payload = [seq];
+                    let props = [Property::MessageExpiryInterval(10)];
+                    let msg = mqtt_proto::Publish {
+                        qos: q,
+                        retain,
+                        properties: mqtt_proto::Properties::new(if expiring && i != 0 { &props } else { &[] }),
+                        ..mqtt_proto::Publish::new(TOPICS[t], &payload)
+                    };
+                    let now = net.now;
+                    net.cl(i).publish(now, &msg, 5).unwrap();
+                    net.run();
+                }
+                Op::Advance(ms) => net.advance_ms(ms),
+                _ => continue,
+            }
+            prop_assert_eq!(rebuilt(&net).snapshot(), net.broker.snapshot(), "after {:?}", op);
+        }
+    }
+}
+
+#[test]
+fn a_rebuilt_broker_carries_on_with_queues_ids_and_retained() {
+    let mut net = Net::new(Config::default());
+    let props = [Property::SessionExpiryInterval(3_600)];
+    let s = net.raw(V5);
+    net.send(s, &connect_v5("sub", true, &props));
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("q/#"), opts(QoS::ExactlyOnce))], &[]),
+    );
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    // Sent and unacked (id 1), sent and PUBREC'd (id 2), then queued while offline (3, 4).
+    publish(&mut net, p, "q/1", b"one", QoS::AtLeastOnce, false);
+    publish(&mut net, p, "q/2", b"two", QoS::ExactlyOnce, false);
+    net.send(s, &Packet::PubRec(mqtt_proto::Ack::new(pid(2))));
+    net.drop_transport(s);
+    publish(&mut net, p, "q/3", b"three", QoS::AtLeastOnce, true);
+    publish(&mut net, p, "q/4", b"four", QoS::ExactlyOnce, false);
+    let before = net.broker.snapshot();
+    assert_eq!(before.sessions.len(), 1);
+    assert_eq!(before.sessions[0].queued.len(), 2);
+    assert_eq!(before.sessions[0].inflight.len(), 2);
+    let last_seq = net.records.last().unwrap().seq;
+
+    // The broker "restarts": every connection is gone, the state comes from the records.
+    let broker = rebuilt(&net);
+    assert_eq!(broker.snapshot(), before);
+    assert_eq!(broker.last_seq(), last_seq);
+    let mut net = Net::with_broker(broker);
+    let s = net.raw(V5);
+    net.send(s, &connect_v5("sub", false, &props));
+    let frames = net.take_frames(s);
+    assert!(connack(&frames[0], V5).session_present);
+    // PUBLISH with DUP and QoS 1 in its first byte.
+    assert_eq!(frames[1][0], 0x3A);
+    let pubs = publishes(&frames, V5);
+    assert_eq!(
+        pubs,
+        [
+            (
+                true,
+                QoS::AtLeastOnce,
+                Some(1),
+                "q/1".into(),
+                b"one".to_vec()
+            ),
+            (
+                false,
+                QoS::AtLeastOnce,
+                Some(3),
+                "q/3".into(),
+                b"three".to_vec()
+            ),
+            (
+                false,
+                QoS::ExactlyOnce,
+                Some(4),
+                "q/4".into(),
+                b"four".to_vec()
+            ),
+        ]
+    );
+    // The PUBREL for id 2 goes out again, between the resent PUBLISH and the queue.
+    assert_eq!(frames[2], [0x62, 0x02, 0x00, 0x02]);
+    // The retained message survived; records continue after the old numbering.
+    assert_eq!(&*net.broker.retained("q/3").unwrap().payload, b"three");
+    net.send(s, &Packet::PubAck(mqtt_proto::Ack::new(pid(1))));
+    assert!(net.records.iter().all(|r| r.seq > last_seq));
+    assert!(matches!(
+        net.records.last().map(|r| &r.change),
+        Some(Change::Acked { packet_id, .. }) if packet_id.get() == 1
+    ));
+}
+
+#[test]
+fn a_rebuilt_broker_keeps_session_expiry_and_will_delays() {
+    let mut net = Net::new(Config::default());
+    let w = net.client(ccfg(V5));
+    net.connect_id(w, "watcher");
+    subscribe(&mut net, w, "w/#", opts(QoS::AtLeastOnce));
+    let r = net.raw(V5);
+    let props = [Property::SessionExpiryInterval(20)];
+    let will_props = [Property::WillDelayInterval(10)];
+    net.send(
+        r,
+        &Packet::Connect(mqtt_proto::Connect {
+            will: Some(will("w/gone", b"bye", &will_props)),
+            properties: mqtt_proto::Properties::new(&props),
+            ..mqtt_proto::Connect::new(V5, "mortal", 0)
+        }),
+    );
+    net.drop_transport(r);
+    assert!(
+        net.records
+            .iter()
+            .any(|r| matches!(r.change, Change::WillPending { .. }))
+    );
+    net.advance_ms(4_000);
+    // Restart 4 s after the drop: the will is due at 10 s, the session ends at 20 s.
+    let mut restarted = Net::with_broker(rebuilt(&net));
+    restarted.now = net.now;
+    let w = restarted.client(ccfg(V5));
+    restarted.connect_id(w, "watcher2");
+    subscribe(&mut restarted, w, "w/#", opts(QoS::AtLeastOnce));
+    restarted.advance_to(mqtt_session::Instant::from_millis(9_999));
+    assert!(restarted.messages(w).is_empty());
+    restarted.advance_to(mqtt_session::Instant::from_millis(10_000));
+    assert_eq!(restarted.messages(w).len(), 1, "the will, after its delay");
+    assert!(restarted.broker.has_session("mortal"));
+    restarted.advance_to(mqtt_session::Instant::from_millis(20_000));
+    assert!(!restarted.broker.has_session("mortal"), "expired on time");
+}
