@@ -824,6 +824,85 @@ fn client_receive_maximum_is_honoured() {
 }
 
 #[test]
+fn retain_wildcard_and_shared_availability() {
+    let cfg = Config {
+        retain_available: false,
+        wildcard_subscriptions: false,
+        shared_subscriptions: false,
+        ..Config::default()
+    };
+    for version in [V311, V5] {
+        let mut net = Net::new(cfg.clone());
+        let s = net.raw(version);
+        if version.is_v5() {
+            net.send(s, &connect_v5("s", true, &[]));
+        } else {
+            net.send(
+                s,
+                &Packet::Connect(mqtt_proto::Connect::new(version, "s", 0)),
+            );
+        }
+        let frames = net.take_frames(s);
+        let ack = connack(&frames[0], version);
+        if version.is_v5() {
+            let props: Vec<Property<'_>> = ack.properties.iter().collect();
+            for p in [
+                Property::RetainAvailable(false),
+                Property::WildcardSubscriptionAvailable(false),
+                Property::SharedSubscriptionAvailable(false),
+            ] {
+                assert!(props.contains(&p), "{p:?} in {props:?}");
+            }
+        }
+        net.send(
+            s,
+            &raw_subscribe(
+                1,
+                &[
+                    (filter("a/+"), opts(QoS::AtMostOnce)),
+                    (filter("$share/g/a"), opts(QoS::AtMostOnce)),
+                    (filter("a/b"), opts(QoS::AtMostOnce)),
+                ],
+                &[],
+            ),
+        );
+        let frames = net.take_frames(s);
+        let Packet::SubAck(sa) = packet(&frames[0], version) else {
+            panic!("no SUBACK")
+        };
+        let codes: Vec<ReasonCode> = sa.reason_codes.iter().collect();
+        let want = if version.is_v5() {
+            [
+                ReasonCode::WildcardSubscriptionsNotSupported,
+                ReasonCode::SharedSubscriptionsNotSupported,
+                ReasonCode::Success,
+            ]
+        } else {
+            [
+                ReasonCode::UnspecifiedError,
+                ReasonCode::UnspecifiedError,
+                ReasonCode::Success,
+            ]
+        };
+        assert_eq!(codes, want, "{version:?}");
+        // A retained publish ends the connection (DISCONNECT 0x9A at 5.0).
+        let retained = Packet::Publish(mqtt_proto::Publish {
+            retain: true,
+            ..mqtt_proto::Publish::new("a/b", b"x")
+        });
+        net.send(s, &retained);
+        let frames = net.take_frames(s);
+        if version.is_v5() {
+            let Packet::Disconnect(d) = packet(&frames[0], version) else {
+                panic!("no DISCONNECT")
+            };
+            assert_eq!(d.reason_code, ReasonCode::RetainNotSupported);
+        }
+        assert!(net.broker.stats().retained == 0);
+    }
+}
+
+#[test]
 fn max_inflight_caps_what_is_sent_unacknowledged() {
     let mut net = Net::new(Config {
         max_inflight: 3,

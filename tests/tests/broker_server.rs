@@ -197,6 +197,7 @@ async fn retained_will_offline_queue_and_shared_subscriptions() {
         assert_eq!(broker.stats().retained, 2);
 
         // Will: a client with a will is killed; the watcher gets the will once.
+        assert!(eventually(|| broker.stats().clients_connected == 0).await);
         let watcher = MosqSub::spawn(&broker, V5, &["-t", "will/t", "-C", "1"]);
         subscriptions(&broker, 1).await;
         let mut doomed = Command::new("mosquitto_sub")
@@ -224,6 +225,8 @@ async fn retained_will_offline_queue_and_shared_subscriptions() {
         );
 
         // Offline queue: subscribe with a persistent session, leave, 20 QoS 1 messages, return.
+        // Earlier clients are gone (their clean sessions' subscriptions with them).
+        assert!(eventually(|| broker.stats().clients_connected == 0).await);
         let base = broker.stats().subscriptions;
         let sub = MosqSub::spawn(
             &broker,
@@ -268,6 +271,8 @@ async fn retained_will_offline_queue_and_shared_subscriptions() {
         assert_eq!(got, want);
 
         // Shared subscription: 2 members of one group get 40 messages between them, once each.
+        // Earlier clients are gone (their clean sessions' subscriptions with them).
+        assert!(eventually(|| broker.stats().clients_connected == 0).await);
         let base = broker.stats().subscriptions;
         let a = MosqSub::spawn(&broker, V5, &["-t", "$share/g/sh/t", "-q", "1", "-W", "3"]);
         let b = MosqSub::spawn(&broker, V5, &["-t", "$share/g/sh/t", "-q", "1", "-W", "3"]);

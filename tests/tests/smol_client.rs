@@ -88,17 +88,31 @@ fn round_trips_at_every_qos_and_version() {
     else {
         return;
     };
-    run(async {
+    run(round_trips(&broker.url(), &|| broker.log()));
+}
+
+/// The same through our own broker (`mqtt_tokio::broker`, on a tokio runtime of its own).
+#[test]
+fn round_trips_through_our_broker() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = mqtt_tokio::broker::BrokerConfig::new("mqtt://127.0.0.1:0");
+    let ours = rt.block_on(mqtt_tokio::broker::Broker::start(cfg)).unwrap();
+    run(round_trips(&ours.urls()[0], &String::new));
+    rt.block_on(ours.stop());
+}
+
+/// Round trips at every QoS and version through the broker at `url`.
+async fn round_trips(url: &str, broker_log: &dyn Fn() -> String) {
+    {
         const N: usize = 25;
         for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
             let v = if version.is_v5() { 5 } else { 3 };
             let (sub, mut driver) =
-                Client::new(options(&broker.url(), &format!("smol-rt-sub-{v}"), version)).unwrap();
+                Client::new(options(url, &format!("smol-rt-sub-{v}"), version)).unwrap();
             let events = driver.events();
             smol::spawn(driver.run()).detach();
             sub.wait_connected(WAIT).await.unwrap();
-            let publisher =
-                connect(options(&broker.url(), &format!("smol-rt-pub-{v}"), version)).await;
+            let publisher = connect(options(url, &format!("smol-rt-pub-{v}"), version)).await;
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 let topic = format!("smol/rt/{v}/{}", qos as u8);
                 let log: Log = Arc::default();
@@ -128,7 +142,7 @@ fn round_trips_at_every_qos_and_version() {
                             _ => None,
                         })
                         .collect::<Vec<_>>(),
-                    broker.log()
+                    broker_log()
                 );
                 Timer::after(GRACE).await;
                 let got = log.lock().unwrap().clone();
@@ -151,7 +165,7 @@ fn round_trips_at_every_qos_and_version() {
                 Err(mqtt_smol::ClientError::Closed)
             ));
         }
-    });
+    }
 }
 
 #[test]

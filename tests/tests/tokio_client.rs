@@ -201,14 +201,35 @@ async fn round_trip_between_our_clients_at_each_qos_and_version() {
     let Some(broker) = start(Broker::builder()) else {
         return;
     };
-    bounded(async {
+    bounded(round_trip_between_our_clients(&broker.url(), &|| {
+        broker.log()
+    }))
+    .await;
+}
+
+/// 1. The same through our own broker (`mqtt_tokio::broker`), in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_between_our_clients_through_our_broker() {
+    let cfg = mqtt_tokio::broker::BrokerConfig::new("mqtt://127.0.0.1:0");
+    let ours = mqtt_tokio::broker::Broker::start(cfg).await.unwrap();
+    bounded(round_trip_between_our_clients(
+        &ours.urls()[0],
+        &String::new,
+    ))
+    .await;
+    ours.stop().await;
+}
+
+/// Scenario 1 against the broker at `url` (`broker_log` shows its log when an assertion fails).
+async fn round_trip_between_our_clients(url: &str, broker_log: &dyn Fn() -> String) {
+    {
         for version in VERSIONS {
             let tag = format!("{version:?}");
-            let sub = connect(options(&broker.url(), &format!("rt-sub-{tag}"), version)).await;
+            let sub = connect(options(url, &format!("rt-sub-{tag}"), version)).await;
             let inbox = Inbox::default();
             inbox.route(&sub, &format!("rt/{tag}/#"), QoS::ExactlyOnce);
             wait_subscribed(&sub, 1).await;
-            let publ = connect(options(&broker.url(), &format!("rt-pub-{tag}"), version)).await;
+            let publ = connect(options(url, &format!("rt-pub-{tag}"), version)).await;
             let mut expected = Vec::new();
             let mut deliveries = Vec::new();
             for qos in QOS {
@@ -223,7 +244,7 @@ async fn round_trip_between_our_clients_at_each_qos_and_version() {
                 assert_eq!(rc, Ok(ReasonCode::Success), "{topic} at {qos:?}");
             }
             let got = inbox.wait_for(expected.len()).await;
-            assert_eq!(got.len(), 30, "{tag}: {got:?}\n{}", broker.log());
+            assert_eq!(got.len(), 30, "{tag}: {got:?}\n{}", broker_log());
             for qos in QOS {
                 let topic = format!("rt/{tag}/{}", qos_number(qos));
                 let mut want: Vec<&[u8]> = expected
@@ -250,8 +271,7 @@ async fn round_trip_between_our_clients_at_each_qos_and_version() {
             publ.disconnect().await;
             sub.disconnect().await;
         }
-    })
-    .await;
+    }
 }
 
 /// 1. Crossed with the reference tools: `mosquitto_pub` → our client and our client →

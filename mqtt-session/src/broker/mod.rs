@@ -1104,6 +1104,11 @@ impl Broker {
             return;
         };
         let Some(sid) = c.session else { return };
+        if p.retain && !self.cfg.retain_available {
+            // Retain Available was announced as 0 [MQTT-3.2.2-14].
+            self.violation(conn, now, ReasonCode::RetainNotSupported);
+            return;
+        }
         let mut topic: Option<Box<str>> = (!p.topic.is_empty()).then(|| Box::from(p.topic));
         let mut expiry = None;
         for prop in p.properties.iter() {
@@ -1348,6 +1353,21 @@ impl Broker {
             if !allowed {
                 codes.push(if version.is_v5() {
                     ReasonCode::NotAuthorized
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
+            let unsupported = if filter.shared().is_some() && !self.cfg.shared_subscriptions {
+                Some(ReasonCode::SharedSubscriptionsNotSupported)
+            } else if filter.as_str().contains(['+', '#']) && !self.cfg.wildcard_subscriptions {
+                Some(ReasonCode::WildcardSubscriptionsNotSupported)
+            } else {
+                None
+            };
+            if let Some(rc) = unsupported {
+                codes.push(if version.is_v5() {
+                    rc
                 } else {
                     ReasonCode::UnspecifiedError
                 });
@@ -2160,6 +2180,15 @@ fn encode_control(
                     props.push(Property::TopicAliasMaximum(cfg.topic_alias_maximum));
                 }
                 props.push(Property::MaximumPacketSize(cfg.max_packet_size.max(1)));
+                if !cfg.retain_available {
+                    props.push(Property::RetainAvailable(false));
+                }
+                if !cfg.wildcard_subscriptions {
+                    props.push(Property::WildcardSubscriptionAvailable(false));
+                }
+                if !cfg.shared_subscriptions {
+                    props.push(Property::SharedSubscriptionAvailable(false));
+                }
                 if let Some(id) = assigned {
                     props.push(Property::AssignedClientIdentifier(id));
                 }

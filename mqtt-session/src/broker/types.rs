@@ -82,6 +82,13 @@ pub struct Config {
     pub limits: Limits,
     /// Publish `$SYS/broker/...` counters (retained) at this interval.
     pub sys_interval: Option<Duration>,
+    /// Whether clients may publish retained messages (announced at 5.0; a retained publish is
+    /// a protocol error, 0x9A, when not).
+    pub retain_available: bool,
+    /// Whether subscriptions may use `+` and `#` (else SUBACK 0xA2 at 5.0, 0x80 at 3.x).
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/` subscriptions are allowed (else SUBACK 0x9E at 5.0, 0x80 at 3.x).
+    pub shared_subscriptions: bool,
     /// QoS 1/2 messages the broker sends a client before it waits for acknowledgments, below
     /// the client's own Receive Maximum.
     pub max_inflight: u16,
@@ -103,6 +110,9 @@ impl Default for Config {
             limits: Limits::default(),
             sys_interval: None,
             max_inflight: u16::MAX,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
             assigned_id_prefix: "auto-",
         }
     }

@@ -166,6 +166,12 @@ pub struct BrokerConfig {
     pub topic_alias_maximum: u16,
     /// Upper bound on session expiry, in seconds.
     pub max_session_expiry: u32,
+    /// Whether clients may publish retained messages.
+    pub retain_available: bool,
+    /// Whether subscriptions may use `+` and `#`.
+    pub wildcard_subscription_available: bool,
+    /// Whether `$share/` subscriptions are allowed.
+    pub shared_subscription_available: bool,
     /// Address of the HTTP endpoint (`/health`, `/livez`, `/readyz`, `/metrics`).
     pub http_listen: Option<String>,
     /// Seconds between `$SYS/broker/...` updates (0: none).
@@ -192,6 +198,9 @@ impl Default for BrokerConfig {
             max_queued_bytes_total: core.limits.total_bytes,
             topic_alias_maximum: core.topic_alias_maximum,
             max_session_expiry: core.max_session_expiry,
+            retain_available: core.retain_available,
+            wildcard_subscription_available: core.wildcard_subscriptions,
+            shared_subscription_available: core.shared_subscriptions,
             http_listen: None,
             sys_interval: 0,
         }
@@ -306,6 +315,9 @@ impl BrokerConfig {
             connect_timeout: Duration::from_secs(self.connect_timeout),
             max_session_expiry: self.max_session_expiry,
             max_inflight: self.max_inflight,
+            retain_available: self.retain_available,
+            wildcard_subscriptions: self.wildcard_subscription_available,
+            shared_subscriptions: self.shared_subscription_available,
             authenticate,
             sys_interval: (self.sys_interval > 0).then(|| Duration::from_secs(self.sys_interval)),
             limits: Limits {
@@ -342,10 +354,13 @@ mod tests {
         let e = BrokerConfig::from_toml_str("[tls]\ncert = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("cert"), "{e}");
         let c = BrokerConfig::from_toml_str(
-            "listen = [\"mqtt://127.0.0.1:0\"]\nallow_anonymous = false\nmax_keep_alive = 60\n",
+            "listen = [\"mqtt://127.0.0.1:0\"]\nallow_anonymous = false\nmax_keep_alive = 60\n\
+             retain_available = false\n",
         )
         .unwrap();
         assert!(!c.allow_anonymous);
+        assert!(!c.core(false).retain_available);
+        assert!(c.core(false).shared_subscriptions);
         assert_eq!(c.max_keep_alive, 60);
         assert_eq!(c.receive_maximum, CoreConfig::default().receive_maximum);
     }

@@ -150,7 +150,9 @@ pub(crate) async fn serve(
 ) {
     let _open = OpenGuard(shared.clone());
     let limit = Duration::from_secs(shared.cfg.connect_timeout);
-    let (io, identity) = match tokio::time::timeout(limit, handshake(sock, &ctx)).await {
+    // Boxed: the TLS and WebSocket handshake states are large, and an idle connection's task
+    // should not keep room for them once they are done (memory per connection).
+    let (io, identity) = match tokio::time::timeout(limit, Box::pin(handshake(sock, &ctx))).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "handshake failed");
@@ -229,7 +231,8 @@ impl Conn {
             }
             let work = self.slot.take();
             for q in work.questions {
-                self.answer(q).await;
+                // Boxed for the same reason: asked once per connection.
+                Box::pin(self.answer(q)).await;
             }
             if self.filled > 0 && work.close.is_none() {
                 continue;

@@ -14,7 +14,7 @@
 //! does not read only stops its own task (its session queue is bounded by the core's limits).
 //!
 //! The records a durable store must keep (`poll_record`) are drained in one place
-//! ([`Core::dispatch`]); without a store they are dropped, and acks are not held.
+//! (`Core::dispatch`); without a store they are dropped, and acks are not held.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

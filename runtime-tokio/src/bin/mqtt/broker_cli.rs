@@ -65,6 +65,15 @@ pub struct BrokerArgs {
     /// Highest topic alias accepted from clients (0: none).
     #[arg(long)]
     topic_alias_maximum: Option<u16>,
+    /// Whether clients may publish retained messages (default true).
+    #[arg(long)]
+    retain_available: Option<bool>,
+    /// Whether subscriptions may use + and # (default true).
+    #[arg(long)]
+    wildcard_subscription_available: Option<bool>,
+    /// Whether $share/ subscriptions are allowed (default true).
+    #[arg(long)]
+    shared_subscription_available: Option<bool>,
     /// Address of the HTTP endpoint (/health, /livez, /readyz, /metrics).
     #[arg(long)]
     http_listen: Option<String>,
@@ -118,7 +127,10 @@ impl BrokerArgs {
             max_queued_bytes,
             max_queued_bytes_total,
             topic_alias_maximum,
-            sys_interval
+            sys_interval,
+            retain_available,
+            wildcard_subscription_available,
+            shared_subscription_available
         );
         c.password_file = self.password_file.or(c.password_file);
         c.acl_file = self.acl_file.or(c.acl_file);
