@@ -21,8 +21,8 @@ pub mod mosquitto;
 pub mod node;
 pub mod peers;
 pub mod proxy;
-pub mod runtimes;
 pub mod raw;
+pub mod runtimes;
 
 /// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
 ///
