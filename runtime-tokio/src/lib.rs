@@ -1,4 +1,4 @@
-//! An async MQTT 3.1.1 / 5.0 client on tokio.
+//! An async MQTT 3.1.1 / 5.0 client and an MQTT broker on tokio.
 //!
 //! The client of [`mqtt_client`] on tokio: this crate supplies the tasks (`tokio::spawn`), the
 //! clock (`tokio::time`) and TCP (`tokio::net`, through `tokio_util::compat`) as the [`Tokio`]
@@ -13,6 +13,9 @@
 //!   restores subscriptions and resends what was not acknowledged.
 //! - [`MqttCodec`]: a `tokio_util` codec for those who frame MQTT themselves.
 //! - [`load_options`]: [`Options`] from a TOML file and `MQTT_*` environment variables.
+//! - [`Broker`] (module [`broker`](mod@broker)): the MQTT broker server, in-process
+//!   (`Broker::start(config)`), around the sans-IO broker core of `mqtt-session`. The client's
+//!   broker address type is [`BrokerUrl`].
 //!
 //! The package also builds the `mqtt` command-line tool (`mqtt pub`, `mqtt sub`), whose flags
 //! follow `mosquitto_pub` and `mosquitto_sub`; `mqtt --help` lists them and its exit codes.
@@ -37,12 +40,14 @@ pub mod bench;
 pub mod broker;
 pub mod codec;
 
+pub use broker::{Broker, BrokerConfig};
 pub use codec::MqttCodec;
+pub use mqtt_client::Broker as BrokerUrl;
 pub use mqtt_client::options::{load_options, load_options_unvalidated};
 pub use mqtt_client::{
-    AckMode, Broker, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, DEFAULT_URL,
-    Delivery, Durability, ENV_VARS, Event, Failure, HandlerResult, Message, MessageProperties,
-    Options, OptionsError, ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
+    AckMode, ClientError, ConnectError, ConnectionError, DEFAULT_PRIORITY, DEFAULT_URL, Delivery,
+    Durability, ENV_VARS, Event, Failure, HandlerResult, Message, MessageProperties, Options,
+    OptionsError, ProtocolVersion, QoS, ReasonCode, RouteId, Scheme, Stats, TlsOptions,
 };
 
 /// A cloneable handle to an MQTT client whose connection runs in a [`Driver`] on tokio.
