@@ -7,11 +7,9 @@
 //! depends on them.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mqtt_session::engine::{Engine, StoreOp};
-use mqtt_store::{Commit, Mode, Op, Store, StoreError};
+use mqtt_store::{Commit, Mode, Op, Store, StoreError, aside_path};
 use tracing::{info, warn};
 
 use crate::api::ClientError;
@@ -41,18 +39,10 @@ impl Persist {
             Durability::Relaxed(d) => Mode::Relaxed(d),
         };
         let mut set_aside = 0;
-        let (store, recovered) = match Store::open(path, mode) {
-            Ok(opened) => opened,
-            Err(e) if !is_damaged(&e) => return Err(ClientError::Store(e.to_string())),
-            Err(e) => {
-                // A file the store cannot even read: move it out of the way and start empty.
-                let moved = aside(path, "unreadable");
-                warn!(store = %path.display(), error = %e, moved_to = %moved.display(), "store unreadable; set aside");
-                fs::rename(path, &moved).map_err(|r| ClientError::Store(r.to_string()))?;
-                set_aside += 1;
-                Store::open(path, mode).map_err(|e| ClientError::Store(e.to_string()))?
-            }
-        };
+        // A damaged file or record is set aside by the store itself; an error here is a busy
+        // or unwritable place, where starting over would not help.
+        let (store, recovered) =
+            Store::open(path, mode).map_err(|e| ClientError::Store(e.to_string()))?;
         for s in &recovered.set_aside {
             warn!(store = %path.display(), "{s}");
         }
@@ -60,7 +50,7 @@ impl Persist {
         let mut dropped = Vec::new();
         for (key, record) in &recovered.records {
             if let Err(e) = engine.restore(*key, record) {
-                let moved = aside(path, &format!("record-{key}"));
+                let moved = aside_path(path, &format!("record-{key}"));
                 warn!(store = %path.display(), key, error = %e, moved_to = %moved.display(), "store record not restored; set aside");
                 if let Err(w) = fs::write(&moved, record) {
                     warn!(error = %w, "cannot write the set-aside record");
@@ -132,20 +122,4 @@ pub(crate) fn committed<C>(engine: &mut Engine<C>, lsn: u64, result: Result<(), 
         engine.count_store(0, 0, 1);
     }
     engine.handle_durable(lsn);
-}
-
-/// Whether opening failed on the file's contents, not because another process holds it or
-/// its directory is unwritable (where moving it aside would not help).
-fn is_damaged(e: &StoreError) -> bool {
-    e.0.starts_with("read") || e.0.starts_with("open the records table")
-}
-
-fn aside(path: &Path, what: &str) -> PathBuf {
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{what}-{stamp}"));
-    path.with_file_name(name)
 }

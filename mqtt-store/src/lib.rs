@@ -192,7 +192,7 @@ impl Store {
             fs::create_dir_all(dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
         }
         let mut set_aside = Vec::new();
-        let db = match Database::create(path) {
+        let mut db = match Database::create(path) {
             Ok(db) => db,
             Err(
                 e @ (redb::DatabaseError::DatabaseAlreadyOpen
@@ -201,18 +201,17 @@ impl Store {
                 // Not a damaged file but a busy or unwritable one: moving it would not help.
                 return Err(err(&format!("open {}", path.display()), e));
             }
+            Err(e) => start_over(path, e.to_string(), &mut set_aside)?,
+        };
+        let records = match read_all(&db, path, &mut set_aside) {
+            Ok(records) => records,
+            // The file opened but its tree cannot be read through: set it aside as well.
             Err(e) => {
-                let moved_to = aside_path(path, "corrupt");
-                fs::rename(path, &moved_to)
-                    .map_err(|r| err(&format!("move aside {}", path.display()), r))?;
-                set_aside.push(SetAside::File {
-                    moved_to,
-                    reason: e.to_string(),
-                });
-                Database::create(path).map_err(|e| err(&format!("create {}", path.display()), e))?
+                drop(db);
+                db = start_over(path, e.0, &mut set_aside)?;
+                Vec::new()
             }
         };
-        let records = read_all(&db, path, &mut set_aside)?;
         let counters = Arc::new(Counters::default());
         let failed = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel();
@@ -361,7 +360,20 @@ impl Future for Commit {
     }
 }
 
-fn aside_path(path: &Path, what: &str) -> PathBuf {
+/// Moves the unreadable file at `path` aside (reported in `set_aside`) and creates an empty one.
+fn start_over(
+    path: &Path,
+    reason: String,
+    set_aside: &mut Vec<SetAside>,
+) -> Result<Database, StoreError> {
+    let moved_to = aside_path(path, "corrupt");
+    fs::rename(path, &moved_to).map_err(|r| err(&format!("move aside {}", path.display()), r))?;
+    set_aside.push(SetAside::File { moved_to, reason });
+    Database::create(path).map_err(|e| err(&format!("create {}", path.display()), e))
+}
+
+/// A path next to `path` for something set aside: `NAME.WHAT-MILLIS`.
+pub fn aside_path(path: &Path, what: &str) -> PathBuf {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
