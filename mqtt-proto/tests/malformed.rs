@@ -1312,7 +1312,7 @@ fn publish_empty_topic() {
 // ------------------------------------------------------------------------- lengths and ends
 
 /// A field longer than what the remaining length leaves is malformed — not incomplete, even
-/// with more bytes (the next packet) in the buffer (DESIGN.md rule 6).
+/// with more bytes (the next packet) in the buffer (ARCHITECTURE.md, the core's rule 6).
 #[test]
 fn field_past_end_of_frame() {
     // PUBLISH whose topic length says 10 while the frame holds 3 bytes of it.
