@@ -824,6 +824,47 @@ fn client_receive_maximum_is_honoured() {
 }
 
 #[test]
+fn a_retained_will_is_refused_where_retain_is_off() {
+    let cfg = Config {
+        retain_available: false,
+        ..Config::default()
+    };
+    for (version, code) in [
+        (V5, ReasonCode::RetainNotSupported),
+        // 3.1.1 has no such code: "server unavailable" (return code 3) is the nearest.
+        (V311, ReasonCode::ServerUnavailable),
+    ] {
+        let mut net = Net::new(cfg.clone());
+        let s = net.raw(version);
+        let mut w = will("w/t", b"bye", &[]);
+        w.retain = true;
+        net.send(
+            s,
+            &Packet::Connect(mqtt_proto::Connect {
+                will: Some(w),
+                ..mqtt_proto::Connect::new(version, "s", 0)
+            }),
+        );
+        let frames = net.take_frames(s);
+        let ack = connack(&frames[0], version);
+        assert_eq!(ack.reason_code, code, "{version:?}");
+        // Without retain, the same will is accepted.
+        let mut net = Net::new(cfg.clone());
+        let s = net.raw(version);
+        net.send(
+            s,
+            &Packet::Connect(mqtt_proto::Connect {
+                will: Some(will("w/t", b"bye", &[])),
+                ..mqtt_proto::Connect::new(version, "s", 0)
+            }),
+        );
+        let frames = net.take_frames(s);
+        let ack = connack(&frames[0], version);
+        assert_eq!(ack.reason_code, ReasonCode::Success, "{version:?}");
+    }
+}
+
+#[test]
 fn retain_wildcard_and_shared_availability() {
     let cfg = Config {
         retain_available: false,

@@ -867,6 +867,17 @@ impl Broker {
         let username: Option<Box<str>> = p.username.map(Box::from);
         let will = match &p.will {
             Some(w) => {
+                // A retained will where retain is off: refused with 0x9A [MQTT-3.2.2-13]; 3.x
+                // has no such code, "server unavailable" is the nearest.
+                if w.retain && !self.cfg.retain_available {
+                    let rc = if v.is_v5() {
+                        ReasonCode::RetainNotSupported
+                    } else {
+                        ReasonCode::ServerUnavailable
+                    };
+                    self.refuse(conn, rc);
+                    return;
+                }
                 let info = ClientInfo {
                     client_id: &client_id,
                     username: username.as_deref(),

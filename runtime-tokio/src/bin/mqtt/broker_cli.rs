@@ -1,5 +1,6 @@
 //! `mqtt broker` (run the broker server) and `mqtt passwd` (write password file entries).
 
+use std::io::IsTerminal;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -168,6 +169,7 @@ pub fn run_broker(args: BrokerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_file_limit(cfg.max_connections);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         rt.worker_threads(n.max(1));
@@ -232,6 +234,20 @@ pub struct PasswdArgs {
 }
 
 /// Adds, replaces or deletes one user's entry of a mosquitto password file.
+/// Raises the open-files limit towards what `max_connections` needs (to the hard limit when
+/// it is 0, unlimited), since every connection is a file descriptor.
+fn raise_file_limit(max_connections: usize) {
+    // Listeners, the store, logs and accept bursts need some beyond the connections.
+    let wanted = match max_connections {
+        0 => u64::MAX,
+        n => (n as u64).saturating_add(1024),
+    };
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
 pub fn run_passwd(args: PasswdArgs) -> ExitCode {
     match passwd(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -269,9 +285,10 @@ fn passwd(args: PasswdArgs) -> Result<(), String> {
     } else {
         let password = match args.password {
             Some(p) => p,
+            // At a terminal the password is read without echo; piped, as a line.
+            None if std::io::stdin().is_terminal() => rpassword::prompt_password("Password: ")
+                .map_err(|e| format!("reading the password: {e}"))?,
             None => {
-                eprint!("Password: ");
-                let _ = std::io::stderr().flush();
                 let mut line = String::new();
                 std::io::stdin()
                     .lock()
