@@ -55,7 +55,8 @@ impl Endpoint for ClientEndpoint {
     }
 
     fn ready(&self) -> bool {
-        self.with(false, |core| core.stats(core.now()).connected)
+        // Only the connection state: no walk over the held messages per probe.
+        self.with(false, |core| core.lock().engine.is_connected())
     }
 }
 
