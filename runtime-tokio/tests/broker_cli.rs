@@ -226,12 +226,8 @@ fn passwd_entries_log_in_and_json_logs_hold_no_password() {
 
 /// Metrics text from the broker's HTTP endpoint.
 fn metrics(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
+    let addr = addr.parse().expect("the broker's HTTP address");
+    tests::http::get(addr, "/metrics").expect("GET /metrics").1
 }
 
 fn gauge(text: &str, name: &str) -> f64 {

@@ -3,8 +3,7 @@
 //! Each test starts its own mosquitto on free loopback ports (failed under `CI=true` when it is
 //! missing).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -105,13 +104,7 @@ fn json_logs_are_one_object_per_line_with_client_and_broker() {
 }
 
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    let code = r.split(' ').nth(1)?.parse().ok()?;
-    Some((code, r.split_once("\r\n\r\n")?.1.to_string()))
+    tests::http::get(addr, path).ok()
 }
 
 #[test]

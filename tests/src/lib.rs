@@ -7,6 +7,7 @@
 //!   fields, and packets we encode must parse in it to the same fields).
 //! - [`mosquitto`]: a private mosquitto broker per test on free loopback ports (password, TLS,
 //!   websockets, persistence; kill and restart on the same ports).
+//! - [`http`]: one blocking HTTP GET, for the health endpoints.
 //! - [`certs`]: a CA, a server and a client certificate generated with `rcgen`, as PEM files.
 //! - [`proxy`]: a loopback TCP proxy whose connections a test can cut mid-stream or stall.
 //! - [`peers`]: `mosquitto_pub` / `mosquitto_sub` as reference peers.
@@ -17,6 +18,7 @@
 //! `apt-get install mosquitto mosquitto-clients`) before a plain `cargo test`.
 
 pub mod certs;
+pub mod http;
 pub mod mosquitto;
 pub mod node;
 pub mod peers;

@@ -7,8 +7,7 @@
 //! Each test starts its own mosquitto on free loopback ports (failed under `CI=true` when it
 //! is missing) and is bounded in time.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mqtt_client::{Client, Options, ProtocolVersion, QoS};
@@ -23,21 +22,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// One GET: the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the health endpoint");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    tests::http::get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// `/health`: its HTTP status and the report's `status`.
