@@ -119,9 +119,12 @@
 //! inbound QoS 2 ids, retained messages, pending wills. Only sessions with an expiry above 0
 //! are recorded. [`Broker::restore`] rebuilds a broker from the records; offline sessions keep
 //! their subscriptions and queues, and resend their in-flight messages with the original packet
-//! ids and DUP when their client returns. With [`Config::hold_acks_until_durable`], PUBACK and
-//! PUBREC of a received publish wait until [`Broker::handle_durable`] reports the records up to
-//! it durable.
+//! ids and DUP when their client returns. With [`Config::hold_acks_until_durable`], PUBACK,
+//! PUBREC and PUBCOMP of a received publish wait until [`Broker::handle_durable`] reports the
+//! records up to it durable, and a QoS 2 message goes to a persistent session only once the
+//! record of the packet id it goes out with is durable (so that a restart resends it with that
+//! id, which the subscriber recognises, and exactly once holds). [`ledger::Ledger`] folds the
+//! records into the live entries of a key/value store and loads them back.
 //!
 //! # Limits
 //! Each session holds at most [`Limits::session_messages`] messages and
