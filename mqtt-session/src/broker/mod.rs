@@ -1339,9 +1339,6 @@ impl Broker {
                 self.complete(conn, pid, |_| true);
             }
             Some(OutState::AwaitAck) => {
-                if let Some(i) = s.inflight.get_mut(&pid) {
-                    i.state = OutState::AwaitComp;
-                }
                 if s.persistent {
                     let change = Change::Received {
                         client_id: s.client_id.clone(),
@@ -1349,10 +1346,21 @@ impl Broker {
                     };
                     push_record(&mut self.records, &mut self.seq, change);
                 }
-                self.push_control(conn, Control::PubRel(pid, ReasonCode::Success));
+                let hold = self.cfg.hold_acks_until_durable && s.persistent;
+                if let Some(i) = s.inflight.get_mut(&pid) {
+                    i.state = OutState::AwaitComp;
+                    if hold {
+                        // A resend after a reconnect waits for the record too.
+                        i.seq = self.seq;
+                    }
+                }
+                // The subscriber forgets the packet id at PUBREL: sent before the broker
+                // has recorded the PUBREC, a restart would deliver the message again under
+                // that id as a new one. So PUBREL waits like an acknowledgment.
+                self.ack(conn, Control::PubRel(pid, ReasonCode::Success));
             }
             Some(OutState::AwaitComp) => {
-                self.push_control(conn, Control::PubRel(pid, ReasonCode::Success));
+                self.ack(conn, Control::PubRel(pid, ReasonCode::Success));
             }
             None => {
                 let rc = if version.is_v5() {
