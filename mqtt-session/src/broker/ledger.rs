@@ -62,8 +62,9 @@ struct SessionEntry {
     subs: BTreeMap<Box<str>, u64>,
     /// Queued deliveries not sent yet, by message id (a message may be queued twice).
     queued: BTreeMap<u64, VecDeque<u64>>,
-    /// Sent deliveries by packet id: (delivery number, message id).
-    inflight: BTreeMap<u16, (u64, u64)>,
+    /// Sent deliveries by packet id: (delivery number, message id, whether the sent state
+    /// has an entry of its own rather than living in the delivery's).
+    inflight: BTreeMap<u16, (u64, u64, bool)>,
     inbound: BTreeMap<u16, u64>,
     will: Option<u64>,
 }
@@ -166,9 +167,11 @@ impl Ledger {
                 self.release(*id);
             }
         }
-        for (n, id) in s.inflight.values() {
+        for (n, id, separate) in s.inflight.values() {
             self.delete(key(kind::DELIVERY, *n));
-            self.delete(key(kind::SENT, *n));
+            if *separate {
+                self.delete(key(kind::SENT, *n));
+            }
             self.release(*id);
         }
         for n in s.inbound.values() {
@@ -255,7 +258,7 @@ impl Ledger {
                     s.queued.entry(message.id).or_default().push_back(n);
                 }
                 self.hold(message);
-                let v = encode_delivery(sn, message.id, *qos, *retain, identifiers);
+                let v = encode_delivery(sn, message.id, *qos, *retain, identifiers, None);
                 self.put(key(kind::DELIVERY, n), v, true);
             }
             Change::Sent {
@@ -269,27 +272,39 @@ impl Ledger {
                 let Some(n) = take_queued(&mut s.queued, *message_id) else {
                     return;
                 };
-                s.inflight.insert(packet_id.get(), (n, *message_id));
-                self.put(key(kind::SENT, n), encode_sent(*packet_id, false), true);
+                let separate = !self.set_sent(n, *packet_id, false);
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.inflight
+                        .insert(packet_id.get(), (n, *message_id, separate));
+                }
             }
             Change::Received {
                 client_id,
                 packet_id,
             } => {
-                let Some(&(n, _)) = self
+                let Some(&(n, _, separate)) = self
                     .sessions
                     .get(client_id)
                     .and_then(|s| s.inflight.get(&packet_id.get()))
                 else {
                     return;
                 };
-                self.put(key(kind::SENT, n), encode_sent(*packet_id, true), false);
+                if separate || !self.set_sent(n, *packet_id, true) {
+                    self.put(key(kind::SENT, n), encode_sent(*packet_id, true), !separate);
+                    if let Some(i) = self
+                        .sessions
+                        .get_mut(client_id)
+                        .and_then(|s| s.inflight.get_mut(&packet_id.get()))
+                    {
+                        i.2 = true;
+                    }
+                }
             }
             Change::Acked {
                 client_id,
                 packet_id,
             } => {
-                let Some((n, id)) = self
+                let Some((n, id, separate)) = self
                     .sessions
                     .get_mut(client_id)
                     .and_then(|s| s.inflight.remove(&packet_id.get()))
@@ -297,7 +312,9 @@ impl Ledger {
                     return;
                 };
                 self.delete(key(kind::DELIVERY, n));
-                self.delete(key(kind::SENT, n));
+                if separate {
+                    self.delete(key(kind::SENT, n));
+                }
                 self.release(id);
             }
             Change::Dropped {
@@ -395,6 +412,28 @@ impl Ledger {
                 self.release(id);
             }
         }
+    }
+
+    /// Writes the sent state into delivery `n`'s entry if that entry is still waiting to be
+    /// written (the usual case: a delivery to a connected client is queued and sent in the
+    /// same batch), saving an entry of its own; otherwise, for a first send, writes that
+    /// entry. Whether it went into the delivery's.
+    fn set_sent(&mut self, n: u64, packet_id: PacketId, received: bool) -> bool {
+        let k = key(kind::DELIVERY, n);
+        let patched = match self.pending.get_mut(&k) {
+            Some(Some(v)) => match decode_delivery(v) {
+                Some((sn, id, qos, retain, ids, _)) => {
+                    *v = encode_delivery(sn, id, qos, retain, &ids, Some((packet_id, received)));
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if !patched && !received {
+            self.put(key(kind::SENT, n), encode_sent(packet_id, false), true);
+        }
+        patched
     }
 
     /// The writes folded since the last call, one per key, in key order.
@@ -500,9 +539,9 @@ impl Ledger {
             let decoded = decode_delivery(v).and_then(|d| {
                 let client_id = session_of(d.0)?;
                 let message = messages.get(&d.1)?.clone();
-                Some((client_id, message, d.2, d.3, d.4))
+                Some((client_id, message, d.2, d.3, d.4, d.5))
             });
-            let Some((client_id, message, qos, retain, identifiers)) = decoded else {
+            let Some((client_id, message, qos, retain, identifiers, inline)) = decoded else {
                 invalid.push(key(kind::DELIVERY, n));
                 if sent.remove(&n).is_some() {
                     invalid.push(key(kind::SENT, n));
@@ -512,10 +551,13 @@ impl Ledger {
             let id = message.id;
             *ledger.refs.entry(id).or_insert(0) += 1;
             let s = ledger.sessions.get_mut(&client_id);
-            match sent.remove(&n) {
+            // An entry of its own is newer than the state in the delivery's.
+            let separate = sent.remove(&n);
+            match separate.or(inline) {
                 Some((packet_id, received)) => {
                     if let Some(s) = s {
-                        s.inflight.insert(packet_id.get(), (n, id));
+                        s.inflight
+                            .insert(packet_id.get(), (n, id, separate.is_some()));
                     }
                     changes.push(Change::Queued {
                         client_id: client_id.clone(),
@@ -846,7 +888,14 @@ fn decode_subscription(v: &[u8]) -> Option<(u64, Box<str>, SubscriptionOptions, 
     r.end((session, filter, options, identifier))
 }
 
-fn encode_delivery(session: u64, message: u64, qos: QoS, retain: bool, ids: &[u32]) -> Vec<u8> {
+fn encode_delivery(
+    session: u64,
+    message: u64,
+    qos: QoS,
+    retain: bool,
+    ids: &[u32],
+    sent: Option<(PacketId, bool)>,
+) -> Vec<u8> {
     let mut w = W::new();
     w.u64(session)
         .u64(message)
@@ -855,10 +904,14 @@ fn encode_delivery(session: u64, message: u64, qos: QoS, retain: bool, ids: &[u3
     for id in ids {
         w.u32(*id);
     }
+    match sent {
+        Some((pid, received)) => w.u8(1 + u8::from(received)).u16(pid.get()),
+        None => w.u8(0),
+    };
     w.0
 }
 
-type Delivery = (u64, u64, QoS, bool, Vec<u32>);
+type Delivery = (u64, u64, QoS, bool, Vec<u32>, Option<(PacketId, bool)>);
 
 fn decode_delivery(v: &[u8]) -> Option<Delivery> {
     let mut r = R::new(v)?;
@@ -870,12 +923,18 @@ fn decode_delivery(v: &[u8]) -> Option<Delivery> {
     for _ in 0..count {
         ids.push(r.u32()?);
     }
+    let sent = match r.u8()? {
+        0 => None,
+        s @ (1 | 2) => Some((PacketId::new(r.u16()?)?, s == 2)),
+        _ => return None,
+    };
     r.end((
         session,
         message,
         QoS::from_u8(flags & 3)?,
         flags & 4 != 0,
         ids,
+        sent,
     ))
 }
 
