@@ -888,6 +888,7 @@ impl Broker {
         let mut max_packet = u32::MAX;
         let mut method = None;
         let mut data = None;
+        let mut response_info = false;
         for prop in p.properties.iter() {
             match prop {
                 Property::SessionExpiryInterval(e) => expiry = e,
@@ -895,6 +896,7 @@ impl Broker {
                 Property::MaximumPacketSize(m) => max_packet = m,
                 Property::AuthenticationMethod(m) => method = Some(Box::<str>::from(m)),
                 Property::AuthenticationData(d) => data = Some(Box::<[u8]>::from(d)),
+                Property::RequestResponseInformation(r) => response_info = r,
                 _ => {}
             }
         }
@@ -918,6 +920,16 @@ impl Broker {
                 if w.retain && !self.cfg.retain_available {
                     let rc = if v.is_v5() {
                         ReasonCode::RetainNotSupported
+                    } else {
+                        ReasonCode::ServerUnavailable
+                    };
+                    self.refuse(conn, rc);
+                    return;
+                }
+                // A will above the Maximum QoS: refused with 0x9B [MQTT-3.2.2-12].
+                if w.qos > self.cfg.maximum_qos {
+                    let rc = if v.is_v5() {
+                        ReasonCode::QoSNotSupported
                     } else {
                         ReasonCode::ServerUnavailable
                     };
@@ -975,6 +987,7 @@ impl Broker {
             expiry,
             expiry_capped,
             server_keep_alive,
+            response_info,
             will,
             username: username.clone(),
         });
@@ -1055,6 +1068,7 @@ impl Broker {
             keep_alive: None,
             expiry: None,
             auth: None,
+            response_info: false,
         });
         c.state = ConnState::Closed;
         c.pending = None;
@@ -1154,6 +1168,7 @@ impl Broker {
             keep_alive: pending.server_keep_alive,
             expiry: (v5 && pending.expiry_capped).then_some(pending.expiry),
             auth: c.auth_method.clone().map(|m| (m, None)),
+            response_info: pending.response_info,
         });
         self.wake(conn);
     }
@@ -1218,6 +1233,19 @@ impl Broker {
             self.violation(conn, now, ReasonCode::ReceiveMaximumExceeded);
             return;
         }
+        if p.qos > self.cfg.maximum_qos && version.is_v5() {
+            // Above the Maximum QoS of CONNACK [MQTT-3.2.2-11]: DISCONNECT 0x9B. A 3.1.1
+            // client knows no maximum: its handshake is kept, the message capped.
+            self.violation(conn, now, ReasonCode::QoSNotSupported);
+            return;
+        }
+        // A payload that says it is UTF-8 and is not: refused with 0x99 (a receiver may check
+        // the format it is told [MQTT-3.3.2-4]).
+        let bad_format = version.is_v5()
+            && p.properties
+                .iter()
+                .any(|pr| matches!(pr, Property::PayloadFormatIndicator(true)))
+            && core::str::from_utf8(p.payload).is_err();
         let info = ClientInfo {
             client_id: &s.client_id,
             username: s.username.as_deref(),
@@ -1229,14 +1257,14 @@ impl Broker {
         let persistent = s.persistent;
         let client_id = s.client_id.clone();
         let mut matched = 0;
-        if allowed {
+        if allowed && !bad_format {
             let id = self.next_msg;
             self.next_msg += 1;
             let msg = Shared::new(Message {
                 id,
                 topic,
                 payload: Box::from(p.payload),
-                qos: p.qos,
+                qos: p.qos.min(self.cfg.maximum_qos),
                 retain: p.retain,
                 properties: MessageProperties::from_properties(&p.properties),
                 expires_at: expiry.map(|e| now + Duration::from_secs(u64::from(e))),
@@ -1248,6 +1276,8 @@ impl Broker {
         }
         let rc = if !allowed && version.is_v5() {
             ReasonCode::NotAuthorized
+        } else if bad_format {
+            ReasonCode::PayloadFormatInvalid
         } else if matched == 0 && version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -1450,6 +1480,11 @@ impl Broker {
                 });
                 continue;
             }
+            // Granted at most the Maximum QoS.
+            let options = mqtt_proto::SubscriptionOptions {
+                qos: options.qos.min(self.cfg.maximum_qos),
+                ..options
+            };
             let is_new = self.add_subscription(sid, filter, options, identifier);
             codes.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
@@ -2238,8 +2273,15 @@ fn encode_control(
             keep_alive,
             expiry,
             auth,
+            response_info,
         } => {
             if v5 && *code == ReasonCode::Success {
+                if cfg.maximum_qos != QoS::ExactlyOnce {
+                    props.push(Property::MaximumQoS(cfg.maximum_qos));
+                }
+                if let (true, Some(info)) = (*response_info, &cfg.response_information) {
+                    props.push(Property::ResponseInformation(info));
+                }
                 if cfg.receive_maximum != u16::MAX {
                     props.push(Property::ReceiveMaximum(cfg.receive_maximum.max(1)));
                 }
