@@ -693,6 +693,22 @@ async fn certificate_common_name_is_the_acl_user() {
             ReasonCode::NotAuthorized
         );
         c.disconnect().await;
+        // The will is authorized for the certificate's name too, not the claimed one.
+        let opts = Options::new(&broker.urls()[0])
+            .unwrap()
+            .client_id("cn-will")
+            .version(V5)
+            .credentials("impostor", "whatever")
+            .will("other/will", "bye", QoS::AtLeastOnce, false)
+            .ca_file(certs.ca_pem())
+            .client_cert(certs.client_cert(), certs.client_key());
+        let w = Client::spawn(opts).unwrap();
+        let refused = w.wait_connected(WAIT).await;
+        assert!(
+            matches!(refused, Err(mqtt_tokio::ConnectError::Refused(_))),
+            "{refused:?}"
+        );
+        drop(w);
         broker.stop().await;
     })
     .await;

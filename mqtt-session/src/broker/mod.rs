@@ -317,7 +317,9 @@ impl Broker {
         self.by_id.contains_key(client_id)
     }
 
-    /// A new connection; its CONNECT must arrive within [`Config::connect_timeout`].
+    /// A new connection, accepted at `now` (which may be before a TLS or WebSocket handshake
+    /// that the runtime did first); its CONNECT must arrive within [`Config::connect_timeout`]
+    /// of it.
     pub fn handle_open(&mut self, now: Instant) -> ConnId {
         let id = self.conns.insert(Conn::new(now));
         self.timers
@@ -441,8 +443,14 @@ impl Broker {
         let method = c.auth_method.clone();
         match (state, answer) {
             (ConnState::Authenticating, Answer::Accept) => self.finish_connect(conn, now),
+            (ConnState::Authenticating, Answer::AcceptAs(user)) => {
+                if let Some(p) = c.pending.as_mut() {
+                    p.username = Some(user);
+                }
+                self.finish_connect(conn, now);
+            }
             (ConnState::Authenticating, Answer::Refuse(rc)) => self.refuse(conn, rc),
-            (ConnState::Open, Answer::Accept) => {
+            (ConnState::Open, Answer::Accept | Answer::AcceptAs(_)) => {
                 let method = method.unwrap_or_default();
                 self.push_control(conn, Control::Auth(ReasonCode::Success, method, None));
             }
@@ -936,16 +944,6 @@ impl Broker {
                     self.refuse(conn, rc);
                     return;
                 }
-                let info = ClientInfo {
-                    client_id: &client_id,
-                    username: username.as_deref(),
-                };
-                if let Some(a) = self.authorizer.as_mut()
-                    && !a.allow(info, w.topic.as_str(), Action::Publish)
-                {
-                    self.refuse(conn, ReasonCode::NotAuthorized);
-                    return;
-                }
                 let mut delay = 0;
                 let mut expiry = None;
                 for prop in w.properties.iter() {
@@ -1083,6 +1081,17 @@ impl Broker {
         let Some(pending) = self.conns.get_mut(&conn).and_then(|c| c.pending.take()) else {
             return;
         };
+        // The will is authorized once the user is known (an answer may have named another).
+        if let (Some(w), Some(a)) = (&pending.will, self.authorizer.as_mut()) {
+            let info = ClientInfo {
+                client_id: &pending.client_id,
+                username: pending.username.as_deref(),
+            };
+            if !a.allow(info, &w.msg.topic, Action::Publish) {
+                self.refuse(conn, ReasonCode::NotAuthorized);
+                return;
+            }
+        }
         // Takeover: the session's current connection ends first [MQTT-3.1.4-3].
         if let Some(&sid) = self.by_id.get(&pending.client_id) {
             let old = self.session(sid).and_then(|s| s.conn);

@@ -202,6 +202,9 @@ pub enum Question {
 pub enum Answer {
     /// Authenticated.
     Accept,
+    /// Authenticated as this user name (e.g. a client certificate's common name), which
+    /// replaces the one CONNECT gave for every later authorization question.
+    AcceptAs(Box<str>),
     /// Refused with this CONNACK reason code (e.g. 0x86 or 0x87; 3.x gets the matching return
     /// code, or 0x05). A code below 0x80 is sent as 0x80.
     Refuse(ReasonCode),
