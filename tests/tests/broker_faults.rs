@@ -1,6 +1,7 @@
 //! The broker server under faults: connections cut by the loopback proxy mid-stream, session
-//! takeover while messages flow, a flood of malformed and half-open connections during a stream. (10 000 concurrent connections: `runtime-tokio/tests/
-//! broker_cli.rs`, with the broker in its own process, each side within its file limit.)
+//! takeover while messages flow, a flood of malformed and half-open connections during a
+//! stream. (10 000 concurrent connections: `runtime-tokio/tests/broker_cli.rs`, with the
+//! broker in its own process, each side within its file limit.)
 
 use std::collections::BTreeMap;
 use std::future::Future;
