@@ -1,7 +1,7 @@
 //! kill -9 loops: a publisher with a synced store (`durable_pub`) is killed at random moments
 //! while it publishes to a persistent subscriber, and started again with the same store and
 //! client id each time. Every message whose `publish()` returned arrives at least once, and
-//! the QoS 2 ones exactly once.
+//! the QoS 2 ones exactly once. Each loop runs against mosquitto and against our broker.
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Stdio;
@@ -73,12 +73,33 @@ async fn run(url: &str, store: &str, from: u32, kill_after: Option<Duration>) ->
     (printed, done)
 }
 
+/// Our broker in this process, holding everything for an offline subscriber.
+async fn our_broker() -> mqtt_tokio::broker::Broker {
+    let mut cfg = mqtt_tokio::broker::BrokerConfig::new("mqtt://127.0.0.1:0");
+    cfg.max_queued_messages = 1_000_000;
+    cfg.max_queued_bytes = 1 << 30;
+    mqtt_tokio::broker::Broker::start(cfg)
+        .await
+        .expect("start our broker")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_killed_ten_times_loses_nothing_and_duplicates_no_qos2() {
     let Some(broker) = tokio::task::block_in_place(|| Broker::builder().start_or_skip()) else {
         return;
     };
-    let url = broker.url();
+    publisher_killed(&broker.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_killed_ten_times_loses_nothing_through_our_broker() {
+    let broker = our_broker().await;
+    publisher_killed(&broker.urls()[0]).await;
+    broker.stop().await;
+}
+
+async fn publisher_killed(url: &str) {
+    let url = url.to_owned();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -227,7 +248,18 @@ async fn a_subscriber_acking_after_handlers_killed_ten_times_handles_everything(
     }) else {
         return;
     };
-    let url = broker.url();
+    subscriber_killed(&broker.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_killed_ten_times_handles_everything_through_our_broker() {
+    let broker = our_broker().await;
+    subscriber_killed(&broker.urls()[0]).await;
+    broker.stop().await;
+}
+
+async fn subscriber_killed(url: &str) {
+    let url = url.to_owned();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
