@@ -1,4 +1,5 @@
-//! The embassy client itself, run on the host against a real mosquitto on loopback.
+//! The embassy client itself, run on the host against a real mosquitto on loopback, and
+//! against our own durable broker.
 //!
 //! `embedded_io_adapters::tokio_1::FromTokio` turns a tokio `TcpStream` into the
 //! `embedded_io_async` transport the runner takes; embassy-time runs on its `std` driver. Each
@@ -47,15 +48,39 @@ fn mosquitto_bin() -> Option<PathBuf> {
     })
 }
 
-/// A private mosquitto on a free loopback port, with persistence in a temp dir; killed on drop.
+/// A private broker on a free loopback port, with persistence in a temp dir: mosquitto, or
+/// ours (`mqtt_tokio::broker`, durability `ack`) on a thread of its own; stopped on drop.
 struct Broker {
-    bin: PathBuf,
+    bin: Option<PathBuf>,
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    ours: Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>)>,
 }
 
 impl Broker {
+    /// Our durable broker, stopped and started again like mosquitto.
+    fn ours(name: &str) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "mqtt-embassy-ours-{name}-{}-{port}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut broker = Broker {
+            bin: None,
+            dir,
+            port,
+            child: None,
+            ours: None,
+        };
+        broker.spawn();
+        broker
+    }
+
     fn start(bin: PathBuf, name: &str) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -77,18 +102,46 @@ impl Broker {
         );
         std::fs::write(dir.join("mosquitto.conf"), config).expect("write config");
         let mut broker = Broker {
-            bin,
+            bin: Some(bin),
             dir,
             port,
             child: None,
+            ours: None,
         };
         broker.spawn();
         broker
     }
 
-    /// Starts mosquitto and waits until the port accepts connections.
+    /// Starts the broker and waits until the port accepts connections.
     fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
+        let Some(bin) = &self.bin else {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let (ready, started) = std::sync::mpsc::channel::<()>();
+            let (port, dir) = (self.port, self.dir.join("store"));
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                rt.block_on(async move {
+                    use mqtt_tokio::broker::{Broker, BrokerConfig, Durability};
+                    let mut cfg = BrokerConfig::new(&format!("mqtt://127.0.0.1:{port}"));
+                    cfg.persistence_dir = Some(dir);
+                    cfg.durability = Some(Durability::Ack);
+                    let broker = Broker::start(cfg).await.expect("start our broker");
+                    let _ = ready.send(());
+                    let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+                    broker.stop().await;
+                });
+            });
+            started
+                .recv_timeout(Duration::from_secs(10))
+                .expect("our broker started");
+            self.ours = Some((thread, stop));
+            return;
+        };
+        let child = Command::new(bin)
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdin(Stdio::null())
@@ -106,8 +159,13 @@ impl Broker {
         panic!("mosquitto did not listen on port {} within 5 s", self.port);
     }
 
-    /// Stops mosquitto with SIGTERM, so that it writes its persistence file, and waits.
+    /// Stops mosquitto with SIGTERM, so that it writes its persistence file (ours gracefully),
+    /// and waits.
     fn stop(&mut self) {
+        if let Some((thread, stop)) = self.ours.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
         if let Some(mut child) = self.child.take() {
             let status = Command::new("kill")
                 .arg("-TERM")
@@ -123,6 +181,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if let Some((thread, stop)) = self.ours.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -344,6 +406,30 @@ fn run_versions(name: &str, version: ProtocolVersion) {
 #[test]
 fn qos1_qos2_restart_v311() {
     run_versions("v311", ProtocolVersion::V311);
+}
+
+/// The same against our durable broker (stopped and started on its store).
+fn run_ours(name: &str, version: ProtocolVersion) {
+    let mut broker = Broker::ours(name);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), scenario(&mut broker, version))
+            .await
+            .expect("scenario finished within 60 s");
+    });
+}
+
+#[test]
+fn qos1_qos2_restart_of_our_durable_broker_v311() {
+    run_ours("v311", ProtocolVersion::V311);
+}
+
+#[test]
+fn qos1_qos2_restart_of_our_durable_broker_v5() {
+    run_ours("v5", ProtocolVersion::V5);
 }
 
 #[test]
