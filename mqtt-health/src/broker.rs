@@ -27,6 +27,8 @@ pub struct BrokerNumbers {
     pub store_writable: Option<bool>,
     /// How long the last store write (with its sync) took.
     pub store_latency: Option<Duration>,
+    /// The durable store's counters; `None` without a store.
+    pub store: Option<StoreNumbers>,
     /// Open client connections.
     pub connections: u64,
     /// Connections accepted since the start.
@@ -55,6 +57,23 @@ pub struct BrokerNumbers {
     pub subscriptions: u64,
     /// Time since the broker started.
     pub uptime: Duration,
+}
+
+/// What the durable store did since the start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreNumbers {
+    /// Entries read back at the start.
+    pub recovered_records: u64,
+    /// How long reading them back and rebuilding the state took.
+    pub recovery: Duration,
+    /// Files and entries set aside as unreadable at the start.
+    pub set_aside: u64,
+    /// Commits (one sync each).
+    pub commits: u64,
+    /// Entries written or deleted.
+    pub ops: u64,
+    /// Commits that failed.
+    pub failures: u64,
 }
 
 /// When the broker's health turns from `pass` to `warn`.
@@ -156,6 +175,44 @@ pub fn metrics(n: &BrokerNumbers) -> String {
             "store_write",
             "Duration of the last store write",
             latency,
+        );
+    }
+    if let Some(st) = &n.store {
+        gauge(
+            &mut r,
+            "store_recovered_records",
+            "Store entries read back at the start",
+            clamp(st.recovered_records),
+        );
+        seconds(
+            &mut r,
+            "store_recovery",
+            "Time to read the store back and rebuild the state",
+            st.recovery,
+        );
+        gauge(
+            &mut r,
+            "store_set_aside",
+            "Store files and entries set aside as unreadable at the start",
+            clamp(st.set_aside),
+        );
+        counter(
+            &mut r,
+            "store_commits",
+            "Store commits (one sync each)",
+            st.commits,
+        );
+        counter(
+            &mut r,
+            "store_ops",
+            "Store entries written or deleted",
+            st.ops,
+        );
+        counter(
+            &mut r,
+            "store_failures",
+            "Store commits that failed",
+            st.failures,
         );
     }
     gauge(

@@ -135,6 +135,7 @@
 //! to bound.
 
 pub mod acl;
+pub mod ledger;
 mod message;
 pub mod password;
 mod persist;
@@ -477,7 +478,7 @@ impl Broker {
         self.durable = self.durable.max(seq);
         let durable = self.durable;
         for (id, c) in self.conns.iter_mut() {
-            let mut moved = false;
+            let mut moved = core::mem::take(&mut c.await_durable);
             while c.held.front().is_some_and(|(s, _)| *s <= durable) {
                 if let Some((_, ack)) = c.held.pop_front() {
                     c.control.push_back(ack);
@@ -627,12 +628,18 @@ impl Broker {
         let Some(Some(s)) = self.sessions.get_mut(sid as usize) else {
             return Ok(None);
         };
+        let hold = self.cfg.hold_acks_until_durable;
+        let durable = self.durable;
         // Redelivery first, in the original order, with the original ids.
         while let Some(&pid) = c.resend.front() {
             let Some(inf) = s.inflight.get(&pid) else {
                 c.resend.pop_front();
                 continue;
             };
+            if hold && inf.seq > durable {
+                c.await_durable = true;
+                return Ok(None);
+            }
             let result = match inf.state {
                 OutState::AwaitAck => encode_publish(&inf.out, version, Some(pid), true, now, buf),
                 OutState::AwaitComp => encode_control(
@@ -650,6 +657,29 @@ impl Broker {
                 if inf.state == OutState::AwaitAck {
                     self.stats.messages_sent += 1;
                 }
+                return Ok(Some(n));
+            }
+        }
+        // Then what waited for its `Sent` record to be durable, in order.
+        while let Some(&pid) = c.unsent.front() {
+            let Some(inf) = s
+                .inflight
+                .get(&pid)
+                .filter(|i| i.state == OutState::AwaitAck)
+            else {
+                c.unsent.pop_front();
+                continue;
+            };
+            if inf.seq > durable {
+                c.await_durable = true;
+                return Ok(None);
+            }
+            let result = encode_publish(&inf.out, version, Some(pid), false, now, buf);
+            if let Err(Enc::Small(needed)) = result {
+                return Err(Error::BufferTooSmall { needed });
+            }
+            c.unsent.pop_front();
+            if let Ok(n) = result {
                 return Ok(Some(n));
             }
         }
@@ -710,6 +740,13 @@ impl Broker {
                         };
                         push_record(&mut self.records, &mut self.seq, change);
                     }
+                    // Exactly once across a restart: a QoS 2 message (and, to keep the
+                    // order, whatever follows it) is written only once the packet id it
+                    // went out with is durable. QoS 1 goes at once: a restart may repeat
+                    // it, which QoS 1 allows, and a fast subscriber's ack then cancels the
+                    // records before they reach the disk.
+                    let stage =
+                        hold && persisted && (out.qos == QoS::ExactlyOnce || !c.unsent.is_empty());
                     let order = s.next_order();
                     s.inflight.insert(
                         pid,
@@ -717,8 +754,14 @@ impl Broker {
                             out,
                             state: OutState::AwaitAck,
                             order,
+                            seq: if stage { self.seq } else { 0 },
                         },
                     );
+                    if stage {
+                        c.unsent.push_back(pid);
+                        c.await_durable = true;
+                        continue;
+                    }
                 }
             }
             return Ok(Some(n));
@@ -1070,7 +1113,9 @@ impl Broker {
                     client_id: s.client_id.clone(),
                 });
             }
-            if present && s.expiry != pending.expiry && s.persistent {
+            // Recorded at every resume, changed or not: it also says the session is
+            // connected again, so a restore does not count its expiry from an old disconnect.
+            if present && s.persistent {
                 records.push(Change::SessionExpiry {
                     client_id: s.client_id.clone(),
                     expiry: pending.expiry,

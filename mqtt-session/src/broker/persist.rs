@@ -86,6 +86,7 @@ impl Broker {
             Change::SessionExpiry { client_id, expiry } => {
                 if let Some(s) = self.sid_of(&client_id).and_then(|i| self.session_mut(i)) {
                     s.expiry = expiry;
+                    s.expires_at = None;
                 }
             }
             Change::SessionDisconnected { client_id, at } => {
@@ -187,6 +188,7 @@ impl Broker {
                         out,
                         state: OutState::AwaitAck,
                         order,
+                        seq: 0,
                     },
                 );
             }

@@ -53,6 +53,10 @@ pub(crate) struct Inflight {
     pub(crate) state: OutState,
     /// Send order, for redelivery in the original order.
     pub(crate) order: u64,
+    /// Sequence number of its `Sent` record (0: none). With acks held until durable, a QoS 2
+    /// message is written only once that record is durable, so that a restart resends it
+    /// with the same packet id (the subscriber's duplicate check) instead of a new one.
+    pub(crate) seq: u64,
 }
 
 /// A will as CONNECT gave it: published (with its expiry counted from then) when due.
@@ -215,6 +219,10 @@ pub(crate) struct Conn {
     pub(crate) held: VecDeque<(u64, Control)>,
     pub(crate) pending: Option<PendingConnect>,
     pub(crate) resend: VecDeque<PacketId>,
+    /// In-flight messages not written yet: their `Sent` record waits to be durable.
+    pub(crate) unsent: VecDeque<PacketId>,
+    /// `poll_transmit` stopped at a record that is not durable yet: wake on `handle_durable`.
+    pub(crate) await_durable: bool,
     pub(crate) qos1_unacked: usize,
     pub(crate) pubcomp_unsent: usize,
     pub(crate) auth_method: Option<Box<str>>,
@@ -242,6 +250,8 @@ impl Conn {
             held: VecDeque::new(),
             pending: None,
             resend: VecDeque::new(),
+            unsent: VecDeque::new(),
+            await_durable: false,
             qos1_unacked: 0,
             pubcomp_unsent: 0,
             auth_method: None,

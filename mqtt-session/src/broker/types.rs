@@ -252,7 +252,8 @@ pub enum Change {
         /// Session expiry interval in seconds (`u32::MAX`: never).
         expiry: u32,
     },
-    /// A persistent session's expiry interval changed (reconnect or DISCONNECT).
+    /// A persistent session's client is connected (again) with this expiry interval (a
+    /// reconnect), or changed it (DISCONNECT).
     SessionExpiry {
         /// Client identifier.
         client_id: Box<str>,

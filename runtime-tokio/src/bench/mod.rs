@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Messages a publisher has unacknowledged at most (QoS 1/2), or writes in one go (QoS 0).
     #[arg(long = "inflight", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub inflight: u16,
+    /// Persistent sessions (clean start off; session expiry one hour at MQTT 5), so that a
+    /// durable broker stores what it queues for the subscribers.
+    #[arg(long = "persistent")]
+    pub persistent: bool,
     /// Leave messages due in this first stretch out of the rates and latencies (they are
     /// still counted as sent and received).
     #[arg(long = "warmup", value_parser = parse_duration)]
@@ -392,7 +396,10 @@ async fn coordinate(
     let start_ns = clock.now_ns();
     let mut config = options.session_config();
     config.inflight = args.inflight;
-    config.clean_start = true;
+    config.clean_start = !args.persistent;
+    if args.persistent {
+        config.session_expiry = 3_600;
+    }
     let run = (start_ns as u32) ^ std::process::id().rotate_left(16);
     let ctx = Arc::new(Ctx {
         config,

@@ -176,6 +176,12 @@ pub struct BrokerConfig {
     pub http_listen: Option<String>,
     /// Seconds between `$SYS/broker/...` updates (0: none).
     pub sys_interval: u64,
+    /// Directory of the durable store (`broker.redb`); unset: memory only.
+    pub persistence_dir: Option<PathBuf>,
+    /// How durable an acknowledged message is, with `persistence_dir` (default `ack`).
+    pub durability: Option<super::Durability>,
+    /// With `durability = "relaxed"`: how far behind the disk may be, in milliseconds.
+    pub relaxed_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -203,6 +209,9 @@ impl Default for BrokerConfig {
             shared_subscription_available: core.shared_subscriptions,
             http_listen: None,
             sys_interval: 0,
+            persistence_dir: None,
+            durability: None,
+            relaxed_delay_ms: 100,
         }
     }
 }
@@ -297,6 +306,12 @@ impl BrokerConfig {
             return Err(ConfigError::new(
                 "tls.use_identity_as_username needs tls.require_certificate = true",
             ));
+        }
+        if self.durability.is_some() && self.persistence_dir.is_none() {
+            return Err(ConfigError::new("durability needs persistence_dir"));
+        }
+        if self.relaxed_delay_ms == 0 {
+            return Err(ConfigError::new("relaxed_delay_ms must be at least 1"));
         }
         if let Some(h) = &self.http_listen {
             h.parse::<SocketAddr>()

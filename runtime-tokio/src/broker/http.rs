@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mqtt_health::broker::{BrokerNumbers, Listener, Thresholds, health, metrics};
+use mqtt_health::broker::{BrokerNumbers, Listener, StoreNumbers, Thresholds, health, metrics};
 use mqtt_health::{Endpoint, Health};
 use tokio::net::TcpListener;
 use tokio_util::compat::TokioAsyncReadCompatExt;
@@ -20,14 +20,23 @@ impl BrokerEndpoint {
         let c = &s.counters;
         let up = !s.stopping.load(Ordering::Relaxed);
         let d = stats.dropped;
+        let store = s.durable.as_ref().map(super::store::Durable::report);
         BrokerNumbers {
             listeners: s
                 .listeners
                 .iter()
                 .map(|(l, a)| Listener { url: l.url(*a), up })
                 .collect(),
-            store_writable: None,
-            store_latency: None,
+            store_writable: store.as_ref().map(|r| r.writable),
+            store_latency: store.as_ref().map(|r| r.last_commit),
+            store: store.map(|r| StoreNumbers {
+                recovered_records: r.recovered_records,
+                recovery: r.recovery,
+                set_aside: r.set_aside.len() as u64,
+                commits: r.commits,
+                ops: r.ops,
+                failures: r.failures,
+            }),
             connections: c.open.load(Ordering::Relaxed),
             connections_accepted: c.accepted.load(Ordering::Relaxed),
             sessions: stats.sessions as u64,

@@ -14,7 +14,8 @@
 //! does not read only stops its own task (its session queue is bounded by the core's limits).
 //!
 //! The records a durable store must keep (`poll_record`) are drained in one place
-//! (`Core::dispatch`); without a store they are dropped, and acks are not held.
+//! (`Core::dispatch`) and folded into the store's writes there; one writer task commits
+//! them (see `store.rs`). Without a store they are dropped, and acks are not held.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +29,7 @@
 mod config;
 mod conn;
 mod http;
+mod store;
 mod tls;
 
 use std::collections::HashMap;
@@ -52,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{BrokerConfig, ConfigError, Listen, ListenKind, TlsConfig};
+pub use store::{Durability, STORE_FILE, StoreReport};
 
 /// Why the broker could not start.
 #[derive(Debug)]
@@ -141,6 +144,12 @@ pub(crate) struct Core {
     pub slots: HashMap<ConnId, Arc<Slot>>,
     /// Set under the lock by `stop`, so no connection registers after it.
     pub stopping: bool,
+    /// With a store: folds the records into its writes.
+    pub ledger: Option<mqtt_session::broker::ledger::Ledger>,
+    /// The last record folded into the ledger.
+    pub fed: u64,
+    /// Wakes the store's writer when there is something to write.
+    pub store_wake: Option<Arc<Notify>>,
 }
 
 impl Core {
@@ -173,9 +182,21 @@ impl Core {
                 s.notify.notify_one();
             }
         }
-        // The seam of the durable broker: a store task takes these and reports back with
-        // `handle_durable` (with `hold_acks_until_durable`). Without one they are dropped.
-        while self.broker.poll_record().is_some() {}
+        match self.ledger.as_mut() {
+            Some(ledger) => {
+                let fed = self.fed;
+                while let Some(r) = self.broker.poll_record() {
+                    ledger.apply(&r);
+                    self.fed = r.seq;
+                }
+                if self.fed > fed
+                    && let Some(w) = &self.store_wake
+                {
+                    w.notify_one();
+                }
+            }
+            None => while self.broker.poll_record().is_some() {},
+        }
     }
 }
 
@@ -183,6 +204,10 @@ impl Core {
 pub(crate) struct Shared {
     core: Mutex<Core>,
     epoch: std::time::Instant,
+    /// The core's clock at `epoch` (it goes on from the last run with a store).
+    clock_base: u64,
+    /// The durable store, with `persistence_dir`.
+    pub durable: Option<store::Durable>,
     pub cfg: BrokerConfig,
     pub passwords: Option<PasswordFile>,
     /// Client id to certificate common name, with `use_identity_as_username`.
@@ -227,7 +252,8 @@ impl Drop for CoreGuard<'_> {
 impl Shared {
     /// The core's clock: milliseconds since the broker started.
     pub fn now(&self) -> Instant {
-        Instant::from_millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Instant::from_millis(self.clock_base.saturating_add(ms))
     }
 
     /// Takes the core's lock (never held across an `.await`).
@@ -268,6 +294,8 @@ impl Shared {
 pub struct Broker {
     shared: Arc<Shared>,
     http: Option<SocketAddr>,
+    /// The store's writer task.
+    writer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for Broker {
@@ -317,7 +345,24 @@ impl Broker {
         };
         let authenticate =
             passwords.is_some() || !cfg.allow_anonymous || cfg.tls.use_identity_as_username;
-        let mut core = Core0::new(cfg.core(authenticate));
+        let mut core_cfg = cfg.core(authenticate);
+        let opened = cfg.persistence_dir.as_ref().map(|dir| {
+            let durability = cfg.durability.unwrap_or(Durability::Ack);
+            store::open(dir, durability, Duration::from_millis(cfg.relaxed_delay_ms))
+        });
+        let epoch = std::time::Instant::now();
+        let (mut core, ledger, durable, clock_base) = match opened {
+            Some(o) => {
+                let writable = o.durable.store.is_some();
+                core_cfg.hold_acks_until_durable =
+                    writable && o.durable.report.durability == Durability::Ack;
+                let now = Instant::from_millis(o.clock_ms);
+                let core = Core0::restore(core_cfg, now, o.records);
+                let ledger = writable.then_some(o.ledger);
+                (core, ledger, Some(o.durable), o.clock_ms)
+            }
+            None => (Core0::new(core_cfg), None, None, 0),
+        };
         if let Some(acl) = acl {
             let ids = identities.clone();
             core.set_authorizer(Box::new(
@@ -374,8 +419,16 @@ impl Broker {
                 broker: core,
                 slots: HashMap::new(),
                 stopping: false,
+                store_wake: ledger
+                    .as_ref()
+                    .and(durable.as_ref())
+                    .map(|d| d.wake.clone()),
+                ledger,
+                fed: 0,
             }),
-            epoch: std::time::Instant::now(),
+            epoch,
+            clock_base,
+            durable,
             passwords,
             identities,
             counters: Counters::default(),
@@ -400,9 +453,15 @@ impl Broker {
             tokio::spawn(http::serve(shared.clone(), listener));
         }
         tokio::spawn(timer(shared.clone()));
+        let writer = shared
+            .durable
+            .as_ref()
+            .is_some_and(|d| d.store.is_some())
+            .then(|| tokio::spawn(store::writer(shared.clone())));
         Ok(Broker {
             shared,
             http: http_addr,
+            writer,
         })
     }
 
@@ -443,6 +502,11 @@ impl Broker {
         self.shared.lock().broker.stats()
     }
 
+    /// What the durable store recovered and wrote; `None` without `persistence_dir`.
+    pub fn store_report(&self) -> Option<StoreReport> {
+        self.shared.durable.as_ref().map(store::Durable::report)
+    }
+
     /// Open connections (handshaking ones included).
     pub fn connections(&self) -> u64 {
         self.shared.counters.open.load(Ordering::Relaxed)
@@ -460,7 +524,7 @@ impl Broker {
 
     /// Stops gracefully: stops accepting, sends DISCONNECT 0x8B to MQTT 5 clients, flushes
     /// every connection and returns when they are closed (at most 5 s).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shared.disconnect_all();
         self.shared.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait())
@@ -468,6 +532,11 @@ impl Broker {
             .is_err()
         {
             tracing::warn!("connections still open 5 s after the stop");
+        }
+        // The store's last commit: what the closed connections changed.
+        if let (Some(d), Some(w)) = (self.shared.durable.as_ref(), self.writer.take()) {
+            d.stop.cancel();
+            let _ = w.await;
         }
         let lock = self.lock_stats();
         tracing::info!(
@@ -483,6 +552,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         if !self.shared.stopping.load(Ordering::SeqCst) {
             self.shared.disconnect_all();
+        }
+        if let Some(d) = &self.shared.durable {
+            d.stop.cancel();
         }
     }
 }

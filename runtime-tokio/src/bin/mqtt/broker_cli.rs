@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use mqtt_session::broker::password::{DEFAULT_ITERATIONS, SALT_LEN, hash_entry, with_entry};
-use mqtt_tokio::broker::{Broker, BrokerConfig};
+use mqtt_tokio::broker::{Broker, BrokerConfig, Durability};
 
 /// Log line format.
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +96,17 @@ pub struct BrokerArgs {
     /// Use the client certificate's common name as the user name.
     #[arg(long)]
     use_identity_as_username: bool,
+    /// Directory of the durable store: sessions, queues and retained messages survive a
+    /// restart (default durability: ack).
+    #[arg(long)]
+    persistence_dir: Option<PathBuf>,
+    /// ack: PUBACK / PUBREC once on disk (fsync, shared by concurrent messages); relaxed:
+    /// written in the background, at most --relaxed-delay-ms behind.
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
+    /// With --durability relaxed: how far behind the disk may be, in milliseconds.
+    #[arg(long)]
+    relaxed_delay_ms: Option<u64>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -131,8 +142,11 @@ impl BrokerArgs {
             sys_interval,
             retain_available,
             wildcard_subscription_available,
-            shared_subscription_available
+            shared_subscription_available,
+            relaxed_delay_ms
         );
+        c.persistence_dir = self.persistence_dir.or(c.persistence_dir);
+        c.durability = self.durability.or(c.durability);
         c.password_file = self.password_file.or(c.password_file);
         c.acl_file = self.acl_file.or(c.acl_file);
         c.http_listen = self.http_listen.or(c.http_listen);

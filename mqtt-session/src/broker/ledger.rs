@@ -1,0 +1,969 @@
+//! The broker's records as the live entries of a key/value store, and back.
+//!
+//! A [`Record`] stream only grows; a store that appended it would grow with everything that
+//! ever passed. The [`Ledger`] keeps one entry per live thing instead (a session, a
+//! subscription, a message body, a queued or in-flight delivery, an inbound QoS 2 id, a
+//! retained topic, a pending will), so the store's size follows what is live. It folds each
+//! record into [`Write`]s on those entries, and a batch's writes cancel where they can: a
+//! delivery queued, sent and acknowledged before its batch is written costs no write at all.
+//! [`Ledger::load`] turns a store's entries back into records for [`Broker::restore`].
+//!
+//! Keys: the top byte is the kind of entry (kind 0 is left to the runtime), the rest a
+//! number the ledger assigns (the message id, for message bodies). Queued deliveries are
+//! numbered in order, so the store's key order is the queue order.
+//!
+//! [`Broker::restore`]: super::Broker::restore
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+
+use mqtt_proto::{PacketId, QoS, RetainHandling, SubscriptionOptions};
+
+use super::{Change, Message, MessageProperties, Record, Shared};
+use crate::Instant;
+
+const SHIFT: u32 = 56;
+const MASK: u64 = (1 << SHIFT) - 1;
+
+/// The kinds of entries, the top byte of their keys.
+mod kind {
+    pub const MESSAGE: u64 = 1;
+    pub const SESSION: u64 = 2;
+    pub const SUBSCRIPTION: u64 = 3;
+    pub const DELIVERY: u64 = 4;
+    pub const SENT: u64 = 5;
+    pub const INBOUND: u64 = 6;
+    pub const RETAINED: u64 = 7;
+    pub const WILL: u64 = 8;
+}
+
+fn key(kind: u64, n: u64) -> u64 {
+    (kind << SHIFT) | (n & MASK)
+}
+
+/// The first key of kind 0, which the ledger never uses: a runtime's own entries go here.
+pub const RUNTIME_KEYS: core::ops::Range<u64> = 0..(1 << SHIFT);
+
+/// One change to a key/value store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Write (or replace) the entry.
+    Put(u64, Vec<u8>),
+    /// Remove the entry.
+    Delete(u64),
+}
+
+#[derive(Debug, Default)]
+struct SessionEntry {
+    n: u64,
+    expiry: u32,
+    disconnected_at: Option<u64>,
+    subs: BTreeMap<Box<str>, u64>,
+    /// Queued deliveries not sent yet, by message id (a message may be queued twice).
+    queued: BTreeMap<u64, VecDeque<u64>>,
+    /// Sent deliveries by packet id: (delivery number, message id, whether the sent state
+    /// has an entry of its own rather than living in the delivery's).
+    inflight: BTreeMap<u16, (u64, u64, bool)>,
+    inbound: BTreeMap<u16, u64>,
+    will: Option<u64>,
+}
+
+/// Folds broker records into store writes; see the [module docs](self).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    sessions: BTreeMap<Box<str>, SessionEntry>,
+    /// Message id to the number of entries that name it.
+    refs: BTreeMap<u64, u32>,
+    /// Retained topic to (entry number, message id).
+    retained: BTreeMap<Box<str>, (u64, u64)>,
+    next: u64,
+    pending: BTreeMap<u64, Option<Vec<u8>>>,
+    /// Keys first written since the last [`Ledger::take_writes`]: deleting one needs no write.
+    fresh: BTreeSet<u64>,
+}
+
+/// What [`Ledger::load`] made of a store's entries.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The ledger, ready to fold the restored broker's next records.
+    pub ledger: Ledger,
+    /// Records that rebuild the state ([`Broker::restore`](super::Broker::restore)).
+    pub records: Vec<Record>,
+    /// Entries that did not decode, or name something absent; the runtime deletes them
+    /// (or sets them aside).
+    pub invalid: Vec<u64>,
+}
+
+impl Ledger {
+    /// An empty ledger (an empty store).
+    pub fn new() -> Self {
+        Ledger::default()
+    }
+
+    /// Persistent sessions in the ledger.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn number(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn put(&mut self, k: u64, v: Vec<u8>, new: bool) {
+        // A key deleted earlier in this batch may still be in the store: not fresh.
+        if new && !self.pending.contains_key(&k) {
+            self.fresh.insert(k);
+        }
+        self.pending.insert(k, Some(v));
+    }
+
+    fn delete(&mut self, k: u64) {
+        if self.fresh.remove(&k) {
+            self.pending.remove(&k);
+        } else {
+            self.pending.insert(k, None);
+        }
+    }
+
+    fn hold(&mut self, m: &Message) {
+        let count = self.refs.entry(m.id).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.put(key(kind::MESSAGE, m.id), encode_message(m), true);
+        }
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(count) = self.refs.get_mut(&id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.refs.remove(&id);
+                self.delete(key(kind::MESSAGE, id));
+            }
+        }
+    }
+
+    fn put_session(&mut self, client_id: &str, new: bool) {
+        if let Some(s) = self.sessions.get(client_id) {
+            let v = encode_session(client_id, s.expiry, s.disconnected_at);
+            let k = key(kind::SESSION, s.n);
+            self.put(k, v, new);
+        }
+    }
+
+    fn end_session(&mut self, client_id: &str) {
+        let Some(s) = self.sessions.remove(client_id) else {
+            return;
+        };
+        self.delete(key(kind::SESSION, s.n));
+        for n in s.subs.values() {
+            self.delete(key(kind::SUBSCRIPTION, *n));
+        }
+        for (id, ns) in &s.queued {
+            for n in ns {
+                self.delete(key(kind::DELIVERY, *n));
+                self.release(*id);
+            }
+        }
+        for (n, id, separate) in s.inflight.values() {
+            self.delete(key(kind::DELIVERY, *n));
+            if *separate {
+                self.delete(key(kind::SENT, *n));
+            }
+            self.release(*id);
+        }
+        for n in s.inbound.values() {
+            self.delete(key(kind::INBOUND, *n));
+        }
+        if let Some(id) = s.will {
+            self.delete(key(kind::WILL, s.n));
+            self.release(id);
+        }
+    }
+
+    /// Folds one record into the pending writes.
+    pub fn apply(&mut self, record: &Record) {
+        match &record.change {
+            Change::SessionCreated { client_id, expiry } => {
+                self.end_session(client_id);
+                let n = self.number();
+                let s = SessionEntry {
+                    n,
+                    expiry: *expiry,
+                    ..SessionEntry::default()
+                };
+                self.sessions.insert(client_id.clone(), s);
+                self.put_session(client_id, true);
+            }
+            Change::SessionExpiry { client_id, expiry } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.expiry = *expiry;
+                    s.disconnected_at = None;
+                    self.put_session(client_id, false);
+                }
+            }
+            Change::SessionDisconnected { client_id, at } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.disconnected_at = Some(at.as_millis());
+                    self.put_session(client_id, false);
+                }
+            }
+            Change::SessionEnded { client_id } => self.end_session(client_id),
+            Change::Subscribed {
+                client_id,
+                filter,
+                options,
+                identifier,
+            } => {
+                let Some(sn) = self.sessions.get(client_id).map(|s| s.n) else {
+                    return;
+                };
+                let existing = self
+                    .sessions
+                    .get(client_id)
+                    .and_then(|s| s.subs.get(filter).copied());
+                let (n, new) = match existing {
+                    Some(n) => (n, false),
+                    None => (self.number(), true),
+                };
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.subs.insert(filter.clone(), n);
+                }
+                let v = encode_subscription(sn, filter, *options, *identifier);
+                self.put(key(kind::SUBSCRIPTION, n), v, new);
+            }
+            Change::Unsubscribed { client_id, filter } => {
+                if let Some(n) = self
+                    .sessions
+                    .get_mut(client_id)
+                    .and_then(|s| s.subs.remove(filter))
+                {
+                    self.delete(key(kind::SUBSCRIPTION, n));
+                }
+            }
+            Change::Queued {
+                client_id,
+                message,
+                qos,
+                retain,
+                identifiers,
+            } => {
+                let Some(sn) = self.sessions.get(client_id).map(|s| s.n) else {
+                    return;
+                };
+                let n = self.number();
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.queued.entry(message.id).or_default().push_back(n);
+                }
+                self.hold(message);
+                let v = encode_delivery(sn, message.id, *qos, *retain, identifiers, None);
+                self.put(key(kind::DELIVERY, n), v, true);
+            }
+            Change::Sent {
+                client_id,
+                message_id,
+                packet_id,
+            } => {
+                let Some(s) = self.sessions.get_mut(client_id) else {
+                    return;
+                };
+                let Some(n) = take_queued(&mut s.queued, *message_id) else {
+                    return;
+                };
+                let separate = !self.set_sent(n, *packet_id, false);
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.inflight
+                        .insert(packet_id.get(), (n, *message_id, separate));
+                }
+            }
+            Change::Received {
+                client_id,
+                packet_id,
+            } => {
+                let Some(&(n, _, separate)) = self
+                    .sessions
+                    .get(client_id)
+                    .and_then(|s| s.inflight.get(&packet_id.get()))
+                else {
+                    return;
+                };
+                if separate || !self.set_sent(n, *packet_id, true) {
+                    self.put(key(kind::SENT, n), encode_sent(*packet_id, true), !separate);
+                    if let Some(i) = self
+                        .sessions
+                        .get_mut(client_id)
+                        .and_then(|s| s.inflight.get_mut(&packet_id.get()))
+                    {
+                        i.2 = true;
+                    }
+                }
+            }
+            Change::Acked {
+                client_id,
+                packet_id,
+            } => {
+                let Some((n, id, separate)) = self
+                    .sessions
+                    .get_mut(client_id)
+                    .and_then(|s| s.inflight.remove(&packet_id.get()))
+                else {
+                    return;
+                };
+                self.delete(key(kind::DELIVERY, n));
+                if separate {
+                    self.delete(key(kind::SENT, n));
+                }
+                self.release(id);
+            }
+            Change::Dropped {
+                client_id,
+                message_id,
+            } => {
+                let Some(n) = self
+                    .sessions
+                    .get_mut(client_id)
+                    .and_then(|s| take_queued(&mut s.queued, *message_id))
+                else {
+                    return;
+                };
+                self.delete(key(kind::DELIVERY, n));
+                self.release(*message_id);
+            }
+            Change::InboundQoS2 {
+                client_id,
+                packet_id,
+            } => {
+                let Some(sn) = self.sessions.get(client_id).map(|s| s.n) else {
+                    return;
+                };
+                let n = self.number();
+                if let Some(s) = self.sessions.get_mut(client_id)
+                    && let Some(old) = s.inbound.insert(packet_id.get(), n)
+                {
+                    self.delete(key(kind::INBOUND, old));
+                }
+                self.put(key(kind::INBOUND, n), encode_inbound(sn, *packet_id), true);
+            }
+            Change::InboundReleased {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(n) = self
+                    .sessions
+                    .get_mut(client_id)
+                    .and_then(|s| s.inbound.remove(&packet_id.get()))
+                {
+                    self.delete(key(kind::INBOUND, n));
+                }
+            }
+            Change::RetainedSet { message } => {
+                self.hold(message);
+                let (n, new) = match self.retained.get(&message.topic).copied() {
+                    Some((n, old)) => {
+                        self.release(old);
+                        (n, false)
+                    }
+                    None => (self.number(), true),
+                };
+                self.retained.insert(message.topic.clone(), (n, message.id));
+                self.put(
+                    key(kind::RETAINED, n),
+                    message.id.to_le_bytes().to_vec(),
+                    new,
+                );
+            }
+            Change::RetainedCleared { topic } => {
+                if let Some((n, id)) = self.retained.remove(topic) {
+                    self.delete(key(kind::RETAINED, n));
+                    self.release(id);
+                }
+            }
+            Change::WillPending {
+                client_id,
+                message,
+                at,
+            } => {
+                let Some((sn, old)) = self.sessions.get(client_id).map(|s| (s.n, s.will)) else {
+                    return;
+                };
+                self.hold(message);
+                if let Some(old) = old {
+                    self.release(old);
+                }
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.will = Some(message.id);
+                }
+                let mut v = Vec::with_capacity(16);
+                v.extend_from_slice(&message.id.to_le_bytes());
+                v.extend_from_slice(&at.as_millis().to_le_bytes());
+                self.put(key(kind::WILL, sn), v, old.is_none());
+            }
+            Change::WillCleared { client_id } => {
+                let Some((sn, Some(id))) = self
+                    .sessions
+                    .get_mut(client_id)
+                    .map(|s| (s.n, s.will.take()))
+                else {
+                    return;
+                };
+                self.delete(key(kind::WILL, sn));
+                self.release(id);
+            }
+        }
+    }
+
+    /// Writes the sent state into delivery `n`'s entry if that entry is still waiting to be
+    /// written (the usual case: a delivery to a connected client is queued and sent in the
+    /// same batch), saving an entry of its own; otherwise, for a first send, writes that
+    /// entry. Whether it went into the delivery's.
+    fn set_sent(&mut self, n: u64, packet_id: PacketId, received: bool) -> bool {
+        let k = key(kind::DELIVERY, n);
+        let patched = match self.pending.get_mut(&k) {
+            Some(Some(v)) => match decode_delivery(v) {
+                Some((sn, id, qos, retain, ids, _)) => {
+                    *v = encode_delivery(sn, id, qos, retain, &ids, Some((packet_id, received)));
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if !patched && !received {
+            self.put(key(kind::SENT, n), encode_sent(packet_id, false), true);
+        }
+        patched
+    }
+
+    /// The writes folded since the last call, one per key, in key order.
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        self.fresh.clear();
+        core::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => Write::Put(k, v),
+                None => Write::Delete(k),
+            })
+            .collect()
+    }
+
+    /// Rebuilds the records of a store's entries (in any order; the runtime's own kind-0
+    /// entries are skipped), and a ledger that continues from them.
+    pub fn load<'a>(entries: impl IntoIterator<Item = (u64, &'a [u8])>) -> Loaded {
+        let mut by_kind: BTreeMap<u64, Vec<(u64, &'a [u8])>> = BTreeMap::new();
+        for (k, v) in entries {
+            by_kind.entry(k >> SHIFT).or_default().push((k & MASK, v));
+        }
+        for list in by_kind.values_mut() {
+            list.sort_unstable_by_key(|(n, _)| *n);
+        }
+        let mut invalid = Vec::new();
+        let mut next = 0u64;
+        let mut take =
+            |kind: u64| -> Vec<(u64, &'a [u8])> { by_kind.remove(&kind).unwrap_or_default() };
+
+        let mut messages: BTreeMap<u64, Shared<Message>> = BTreeMap::new();
+        for (id, v) in take(kind::MESSAGE) {
+            match decode_message(id, v) {
+                Some(m) => {
+                    messages.insert(id, Shared::new(m));
+                }
+                None => invalid.push(key(kind::MESSAGE, id)),
+            }
+        }
+        // Session number to client id, and the change lists per session in the order a
+        // broker applies them.
+        let mut names: BTreeMap<u64, Box<str>> = BTreeMap::new();
+        let mut ledger = Ledger::new();
+        let mut changes = Vec::new();
+        let mut disconnects = Vec::new();
+        for (n, v) in take(kind::SESSION) {
+            next = next.max(n);
+            let Some((client_id, expiry, at)) = decode_session(v) else {
+                invalid.push(key(kind::SESSION, n));
+                continue;
+            };
+            names.insert(n, client_id.clone());
+            changes.push(Change::SessionCreated {
+                client_id: client_id.clone(),
+                expiry,
+            });
+            if let Some(at) = at {
+                disconnects.push(Change::SessionDisconnected {
+                    client_id: client_id.clone(),
+                    at: Instant::from_millis(at),
+                });
+            }
+            let s = SessionEntry {
+                n,
+                expiry,
+                disconnected_at: at,
+                ..SessionEntry::default()
+            };
+            ledger.sessions.insert(client_id, s);
+        }
+        let session_of = |sn: u64| -> Option<Box<str>> { names.get(&sn).cloned() };
+        for (n, v) in take(kind::SUBSCRIPTION) {
+            next = next.max(n);
+            let Some((sn, filter, options, identifier)) = decode_subscription(v) else {
+                invalid.push(key(kind::SUBSCRIPTION, n));
+                continue;
+            };
+            let Some(client_id) = session_of(sn) else {
+                invalid.push(key(kind::SUBSCRIPTION, n));
+                continue;
+            };
+            if let Some(s) = ledger.sessions.get_mut(&client_id) {
+                s.subs.insert(filter.clone(), n);
+            }
+            changes.push(Change::Subscribed {
+                client_id,
+                filter,
+                options,
+                identifier,
+            });
+        }
+        let mut sent: BTreeMap<u64, (PacketId, bool)> = BTreeMap::new();
+        for (n, v) in take(kind::SENT) {
+            match decode_sent(v) {
+                Some(s) => {
+                    sent.insert(n, s);
+                }
+                None => invalid.push(key(kind::SENT, n)),
+            }
+        }
+        let mut after = Vec::new();
+        for (n, v) in take(kind::DELIVERY) {
+            next = next.max(n);
+            let decoded = decode_delivery(v).and_then(|d| {
+                let client_id = session_of(d.0)?;
+                let message = messages.get(&d.1)?.clone();
+                Some((client_id, message, d.2, d.3, d.4, d.5))
+            });
+            let Some((client_id, message, qos, retain, identifiers, inline)) = decoded else {
+                invalid.push(key(kind::DELIVERY, n));
+                if sent.remove(&n).is_some() {
+                    invalid.push(key(kind::SENT, n));
+                }
+                continue;
+            };
+            let id = message.id;
+            *ledger.refs.entry(id).or_insert(0) += 1;
+            let s = ledger.sessions.get_mut(&client_id);
+            // An entry of its own is newer than the state in the delivery's.
+            let separate = sent.remove(&n);
+            match separate.or(inline) {
+                Some((packet_id, received)) => {
+                    if let Some(s) = s {
+                        s.inflight
+                            .insert(packet_id.get(), (n, id, separate.is_some()));
+                    }
+                    changes.push(Change::Queued {
+                        client_id: client_id.clone(),
+                        message,
+                        qos,
+                        retain,
+                        identifiers,
+                    });
+                    // Sent in the order of the queue, so the packet ids are assigned as
+                    // they were (the restore moves each to its flight in turn).
+                    after.push(Change::Sent {
+                        client_id: client_id.clone(),
+                        message_id: id,
+                        packet_id,
+                    });
+                    if received {
+                        after.push(Change::Received {
+                            client_id,
+                            packet_id,
+                        });
+                    }
+                }
+                None => {
+                    if let Some(s) = s {
+                        s.queued.entry(id).or_default().push_back(n);
+                    }
+                    changes.push(Change::Queued {
+                        client_id,
+                        message,
+                        qos,
+                        retain,
+                        identifiers,
+                    });
+                }
+            }
+        }
+        invalid.extend(sent.into_keys().map(|n| key(kind::SENT, n)));
+        for (n, v) in take(kind::INBOUND) {
+            next = next.max(n);
+            let decoded = decode_inbound(v).and_then(|(sn, pid)| Some((session_of(sn)?, pid)));
+            let Some((client_id, packet_id)) = decoded else {
+                invalid.push(key(kind::INBOUND, n));
+                continue;
+            };
+            if let Some(s) = ledger.sessions.get_mut(&client_id) {
+                s.inbound.insert(packet_id.get(), n);
+            }
+            changes.push(Change::InboundQoS2 {
+                client_id,
+                packet_id,
+            });
+        }
+        for (n, v) in take(kind::RETAINED) {
+            next = next.max(n);
+            let message = read_u64(v).and_then(|id| messages.get(&id).cloned());
+            let Some(message) = message else {
+                invalid.push(key(kind::RETAINED, n));
+                continue;
+            };
+            *ledger.refs.entry(message.id).or_insert(0) += 1;
+            ledger
+                .retained
+                .insert(message.topic.clone(), (n, message.id));
+            changes.push(Change::RetainedSet { message });
+        }
+        for (sn, v) in take(kind::WILL) {
+            let decoded = v
+                .split_at_checked(8)
+                .and_then(|(id, at)| Some((read_u64(id)?, read_u64(at)?)))
+                .and_then(|(id, at)| Some((session_of(sn)?, messages.get(&id)?.clone(), at)));
+            let Some((client_id, message, at)) = decoded else {
+                invalid.push(key(kind::WILL, sn));
+                continue;
+            };
+            *ledger.refs.entry(message.id).or_insert(0) += 1;
+            if let Some(s) = ledger.sessions.get_mut(&client_id) {
+                s.will = Some(message.id);
+            }
+            changes.push(Change::WillPending {
+                client_id,
+                message,
+                at: Instant::from_millis(at),
+            });
+        }
+        // Unknown kinds, and bodies no entry names.
+        for (k, list) in by_kind {
+            if k != 0 {
+                invalid.extend(list.into_iter().map(|(n, _)| key(k, n)));
+            }
+        }
+        for id in messages.keys() {
+            if !ledger.refs.contains_key(id) {
+                invalid.push(key(kind::MESSAGE, *id));
+            }
+        }
+        changes.extend(after);
+        changes.extend(disconnects);
+        ledger.next = next;
+        let records = changes
+            .into_iter()
+            .zip(1..)
+            .map(|(change, seq)| Record { seq, change })
+            .collect();
+        Loaded {
+            ledger,
+            records,
+            invalid,
+        }
+    }
+}
+
+fn take_queued(queued: &mut BTreeMap<u64, VecDeque<u64>>, id: u64) -> Option<u64> {
+    let list = queued.get_mut(&id)?;
+    let n = list.pop_front();
+    if list.is_empty() {
+        queued.remove(&id);
+    }
+    n
+}
+
+// ----- encoding: little-endian, length-prefixed; a version byte leads each value -----
+
+const VERSION: u8 = 1;
+
+struct W(Vec<u8>);
+
+impl W {
+    fn new() -> Self {
+        W(alloc::vec![VERSION])
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(v);
+        self
+    }
+    fn opt_bytes(&mut self, v: Option<&[u8]>) -> &mut Self {
+        match v {
+            Some(v) => self.u8(1).bytes(v),
+            None => self.u8(0),
+        }
+    }
+    fn opt_u64(&mut self, v: Option<u64>) -> &mut Self {
+        match v {
+            Some(v) => self.u8(1).u64(v),
+            None => self.u8(0),
+        }
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn new(v: &'a [u8]) -> Option<Self> {
+        let (&version, rest) = v.split_first()?;
+        (version == VERSION).then_some(R(rest))
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u32()?).ok()?;
+        self.take(n)
+    }
+    fn str(&mut self) -> Option<Box<str>> {
+        Some(Box::from(core::str::from_utf8(self.bytes()?).ok()?))
+    }
+    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => f(self).map(Some),
+            _ => None,
+        }
+    }
+    /// The value ends here: trailing bytes mean it is not what it claims to be.
+    fn end<T>(&self, v: T) -> Option<T> {
+        self.0.is_empty().then_some(v)
+    }
+}
+
+fn read_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(v.try_into().ok()?))
+}
+
+fn encode_message(m: &Message) -> Vec<u8> {
+    let mut w = W::new();
+    let p = &m.properties;
+    w.bytes(m.topic.as_bytes())
+        .bytes(&m.payload)
+        .u8(m.qos as u8 | (u8::from(m.retain) << 2))
+        .opt_u64(m.expires_at.map(Instant::as_millis))
+        .u8(match p.payload_format_utf8 {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        })
+        .opt_bytes(p.content_type.as_deref().map(str::as_bytes))
+        .opt_bytes(p.response_topic.as_deref().map(str::as_bytes))
+        .opt_bytes(p.correlation_data.as_deref())
+        .u32(u32::try_from(p.user.len()).unwrap_or(u32::MAX));
+    for (k, v) in &p.user {
+        w.bytes(k.as_bytes()).bytes(v.as_bytes());
+    }
+    w.0
+}
+
+fn decode_message(id: u64, v: &[u8]) -> Option<Message> {
+    let mut r = R::new(v)?;
+    let topic = r.str()?;
+    let payload = Box::from(r.bytes()?);
+    let flags = r.u8()?;
+    let qos = QoS::from_u8(flags & 3)?;
+    let expires_at = r.opt(R::u64)?.map(Instant::from_millis);
+    let payload_format_utf8 = match r.u8()? {
+        0 => None,
+        1 => Some(false),
+        2 => Some(true),
+        _ => return None,
+    };
+    let content_type = r.opt(R::str)?;
+    let response_topic = r.opt(R::str)?;
+    let correlation_data = r.opt(|r| r.bytes().map(Box::from))?;
+    let count = r.u32()?;
+    let mut user = Vec::new();
+    for _ in 0..count {
+        user.push((r.str()?, r.str()?));
+    }
+    r.end(Message {
+        id,
+        topic,
+        payload,
+        qos,
+        retain: flags & 4 != 0,
+        properties: MessageProperties {
+            payload_format_utf8,
+            content_type,
+            response_topic,
+            correlation_data,
+            user,
+        },
+        expires_at,
+    })
+}
+
+fn encode_session(client_id: &str, expiry: u32, at: Option<u64>) -> Vec<u8> {
+    let mut w = W::new();
+    w.bytes(client_id.as_bytes()).u32(expiry).opt_u64(at);
+    w.0
+}
+
+fn decode_session(v: &[u8]) -> Option<(Box<str>, u32, Option<u64>)> {
+    let mut r = R::new(v)?;
+    let id = r.str()?;
+    let expiry = r.u32()?;
+    let at = r.opt(R::u64)?;
+    r.end((id, expiry, at))
+}
+
+fn encode_subscription(
+    session: u64,
+    filter: &str,
+    o: SubscriptionOptions,
+    identifier: Option<u32>,
+) -> Vec<u8> {
+    let flags = o.qos as u8
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4);
+    let mut w = W::new();
+    w.u64(session)
+        .bytes(filter.as_bytes())
+        .u8(flags)
+        .opt_u64(identifier.map(u64::from));
+    w.0
+}
+
+fn decode_subscription(v: &[u8]) -> Option<(u64, Box<str>, SubscriptionOptions, Option<u32>)> {
+    let mut r = R::new(v)?;
+    let session = r.u64()?;
+    let filter = r.str()?;
+    let flags = r.u8()?;
+    let retain_handling = match flags >> 4 {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return None,
+    };
+    let mut options = SubscriptionOptions::new(QoS::from_u8(flags & 3)?);
+    options.no_local = flags & 4 != 0;
+    options.retain_as_published = flags & 8 != 0;
+    options.retain_handling = retain_handling;
+    let identifier = match r.opt(R::u64)? {
+        Some(id) => Some(u32::try_from(id).ok()?),
+        None => None,
+    };
+    r.end((session, filter, options, identifier))
+}
+
+fn encode_delivery(
+    session: u64,
+    message: u64,
+    qos: QoS,
+    retain: bool,
+    ids: &[u32],
+    sent: Option<(PacketId, bool)>,
+) -> Vec<u8> {
+    let mut w = W::new();
+    w.u64(session)
+        .u64(message)
+        .u8(qos as u8 | (u8::from(retain) << 2))
+        .u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for id in ids {
+        w.u32(*id);
+    }
+    match sent {
+        Some((pid, received)) => w.u8(1 + u8::from(received)).u16(pid.get()),
+        None => w.u8(0),
+    };
+    w.0
+}
+
+type Delivery = (u64, u64, QoS, bool, Vec<u32>, Option<(PacketId, bool)>);
+
+fn decode_delivery(v: &[u8]) -> Option<Delivery> {
+    let mut r = R::new(v)?;
+    let session = r.u64()?;
+    let message = r.u64()?;
+    let flags = r.u8()?;
+    let count = r.u32()?;
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(r.u32()?);
+    }
+    let sent = match r.u8()? {
+        0 => None,
+        s @ (1 | 2) => Some((PacketId::new(r.u16()?)?, s == 2)),
+        _ => return None,
+    };
+    r.end((
+        session,
+        message,
+        QoS::from_u8(flags & 3)?,
+        flags & 4 != 0,
+        ids,
+        sent,
+    ))
+}
+
+fn encode_sent(packet_id: PacketId, received: bool) -> Vec<u8> {
+    let mut w = W::new();
+    w.u16(packet_id.get()).u8(u8::from(received));
+    w.0
+}
+
+fn decode_sent(v: &[u8]) -> Option<(PacketId, bool)> {
+    let mut r = R::new(v)?;
+    let pid = PacketId::new(r.u16()?)?;
+    let received = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    r.end((pid, received))
+}
+
+fn encode_inbound(session: u64, packet_id: PacketId) -> Vec<u8> {
+    let mut w = W::new();
+    w.u64(session).u16(packet_id.get());
+    w.0
+}
+
+fn decode_inbound(v: &[u8]) -> Option<(u64, PacketId)> {
+    let mut r = R::new(v)?;
+    let session = r.u64()?;
+    let pid = PacketId::new(r.u16()?)?;
+    r.end((session, pid))
+}

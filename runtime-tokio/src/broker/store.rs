@@ -1,0 +1,308 @@
+//! The durable broker: the core's records folded by a [`Ledger`] into live entries of an
+//! [`mqtt_store::Store`] (redb), and read back at the start.
+//!
+//! One task writes. It takes every write folded since its last commit (from every
+//! connection: one sync for all of them), submits them, and when they are durable tells the
+//! core with `handle_durable`, which releases the acknowledgments held for them. Connections
+//! never wait for the store under the core's lock, and the ones that hold nothing in it
+//! never wait for it at all.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mqtt_session::broker::ledger::{Ledger, RUNTIME_KEYS, Write};
+use mqtt_session::broker::{ConnId, Record};
+use mqtt_store::{Mode, Op, Store, StoreStats};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+/// How durable an acknowledged message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// PUBACK / PUBREC / PUBCOMP go out once the message and its place in every persistent
+    /// session are synced to disk; concurrent messages share one sync.
+    Ack,
+    /// Written in the background, at most `relaxed_delay_ms` behind: a crash loses at most
+    /// what was acknowledged in that last interval.
+    Relaxed,
+}
+
+/// The store's file in the persistence directory.
+pub const STORE_FILE: &str = "broker.redb";
+
+/// The runtime's own entry: the broker clock's origin, in milliseconds since the Unix epoch,
+/// so that the core's time (session expiry, will delays, message expiry) goes on across a
+/// restart.
+const CLOCK_KEY: u64 = RUNTIME_KEYS.start;
+
+/// What the store did at the start and since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreReport {
+    /// The store file.
+    pub path: PathBuf,
+    /// How durable an acknowledgment is.
+    pub durability: Durability,
+    /// Entries read back at the start.
+    pub recovered_records: u64,
+    /// Time to read them and rebuild the state.
+    pub recovery: Duration,
+    /// What was set aside at the start (unreadable files and entries), and where it went.
+    pub set_aside: Vec<String>,
+    /// Whether the store accepts writes (if not, the broker serves from memory).
+    pub writable: bool,
+    /// Commits (one sync each).
+    pub commits: u64,
+    /// Entries written or deleted.
+    pub ops: u64,
+    /// Commits that failed.
+    pub failures: u64,
+    /// How long the last commit took.
+    pub last_commit: Duration,
+}
+
+/// The store as the broker holds it.
+pub(crate) struct Durable {
+    pub store: Option<Store>,
+    pub report: StoreReport,
+    /// Set when the store fails: the broker goes on from memory.
+    pub failed: AtomicBool,
+    /// Wakes the writer task.
+    pub wake: Arc<Notify>,
+    /// Ends the writer, after its last commit.
+    pub stop: CancellationToken,
+    /// With `relaxed`, how long the writer gathers before it writes.
+    pub gather: Option<Duration>,
+}
+
+impl Durable {
+    /// The report with the live counters.
+    pub fn report(&self) -> StoreReport {
+        let mut r = self.report.clone();
+        if let Some(store) = &self.store {
+            let StoreStats {
+                commits,
+                ops,
+                last_commit_micros,
+                failures,
+                ..
+            } = store.stats();
+            r.commits = commits;
+            r.ops = ops;
+            r.failures = failures;
+            r.last_commit = Duration::from_micros(last_commit_micros);
+        }
+        r.writable = self.store.is_some() && !self.failed.load(Ordering::Relaxed);
+        r
+    }
+}
+
+/// What opening the store gave: the records that rebuild the core, the ledger that goes on
+/// from them, and the clock's offset.
+pub(crate) struct Opened {
+    pub durable: Durable,
+    pub ledger: Ledger,
+    pub records: Vec<Record>,
+    /// Milliseconds from the clock's origin to now.
+    pub clock_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Opens (or creates) the store in `dir`. Never fails: what cannot be read is set aside and
+/// reported, and a store that cannot be opened at all leaves the broker in memory, said
+/// loudly in the log and in the report.
+pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) -> Opened {
+    let path = dir.join(STORE_FILE);
+    let started = std::time::Instant::now();
+    let mode = match durability {
+        Durability::Ack => Mode::Sync,
+        // The writer gathers for half the delay, the store syncs within the other half.
+        Durability::Relaxed => Mode::Relaxed(relaxed_delay / 2),
+    };
+    let mut report = StoreReport {
+        path: path.clone(),
+        durability,
+        recovered_records: 0,
+        recovery: Duration::ZERO,
+        set_aside: Vec::new(),
+        writable: false,
+        commits: 0,
+        ops: 0,
+        failures: 0,
+        last_commit: Duration::ZERO,
+    };
+    let now = unix_ms();
+    let (store, recovered) = match Store::open(&path, mode) {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e,
+                "store not writable; serving from memory: nothing survives a restart");
+            report.recovery = started.elapsed();
+            return Opened {
+                durable: Durable {
+                    store: None,
+                    report,
+                    failed: AtomicBool::new(true),
+                    wake: Arc::new(Notify::new()),
+                    stop: CancellationToken::new(),
+                    gather: None,
+                },
+                ledger: Ledger::new(),
+                records: Vec::new(),
+                clock_ms: 0,
+            };
+        }
+    };
+    for s in &recovered.set_aside {
+        tracing::warn!(path = %path.display(), "store: set aside: {s}");
+        report.set_aside.push(s.to_string());
+    }
+    let origin = recovered
+        .records
+        .iter()
+        .find(|(k, _)| *k == CLOCK_KEY)
+        .and_then(|(_, v)| Some(u64::from_le_bytes(v.as_slice().try_into().ok()?)));
+    let entries = recovered
+        .records
+        .iter()
+        .filter(|(k, _)| !RUNTIME_KEYS.contains(k))
+        .map(|(k, v)| (*k, v.as_slice()));
+    let loaded = Ledger::load(entries);
+    let mut fixes = Vec::new();
+    if !loaded.invalid.is_empty() {
+        let aside = mqtt_store::aside_path(&path, "entries");
+        let mut text = String::new();
+        for k in &loaded.invalid {
+            if let Some((_, v)) = recovered.records.iter().find(|(rk, _)| rk == k) {
+                let _ = writeln!(text, "{k} {}", hex(v));
+            }
+            fixes.push(Op::Delete(*k));
+        }
+        let what = match std::fs::write(&aside, text) {
+            Ok(()) => format!(
+                "{} entries that do not decode or name nothing; moved to {}",
+                loaded.invalid.len(),
+                aside.display()
+            ),
+            Err(e) => format!(
+                "{} entries that do not decode or name nothing; removed ({} not written: {e})",
+                loaded.invalid.len(),
+                aside.display()
+            ),
+        };
+        tracing::warn!(path = %path.display(), "store: set aside: {what}");
+        report.set_aside.push(what);
+    }
+    let origin = match origin {
+        // A clock set back since the last run counts the downtime as zero.
+        Some(o) if o <= now => o,
+        _ => {
+            fixes.push(Op::Put(CLOCK_KEY, now.to_le_bytes().to_vec()));
+            now
+        }
+    };
+    let failed = AtomicBool::new(false);
+    if !fixes.is_empty()
+        && let Err(e) = store.submit(fixes).wait()
+    {
+        tracing::error!(path = %path.display(), error = %e,
+            "store not writable; serving from memory: nothing survives a restart");
+        failed.store(true, Ordering::Relaxed);
+    }
+    report.recovered_records = recovered.records.len() as u64;
+    report.recovery = started.elapsed();
+    tracing::info!(
+        path = %path.display(),
+        records = report.recovered_records,
+        sessions = loaded.ledger.live_sessions(),
+        elapsed_ms = report.recovery.as_millis() as u64,
+        "store recovered"
+    );
+    Opened {
+        durable: Durable {
+            store: Some(store),
+            report,
+            failed,
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            gather: (durability == Durability::Relaxed).then_some(relaxed_delay / 2),
+        },
+        ledger: loaded.ledger,
+        records: loaded.records,
+        clock_ms: now - origin,
+    }
+}
+
+fn hex(v: &[u8]) -> String {
+    v.iter()
+        .fold(String::with_capacity(v.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Writes what the core recorded, one commit at a time (what comes in meanwhile shares the
+/// next one), until [`Durable::stop`]; then what is left, once more.
+pub(crate) async fn writer(shared: Arc<Shared>) {
+    let Some(durable) = shared.durable.as_ref() else {
+        return;
+    };
+    let Some(store) = durable.store.as_ref() else {
+        return;
+    };
+    loop {
+        let stopping = durable.stop.is_cancelled();
+        let (writes, seq) = {
+            let mut core = shared.lock();
+            let seq = core.fed;
+            let writes = core.ledger.as_mut().map(Ledger::take_writes);
+            (writes.unwrap_or_default(), seq)
+        };
+        if !writes.is_empty() && !durable.failed.load(Ordering::Relaxed) {
+            let ops = writes
+                .into_iter()
+                .map(|w| match w {
+                    Write::Put(k, v) => Op::Put(k, v),
+                    Write::Delete(k) => Op::Delete(k),
+                })
+                .collect();
+            if let Err(e) = store.submit(ops).await {
+                // The promise cannot be kept any more: say so, and go on from memory rather
+                // than hold every acknowledgment for ever.
+                tracing::error!(error = %e, "store write failed; serving from memory");
+                durable.failed.store(true, Ordering::Relaxed);
+            }
+        }
+        let more = {
+            let mut core = shared.lock();
+            core.broker.handle_durable(seq);
+            core.dispatch(ConnId(0));
+            core.fed > seq
+        };
+        if stopping && !more {
+            return;
+        }
+        if let Some(gather) = durable.gather {
+            tokio::select! {
+                _ = tokio::time::sleep(gather) => {}
+                _ = durable.stop.cancelled() => {}
+            }
+        } else if !more {
+            tokio::select! {
+                _ = durable.wake.notified() => {}
+                _ = durable.stop.cancelled() => {}
+            }
+        }
+    }
+}
