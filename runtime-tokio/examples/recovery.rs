@@ -116,8 +116,10 @@ async fn fill(dir: &Path, args: &Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let url = broker.urls()[0].clone();
-    let sub = Client::spawn(options(&url, SUBSCRIBER).persistent_session(Duration::from_secs(30 * 86_400)))
-        .map_err(|e| e.to_string())?;
+    let sub = Client::spawn(
+        options(&url, SUBSCRIBER).persistent_session(Duration::from_secs(30 * 86_400)),
+    )
+    .map_err(|e| e.to_string())?;
     sub.wait_connected(Duration::from_secs(10))
         .await
         .map_err(|e| e.to_string())?;
@@ -231,9 +233,10 @@ async fn recover(dir: &Path, args: &Args) -> Result<(), String> {
     if args.drain {
         let url = broker.urls()[0].clone();
         let started = Instant::now();
-        let (sub, mut driver) =
-            Client::new(options(&url, SUBSCRIBER).persistent_session(Duration::from_secs(30 * 86_400)))
-                .map_err(|e| e.to_string())?;
+        let (sub, mut driver) = Client::new(
+            options(&url, SUBSCRIBER).persistent_session(Duration::from_secs(30 * 86_400)),
+        )
+        .map_err(|e| e.to_string())?;
         let mut events = driver.events();
         tokio::spawn(driver.run());
         let mut got = 0usize;
@@ -293,7 +296,10 @@ fn main() -> ExitCode {
         };
     }
     let temp = tempfile::tempdir().expect("a temporary directory");
-    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     println!("| phase | messages | memory | store file | store |");
     println!("| --- | --- | --- | --- | --- |");
     if let Err(e) = rt.block_on(fill(&dir, &args)) {
