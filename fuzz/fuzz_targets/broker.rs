@@ -1,6 +1,8 @@
 //! The broker core with several connections fed arbitrary bytes, clock jumps, closes and new
 //! connections: it must never panic, every packet it writes must decode for that connection's
-//! protocol version, and what its queues hold must stay within the configured limits.
+//! protocol version, and what its queues hold must stay within the configured limits. Its
+//! records, folded by a ledger into a key/value map in batches, must load back into a broker
+//! with the same durable state.
 #![no_main]
 
 use core::time::Duration;
@@ -10,7 +12,9 @@ use mqtt_proto::{
     Connect, Packet, Properties, Property, ProtocolVersion, QoS, Status, TopicName, Will, decode,
 };
 use mqtt_session::Instant;
+use mqtt_session::broker::ledger::{Ledger, Write};
 use mqtt_session::broker::{Answer, Broker, Config, ConnId, Error, Event, Limits, Question};
+use std::collections::BTreeMap;
 
 const LIMITS: Limits = Limits {
     session_messages: 16,
@@ -102,6 +106,20 @@ fuzz_target!(|data: &[u8]| {
     });
     let mut now = Instant::ZERO;
     let mut conns: Vec<(ConnId, Vec<u8>)> = Vec::new();
+    let mut ledger = Ledger::new();
+    let mut store: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let write = |ledger: &mut Ledger, store: &mut BTreeMap<u64, Vec<u8>>| {
+        for w in ledger.take_writes() {
+            match w {
+                Write::Put(k, v) => {
+                    store.insert(k, v);
+                }
+                Write::Delete(k) => {
+                    store.remove(&k);
+                }
+            }
+        }
+    };
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
@@ -134,12 +152,15 @@ fuzz_target!(|data: &[u8]| {
                 let (conn, _) = conns.remove(k % conns.len());
                 let _ = broker.handle_close(conn, now);
             }
-            6 => broker.handle_durable(broker.last_seq()),
+            6 => {
+                write(&mut ledger, &mut store);
+                broker.handle_durable(broker.last_seq());
+            }
             _ => {}
         }
         broker.handle_timeout(now);
         while let Some(r) = broker.poll_record() {
-            let _ = r;
+            ledger.apply(&r);
         }
         while let Some(e) = broker.poll_event() {
             match e {
@@ -172,4 +193,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(st.queued_messages <= st.sessions * LIMITS.session_messages);
         assert!(st.subscriptions <= st.sessions * LIMITS.subscriptions);
     }
+    while let Some(r) = broker.poll_record() {
+        ledger.apply(&r);
+    }
+    write(&mut ledger, &mut store);
+    let loaded = Ledger::load(store.iter().map(|(k, v)| (*k, v.as_slice())));
+    assert!(loaded.invalid.is_empty(), "{:?}", loaded.invalid);
+    let restored = Broker::restore(Config::default(), now, loaded.records);
+    assert_eq!(restored.snapshot(), broker.snapshot());
 });

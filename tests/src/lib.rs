@@ -11,6 +11,7 @@
 //! - [`certs`]: a CA, a server and a client certificate generated with `rcgen`, as PEM files.
 //! - [`proxy`]: a loopback TCP proxy whose connections a test can cut mid-stream or stall.
 //! - [`peers`]: `mosquitto_pub` / `mosquitto_sub` as reference peers.
+//! - [`paho`]: the Python `paho-mqtt` client, in a venv made on first use.
 //! - [`runtimes`]: running one generic test on tokio and smol (sleeps, time limits).
 //!
 //! `scripts/test` installs mosquitto, mosquitto-clients and the node packages (`npm ci` in
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod http;
 pub mod mosquitto;
 pub mod node;
+pub mod paho;
 pub mod peers;
 pub mod proxy;
 pub mod raw;

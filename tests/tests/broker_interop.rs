@@ -4,7 +4,7 @@
 //!
 //! Missing node packages, python/pip or chromium skip the test, and fail it under `CI=true`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -113,44 +113,13 @@ async fn mqttjs_over_tcp_and_websocket_at_311_and_5() {
     broker.stop().await;
 }
 
-/// A venv with paho-mqtt in the target folder, made on first use.
-fn paho_python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("paho-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import paho.mqtt.client"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    let made = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "paho-mqtt==2.1.0",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-    if made && ready(&python) {
-        return Some(python);
-    }
-    skip_or_fail("python3 with venv and pip (to install paho-mqtt)");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_mqtt_qos_0_1_2_at_311_and_5() {
-    let Some(python) = tokio::task::spawn_blocking(paho_python).await.unwrap() else {
+    let Some(python) =
+        tokio::task::spawn_blocking(|| tests::paho::python(Path::new(env!("CARGO_TARGET_TMPDIR"))))
+            .await
+            .unwrap()
+    else {
         return;
     };
     let broker = broker().await;

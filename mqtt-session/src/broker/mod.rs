@@ -119,9 +119,12 @@
 //! inbound QoS 2 ids, retained messages, pending wills. Only sessions with an expiry above 0
 //! are recorded. [`Broker::restore`] rebuilds a broker from the records; offline sessions keep
 //! their subscriptions and queues, and resend their in-flight messages with the original packet
-//! ids and DUP when their client returns. With [`Config::hold_acks_until_durable`], PUBACK and
-//! PUBREC of a received publish wait until [`Broker::handle_durable`] reports the records up to
-//! it durable.
+//! ids and DUP when their client returns. With [`Config::hold_acks_until_durable`], PUBACK,
+//! PUBREC and PUBCOMP of a received publish wait until [`Broker::handle_durable`] reports the
+//! records up to it durable, and a QoS 2 message goes to a persistent session only once the
+//! record of the packet id it goes out with is durable (so that a restart resends it with that
+//! id, which the subscriber recognises, and exactly once holds). [`ledger::Ledger`] folds the
+//! records into the live entries of a key/value store and loads them back.
 //!
 //! # Limits
 //! Each session holds at most [`Limits::session_messages`] messages and
@@ -1336,9 +1339,6 @@ impl Broker {
                 self.complete(conn, pid, |_| true);
             }
             Some(OutState::AwaitAck) => {
-                if let Some(i) = s.inflight.get_mut(&pid) {
-                    i.state = OutState::AwaitComp;
-                }
                 if s.persistent {
                     let change = Change::Received {
                         client_id: s.client_id.clone(),
@@ -1346,10 +1346,21 @@ impl Broker {
                     };
                     push_record(&mut self.records, &mut self.seq, change);
                 }
-                self.push_control(conn, Control::PubRel(pid, ReasonCode::Success));
+                let hold = self.cfg.hold_acks_until_durable && s.persistent;
+                if let Some(i) = s.inflight.get_mut(&pid) {
+                    i.state = OutState::AwaitComp;
+                    if hold {
+                        // A resend after a reconnect waits for the record too.
+                        i.seq = self.seq;
+                    }
+                }
+                // The subscriber forgets the packet id at PUBREL: sent before the broker
+                // has recorded the PUBREC, a restart would deliver the message again under
+                // that id as a new one. So PUBREL waits like an acknowledgment.
+                self.ack(conn, Control::PubRel(pid, ReasonCode::Success));
             }
             Some(OutState::AwaitComp) => {
-                self.push_control(conn, Control::PubRel(pid, ReasonCode::Success));
+                self.ack(conn, Control::PubRel(pid, ReasonCode::Success));
             }
             None => {
                 let rc = if version.is_v5() {

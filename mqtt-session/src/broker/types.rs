@@ -109,7 +109,9 @@ impl Default for Config {
             hold_acks_until_durable: false,
             limits: Limits::default(),
             sys_interval: None,
-            max_inflight: u16::MAX,
+            // A 3.1.1 client cannot announce a Receive Maximum: a window this size keeps a
+            // backlog from overrunning what common clients hold for QoS 2 (ours: 1 024).
+            max_inflight: 512,
             retain_available: true,
             wildcard_subscriptions: true,
             shared_subscriptions: true,

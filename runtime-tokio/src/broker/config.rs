@@ -381,6 +381,22 @@ mod tests {
     }
 
     #[test]
+    fn durability_parses_and_needs_a_directory() {
+        let c = BrokerConfig::from_toml_str(
+            "persistence_dir = \"/var/lib/mqtt\"\ndurability = \"relaxed\"\nrelaxed_delay_ms = 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.durability, Some(super::super::Durability::Relaxed));
+        assert_eq!(c.relaxed_delay_ms, 50);
+        c.validate().unwrap();
+        let e = BrokerConfig::from_toml_str("durability = \"sometimes\"\n").unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
+        let c = BrokerConfig::from_toml_str("durability = \"ack\"\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("persistence_dir"), "{e}");
+    }
+
+    #[test]
     fn tls_listener_needs_files() {
         let c = BrokerConfig::new("mqtts://127.0.0.1:0");
         assert!(c.validate().unwrap_err().to_string().contains("cert_file"));
