@@ -13,7 +13,8 @@
 //! 2. Recover, in a fresh process (this program runs itself with `--recover DIR`, so the
 //!    memory numbers are not the fill's): RSS before, `Broker::start` (which replays the
 //!    store), RSS and peak RSS after, the store's own report; then the subscriber reconnects
-//!    and drains the queue (`--no-drain` skips that), and the store file size is printed.
+//!    and drains the queue (`--no-drain` skips that); the store file size is printed when
+//!    drained and after `--idle-secs` (3) idle, when the store has compacted itself.
 //!
 //! Prints one Markdown table row per phase. Numbers, not assertions; it exits 1 when a message
 //! count is not what it should be.
@@ -37,6 +38,7 @@ struct Args {
     dir: Option<PathBuf>,
     recover: Option<PathBuf>,
     drain: bool,
+    idle_secs: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         dir: None,
         recover: None,
         drain: true,
+        idle_secs: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
             "--dir" => a.dir = Some(value()?.into()),
             "--recover" => a.recover = Some(value()?.into()),
             "--no-drain" => a.drain = false,
+            "--idle-secs" => a.idle_secs = value()?.parse().map_err(|e| format!("{e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -84,6 +88,15 @@ fn status_kib(field: &str) -> u64 {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A file size, in KiB below 1 MiB.
+fn size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    } else {
+        mib(bytes / 1024)
+    }
 }
 
 fn file_size(dir: &Path) -> u64 {
@@ -186,7 +199,7 @@ async fn fill(dir: &Path, args: &Args) -> Result<(), String> {
         filled.as_secs_f64(),
         stats.queued_messages as f64 / filled.as_secs_f64(),
         mib(rss),
-        mib(file_size(dir) / 1024),
+        size(file_size(dir)),
         report.map(|r| (r.commits, r.ops)),
     );
     if stats.queued_messages != args.messages {
@@ -221,7 +234,7 @@ async fn recover(dir: &Path, args: &Args) -> Result<(), String> {
         mib(rss_before),
         mib(rss_after),
         mib(peak),
-        mib(size_before / 1024),
+        size(size_before),
         report.set_aside,
     );
     if queued != args.messages {
@@ -249,14 +262,20 @@ async fn recover(dir: &Path, args: &Args) -> Result<(), String> {
         }
         let drained = started.elapsed();
         sub.disconnect().await;
-        // Give the writer a moment for the acknowledgments' records, then stop.
+        let size_drained = file_size(dir);
+        // The store compacts by itself once it has been idle for a while after many deletions.
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+        let size_idle = file_size(dir);
         broker.stop().await;
         println!(
-            "| drain | {got} messages delivered in {:.1} s ({:.0} msg/s) | peak RSS {} | file {} after | |",
+            "| drain | {got} messages delivered in {:.1} s ({:.0} msg/s) | RSS {} (peak {}) | file {} drained, {} after {} s idle | |",
             drained.as_secs_f64(),
             got as f64 / drained.as_secs_f64(),
+            mib(status_kib("VmRSS")),
             mib(status_kib("VmHWM")),
-            mib(file_size(dir) / 1024),
+            size(size_drained),
+            size(size_idle),
+            args.idle_secs,
         );
         if got != args.messages {
             return Err(format!("{got} of {} delivered", args.messages));
@@ -323,6 +342,7 @@ fn main() -> ExitCode {
     if !args.drain {
         child.arg("--no-drain");
     }
+    child.args(["--idle-secs", &args.idle_secs.to_string()]);
     match child.status() {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
