@@ -580,6 +580,7 @@ mod tests {
             retain: false,
             properties: None,
             packet_id: None,
+            acker: None,
         };
         let mut fut = Box::pin(run_handler(handler, msg));
         let waker = std::task::Waker::noop();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mqtt_proto::{PacketId, Publish, QoS, ReasonCode};
 use mqtt_session::engine::Engine;
-use mqtt_session::engine::{Failure, Message, Output, ReadStatus, Stats};
+use mqtt_session::engine::{Acker, Failure, Message, Output, ReadStatus, Stats};
 use mqtt_session::{ConnectionError, Instant};
 use tracing::{Instrument, debug, info, trace, warn};
 
@@ -658,7 +658,19 @@ impl<R: Runtime> Driver<R> {
                     self.core.set_status(Status::Connected);
                     self.emit(Event::Connected { session_present });
                 }
-                Output::Message { message, routes } => {
+                Output::Message {
+                    mut message,
+                    routes,
+                } => {
+                    if self.core.options().ack == AckMode::Manual && message.packet_id.is_some() {
+                        // Weak: a message kept after the client is gone acknowledges nothing.
+                        let core = Arc::downgrade(&self.core);
+                        message.acker = Some(Acker::new(move |id, rc| {
+                            if let Some(core) = core.upgrade() {
+                                core.ack(id, rc);
+                            }
+                        }));
+                    }
                     trace!(topic = %message.topic, payload = ?message.payload, "received");
                     self.deliver(&message, &routes);
                     self.emit(Event::Message(message));

@@ -137,7 +137,64 @@ pub struct Message {
     pub properties: Option<Box<MessageProperties>>,
     /// The id to acknowledge it with in manual-ack mode ([`Engine::ack`]; QoS 1 and 2).
     pub packet_id: Option<PacketId>,
+    /// Set by the client that delivers it when the application acknowledges:
+    /// [`Message::ack`].
+    pub acker: Option<Acker>,
 }
+
+impl Message {
+    /// Acknowledges the message (PUBACK / PUBREC, Success) where the application does
+    /// (manual acks); nothing for QoS 0 or where the client acknowledges by itself.
+    pub fn ack(&self) {
+        self.ack_with(ReasonCode::Success);
+    }
+
+    /// [`Message::ack`] with a reason code (sent to MQTT 5 brokers; an error code refuses the
+    /// message, which the broker then does not send again).
+    pub fn ack_with(&self, reason_code: ReasonCode) {
+        if let (Some(acker), Some(id)) = (&self.acker, self.packet_id) {
+            (acker.0)(id, reason_code);
+        }
+    }
+}
+
+#[cfg(target_has_atomic = "ptr")]
+type AckFn = alloc::sync::Arc<dyn Fn(PacketId, ReasonCode) + Send + Sync>;
+#[cfg(not(target_has_atomic = "ptr"))]
+type AckFn = alloc::rc::Rc<dyn Fn(PacketId, ReasonCode)>;
+
+/// What acknowledges a received message on behalf of the client that delivered it.
+#[derive(Clone)]
+pub struct Acker(AckFn);
+
+impl Acker {
+    /// An acker that calls `f` with the packet id and reason code.
+    #[cfg(target_has_atomic = "ptr")]
+    pub fn new(f: impl Fn(PacketId, ReasonCode) + Send + Sync + 'static) -> Self {
+        Acker(alloc::sync::Arc::new(f))
+    }
+
+    /// An acker that calls `f` with the packet id and reason code.
+    #[cfg(not(target_has_atomic = "ptr"))]
+    pub fn new(f: impl Fn(PacketId, ReasonCode) + 'static) -> Self {
+        Acker(alloc::rc::Rc::new(f))
+    }
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Acker")
+    }
+}
+
+/// Not part of what a message is: any two compare equal.
+impl PartialEq for Acker {
+    fn eq(&self, _: &Acker) -> bool {
+        true
+    }
+}
+
+impl Eq for Acker {}
 
 /// Why a publish (or request) will not complete successfully.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -860,6 +917,7 @@ impl Owned {
                     properties: (m.properties.iter().next().is_some())
                         .then(|| Box::new(MessageProperties::from_wire(&m.properties))),
                     packet_id: m.packet_id,
+                    acker: None,
                 };
                 // The payload is a slice of the read buffer: share it instead of copying.
                 let at = (m.payload.as_ptr() as usize).wrapping_sub(base);

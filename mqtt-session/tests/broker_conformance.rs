@@ -7,7 +7,7 @@ mod broker_common;
 use broker_common::*;
 use mqtt_proto::{
     Ack, Connect, Disconnect, Packet, Properties, Property, PropertyId, Publish, QoS, ReasonCode,
-    RetainHandling, SubscriptionOptions, Unsubscribe,
+    RetainHandling, SubscriptionOptions, Unsubscribe, Will,
 };
 use mqtt_session::Instant;
 use mqtt_session::broker::{Answer, CloseReason, Config, Question};
@@ -1141,4 +1141,154 @@ fn mqtt_3_10_4_4_and_5_v311_unsuback() {
     net.send(r, &Packet::Unsubscribe(Unsubscribe::new(pid(4), &filters)));
     assert_eq!(net.take_frames(r), [vec![0xB0, 0x02, 0x00, 0x04]]);
     assert_eq!(net.broker.stats().subscriptions, 0);
+}
+
+fn max_qos1() -> Config {
+    Config {
+        maximum_qos: QoS::AtLeastOnce,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn mqtt_3_2_2_9_and_11_maximum_qos_announced_and_a_publish_above_it_disconnected() {
+    let mut net = Net::new(max_qos1());
+    let r = net.raw(V5);
+    net.send(r, &connect_v5("p", true, &[]));
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(
+        ack.properties
+            .iter()
+            .any(|p| p == Property::MaximumQoS(QoS::AtLeastOnce))
+    );
+    net.send(r, &pub_qos("t", b"x", QoS::ExactlyOnce, 1));
+    let f = net.take_frames(r);
+    assert!(
+        matches!(packet(&f[0], V5), Packet::Disconnect(d) if d.reason_code == ReasonCode::QoSNotSupported),
+        "{f:?}"
+    );
+    assert!(net.peers[r].closed);
+    // With the default (QoS 2 supported) no Maximum QoS is sent [MQTT-3.2.2-9].
+    let mut net = Net::new(Config::default());
+    let r = net.raw(V5);
+    net.send(r, &connect_v5("p", true, &[]));
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert!(
+        ack.properties
+            .iter()
+            .all(|p| p.id() != PropertyId::MaximumQoS)
+    );
+}
+
+#[test]
+fn mqtt_3_2_2_12_a_will_above_the_maximum_qos_is_refused_with_0x9b() {
+    let mut net = Net::new(max_qos1());
+    let r = net.raw(V5);
+    let w = Will {
+        qos: QoS::ExactlyOnce,
+        ..will("w", b"bye", &[])
+    };
+    net.send(
+        r,
+        &Packet::Connect(Connect {
+            will: Some(w),
+            ..Connect::new(V5, "w", 0)
+        }),
+    );
+    let f = net.take_frames(r);
+    assert_eq!(connack(&f[0], V5).reason_code, ReasonCode::QoSNotSupported);
+    assert!(net.peers[r].closed);
+}
+
+#[test]
+fn maximum_qos_caps_what_is_granted_and_delivered() {
+    let mut net = Net::new(max_qos1());
+    let s = raw_v5(&mut net, "s", &[]);
+    net.send(
+        s,
+        &raw_subscribe(1, &[(filter("q"), opts(QoS::ExactlyOnce))], &[]),
+    );
+    let f = net.take_frames(s);
+    let Packet::SubAck(ack) = packet(&f[0], V5) else {
+        panic!("{f:?}")
+    };
+    assert_eq!(
+        ack.reason_codes.iter().collect::<Vec<_>>(),
+        [ReasonCode::GrantedQoS1]
+    );
+    // A 3.1.1 client cannot be told the maximum: its QoS 2 handshake completes and the
+    // message goes on at QoS 1.
+    let p = raw_v311(&mut net, "p", true);
+    net.send(p, &pub_qos("q", b"two", QoS::ExactlyOnce, 9));
+    let f = net.take_frames(p);
+    assert!(matches!(packet(&f[0], V311), Packet::PubRec(a) if a.packet_id.get() == 9));
+    let pubs = publishes(&net.take_frames(s), V5);
+    assert_eq!(pubs.len(), 1);
+    assert_eq!(pubs[0].1, QoS::AtLeastOnce);
+}
+
+#[test]
+fn response_information_only_when_asked() {
+    let cfg = Config {
+        response_information: Some("responses/".into()),
+        ..Config::default()
+    };
+    let mut net = Net::new(cfg);
+    let asks = [Property::RequestResponseInformation(true)];
+    let r = net.raw(V5);
+    net.send(r, &connect_v5("a", true, &asks));
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert!(
+        ack.properties
+            .iter()
+            .any(|p| p == Property::ResponseInformation("responses/"))
+    );
+    let r = net.raw(V5);
+    net.send(r, &connect_v5("b", true, &[]));
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert!(
+        ack.properties
+            .iter()
+            .all(|p| p.id() != PropertyId::ResponseInformation)
+    );
+}
+
+#[test]
+fn a_payload_that_is_not_the_utf8_it_claims_is_refused_with_0x99() {
+    let mut net = Net::new(Config::default());
+    let s = raw_v5(&mut net, "s", &[]);
+    sub(&mut net, s, "f", opts(QoS::AtLeastOnce));
+    let p = raw_v5(&mut net, "p", &[]);
+    let utf8 = [Property::PayloadFormatIndicator(true)];
+    for (id, payload) in [(1, &[0xFF, 0xFE][..]), (2, "ok ✓".as_bytes())] {
+        net.send(
+            p,
+            &Packet::Publish(Publish {
+                qos: QoS::AtLeastOnce,
+                packet_id: Some(pid(id)),
+                properties: Properties::new(&utf8),
+                ..Publish::new("f", payload)
+            }),
+        );
+    }
+    let f = net.take_frames(p);
+    let codes: Vec<ReasonCode> = f
+        .iter()
+        .map(|fr| match packet(fr, V5) {
+            Packet::PubAck(a) => a.reason_code,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [ReasonCode::PayloadFormatInvalid, ReasonCode::Success]
+    );
+    let pubs = publishes(&net.take_frames(s), V5);
+    assert_eq!(pubs.len(), 1, "only the valid one is delivered");
+    assert_eq!(pubs[0].4, "ok ✓".as_bytes());
 }

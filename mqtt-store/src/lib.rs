@@ -192,24 +192,25 @@ impl Store {
             fs::create_dir_all(dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
         }
         let mut set_aside = Vec::new();
-        let mut db = match Database::create(path) {
-            Ok(db) => db,
-            Err(
-                e @ (redb::DatabaseError::DatabaseAlreadyOpen
-                | redb::DatabaseError::Storage(redb::StorageError::Io(_))),
-            ) => {
-                // Not a damaged file but a busy or unwritable one: moving it would not help.
-                return Err(err(&format!("open {}", path.display()), e));
+        // redb panics on some damaged files (an index out of range, an unwrap, an assertion)
+        // instead of returning an error: a panic while opening or reading is damage too.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            try_open(path, &mut set_aside)
+        }));
+        let (db, records) = match attempt {
+            Ok(Ok(Opened::Read(db, records))) => (db, records),
+            Ok(Ok(Opened::Damaged(reason))) => {
+                (start_over(path, reason, &mut set_aside)?, Vec::new())
             }
-            Err(e) => start_over(path, e.to_string(), &mut set_aside)?,
-        };
-        let records = match read_all(&db, path, &mut set_aside) {
-            Ok(records) => records,
-            // The file opened but its tree cannot be read through: set it aside as well.
-            Err(e) => {
-                drop(db);
-                db = start_over(path, e.0, &mut set_aside)?;
-                Vec::new()
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let reason = format!("the database failed reading it: {what}");
+                (start_over(path, reason, &mut set_aside)?, Vec::new())
             }
         };
         let counters = Arc::new(Counters::default());
@@ -360,6 +361,45 @@ impl Future for Commit {
     }
 }
 
+/// What opening an existing file gave.
+enum Opened {
+    /// The database and its valid records.
+    Read(Database, Vec<(u64, Vec<u8>)>),
+    /// The file is damaged (why): it must be set aside.
+    Damaged(String),
+}
+
+/// Whether an I/O error while opening says the file's content is wrong, not that the file
+/// system refuses it (permissions, a read-only disk, a lock), where moving it would not help.
+fn is_damage(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+    )
+}
+
+fn try_open(path: &Path, set_aside: &mut Vec<SetAside>) -> Result<Opened, StoreError> {
+    let db = match Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if is_damage(&e) => {
+            return Ok(Opened::Damaged(e.to_string()));
+        }
+        Err(
+            e @ (redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::Storage(redb::StorageError::Io(_))),
+        ) => {
+            // Not a damaged file but a busy or unwritable one: moving it would not help.
+            return Err(err(&format!("open {}", path.display()), e));
+        }
+        Err(e) => return Ok(Opened::Damaged(e.to_string())),
+    };
+    match read_all(&db, path, set_aside) {
+        Ok(records) => Ok(Opened::Read(db, records)),
+        // The file opened but its tree cannot be read through: set it aside as well.
+        Err(e) => Ok(Opened::Damaged(e.0)),
+    }
+}
+
 /// Moves the unreadable file at `path` aside (reported in `set_aside`) and creates an empty one.
 fn start_over(
     path: &Path,
@@ -383,17 +423,25 @@ pub fn aside_path(path: &Path, what: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// A record on disk: CRC-32 of the value, then the value.
-fn seal(value: &[u8]) -> Vec<u8> {
+/// A record on disk: CRC-32 of its key and value, then the value. The key is in the sum so
+/// that damage to the tree that moves a value under another key is caught too.
+fn seal(key: u64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() + 4);
-    out.extend_from_slice(&crc32fast::hash(value).to_le_bytes());
+    out.extend_from_slice(&checksum(key, value).to_le_bytes());
     out.extend_from_slice(value);
     out
 }
 
-fn unseal(raw: &[u8]) -> Option<&[u8]> {
+fn checksum(key: u64, value: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&key.to_le_bytes());
+    h.update(value);
+    h.finalize()
+}
+
+fn unseal(key: u64, raw: &[u8]) -> Option<&[u8]> {
     let (sum, value) = raw.split_first_chunk::<4>()?;
-    (u32::from_le_bytes(*sum) == crc32fast::hash(value)).then_some(value)
+    (u32::from_le_bytes(*sum) == checksum(key, value)).then_some(value)
 }
 
 fn read_all(
@@ -412,7 +460,7 @@ fn read_all(
         };
         for entry in table.iter().map_err(|e| err("read", e))? {
             let (k, v) = entry.map_err(|e| err("read", e))?;
-            match unseal(v.value()) {
+            match unseal(k.value(), v.value()) {
                 Some(value) => records.push((k.value(), value.to_vec())),
                 None => bad.push((k.value(), v.value().to_vec())),
             }
@@ -528,7 +576,7 @@ fn commit(db: &Database, group: &[Job]) -> Result<(), StoreError> {
             match op {
                 Op::Put(key, value) => {
                     table
-                        .insert(*key, seal(value).as_slice())
+                        .insert(*key, seal(*key, value).as_slice())
                         .map_err(|e| err("insert", e))?;
                 }
                 Op::Delete(key) => {

@@ -209,3 +209,66 @@ fn compaction_gives_deleted_space_back() {
     let (_s, rec) = Store::open(&path, Mode::Sync).expect("reopen");
     assert_eq!(rec.records, vec![(1, b"still works".to_vec())]);
 }
+
+#[test]
+fn a_damaged_header_is_set_aside_not_taken_for_an_unwritable_file() {
+    let (_s, rec) = reopen_after_damage(|p| {
+        let mut bytes = fs::read(p).expect("read");
+        for b in &mut bytes[..8] {
+            *b ^= 0xFF;
+        }
+        fs::write(p, &bytes).expect("write");
+    });
+    assert!(
+        matches!(rec.set_aside.as_slice(), [SetAside::File { moved_to, .. }] if moved_to.exists()),
+        "{:?}",
+        rec.set_aside
+    );
+    assert!(rec.records.is_empty());
+}
+
+/// Damage anywhere (redb panics on some of it rather than returning an error): the store
+/// still opens, says what it set aside when it lost records, and takes writes.
+#[test]
+fn random_damage_never_stops_opening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clean_path = dir.path().join("clean.redb");
+    filled(&clean_path, 500);
+    let clean = fs::read(&clean_path).expect("read");
+    for seed in 1..=40u32 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as usize
+        };
+        let mut bytes = clean.clone();
+        for _ in 0..[1, 4, 16, 64][next() % 4] {
+            let at = next() % bytes.len();
+            let len = [1, 8, 64][next() % 3];
+            let end = (at + len).min(bytes.len());
+            for b in &mut bytes[at..end] {
+                *b ^= (next() % 255 + 1) as u8;
+            }
+        }
+        let path = dir.path().join(format!("seed-{seed}.redb"));
+        fs::write(&path, &bytes).expect("write");
+        let (store, rec) = Store::open(&path, Mode::Sync)
+            .unwrap_or_else(|e| panic!("seed {seed}: a damaged store must open: {e}"));
+        let intact = rec.records.iter().all(|(k, v)| *k < 500 && *v == value(*k));
+        assert!(intact, "seed {seed}: a record came back altered");
+        if rec.records.len() < 500 {
+            assert!(
+                !rec.set_aside.is_empty(),
+                "seed {seed}: {} records lost without a word",
+                500 - rec.records.len()
+            );
+        }
+        store
+            .submit(vec![Op::Put(10_000, b"after".to_vec())])
+            .wait()
+            .unwrap_or_else(|e| panic!("seed {seed}: write after damage: {e}"));
+        store.close().expect("close");
+    }
+}

@@ -1,6 +1,7 @@
 //! The broker server under faults: connections cut by the loopback proxy mid-stream, session
-//! takeover while messages flow. (10 000 concurrent connections: `runtime-tokio/tests/
-//! broker_cli.rs`, with the broker in its own process, each side within its file limit.)
+//! takeover while messages flow, a flood of malformed and half-open connections during a
+//! stream. (10 000 concurrent connections: `runtime-tokio/tests/broker_cli.rs`, with the
+//! broker in its own process, each side within its file limit.)
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -216,6 +217,122 @@ async fn session_takeover_under_load_loses_nothing() {
         let missing: Vec<u32> = (0..N).filter(|i| !seen.contains_key(i)).collect();
         assert!(missing.is_empty(), "lost: {missing:?}");
         eprintln!("redelivered with DUP after 10 takeovers: {dups}");
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// While a publisher streams 3 000 QoS 1 messages to a subscriber, 100 connections send
+/// garbage, 100 open and send nothing, 50 send a CONNECT that never ends and 50 connect and
+/// then send a malformed packet: every message arrives exactly as sent, the bad connections
+/// are closed (the silent ones within the connect timeout), and the broker still accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_and_half_open_connections_does_not_harm_the_good_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let mut cfg = BrokerConfig::new("mqtt://127.0.0.1:0");
+        cfg.connect_timeout = 2;
+        cfg.max_queued_messages = 100_000;
+        let broker = Broker::start(cfg).await.unwrap();
+        let addr = broker.local_addr();
+        let v = ProtocolVersion::V5;
+        let mut sub = Raw::connect(addr, v, "good-sub").await;
+        assert_eq!(
+            sub.subscribe("good/t", QoS::AtLeastOnce).await,
+            [ReasonCode::GrantedQoS1]
+        );
+        const N: u32 = 3000;
+        let publisher = tokio::spawn(async move {
+            let mut p = Raw::connect(addr, v, "good-pub").await;
+            for batch in 0..N / 50 {
+                for i in batch * 50..(batch + 1) * 50 {
+                    let id = (i % 60_000 + 1) as u16;
+                    p.publish("good/t", i.to_string().as_bytes(), QoS::AtLeastOnce, id)
+                        .await;
+                }
+                for _ in 0..50 {
+                    match p.recv().await {
+                        Some(Got::PubAck(..)) => {}
+                        other => panic!("publisher: {other:?}"),
+                    }
+                }
+            }
+        });
+        // The bad ones, all at once, while the stream runs.
+        let started = tokio::time::Instant::now();
+        let mut bad = Vec::new();
+        for i in 0..300u32 {
+            bad.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                match i % 6 {
+                    // Garbage first bytes (no CONNECT).
+                    0 | 1 => {
+                        let _ = s.write_all(&[0xFF, 0x7F, 1, 2, 3, 4, 5, 6, 7, 8]).await;
+                    }
+                    // Nothing at all.
+                    2 | 3 => {}
+                    // A CONNECT whose length says more than ever comes.
+                    4 => {
+                        let _ = s.write_all(&[0x10, 0x7F, 0x00, 0x04, b'M', b'Q']).await;
+                    }
+                    // A valid CONNECT, then a SUBSCRIBE with reserved flags wrong.
+                    _ => {
+                        let mut c = vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30];
+                        c.extend_from_slice(&[0, 1, b'x']);
+                        c[12..].copy_from_slice(&[0, 1, b'0' + (i % 10) as u8]);
+                        let _ = s.write_all(&c).await;
+                        let _ = s.write_all(&[0x80, 6, 0, 1, 0, 1, b'a', 0]).await;
+                    }
+                }
+                // The broker closes it: read until EOF (or an error), bounded by the test.
+                let mut buf = [0u8; 256];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return started.elapsed(),
+                        Ok(_) => {}
+                    }
+                }
+            }));
+        }
+        let mut seen = BTreeMap::<u32, usize>::new();
+        while seen.len() < N as usize {
+            match tokio::time::timeout(WAIT, sub.recv()).await {
+                Ok(Some(Got::Publish {
+                    payload, qos, id, ..
+                })) => {
+                    let n: u32 = String::from_utf8_lossy(&payload).parse().unwrap();
+                    *seen.entry(n).or_default() += 1;
+                    sub.ack(qos, id.unwrap()).await;
+                }
+                other => panic!("subscriber: {other:?} after {}", seen.len()),
+            }
+        }
+        publisher.await.unwrap();
+        assert_eq!(seen.len(), N as usize);
+        assert!(
+            seen.values().all(|&c| c == 1),
+            "no duplicates on a clean stream"
+        );
+        let mut slowest = Duration::ZERO;
+        for b in bad {
+            slowest = slowest.max(b.await.unwrap());
+        }
+        // Closed within the connect timeout (2 s) and the timer's 250 ms granularity.
+        assert!(
+            slowest < Duration::from_millis(3_500),
+            "slowest close {slowest:?}"
+        );
+        assert!(
+            eventually(|| broker.connections() == 1).await,
+            "{}",
+            broker.connections()
+        );
+        // And it still accepts.
+        let mut late = Raw::connect(addr, v, "late").await;
+        assert_eq!(
+            late.subscribe("good/t", QoS::AtMostOnce).await,
+            [ReasonCode::Success]
+        );
         broker.stop().await;
     })
     .await;

@@ -693,6 +693,22 @@ async fn certificate_common_name_is_the_acl_user() {
             ReasonCode::NotAuthorized
         );
         c.disconnect().await;
+        // The will is authorized for the certificate's name too, not the claimed one.
+        let opts = Options::new(&broker.urls()[0])
+            .unwrap()
+            .client_id("cn-will")
+            .version(V5)
+            .credentials("impostor", "whatever")
+            .will("other/will", "bye", QoS::AtLeastOnce, false)
+            .ca_file(certs.ca_pem())
+            .client_cert(certs.client_cert(), certs.client_key());
+        let w = Client::spawn(opts).unwrap();
+        let refused = w.wait_connected(WAIT).await;
+        assert!(
+            matches!(refused, Err(mqtt_tokio::ConnectError::Refused(_))),
+            "{refused:?}"
+        );
+        drop(w);
         broker.stop().await;
     })
     .await;
@@ -754,6 +770,72 @@ async fn large_packets_pass_and_oversized_ones_are_refused() {
         assert!(
             matches!(sub.recv().await, Some(Got::Publish { payload, .. }) if payload == b"after")
         );
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// Manual acks with `Message::ack`: what the application has not acknowledged stays in flight
+/// at the broker (and goes out again to the persistent session), what it acknowledged is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_acknowledged_by_the_application_with_message_ack() {
+    bounded(async {
+        let broker = start(local()).await;
+        let url = broker.urls()[0].clone();
+        let opts = Options::new(&url)
+            .unwrap()
+            .client_id("manual")
+            .version(ProtocolVersion::V5)
+            .persistent_session(Duration::from_secs(600))
+            .ack_mode(mqtt_tokio::AckMode::Manual);
+        let sub = Client::spawn(opts).unwrap();
+        sub.wait_connected(WAIT).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        sub.route("manual/#", move |m: mqtt_tokio::Message| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(m);
+            }
+        })
+        .unwrap();
+        subscriptions(&broker, 1).await;
+        let p = Client::spawn(Options::new(&url).unwrap().client_id("manual-pub")).unwrap();
+        for i in 0..3 {
+            p.publish("manual/t", format!("{i}"), QoS::AtLeastOnce, false)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(
+                tokio::time::timeout(WAIT, rx.recv())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            got.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(),
+            [b"0", b"1", b"2"]
+        );
+        got[0].ack();
+        got[1].ack();
+        // Two acknowledged; the third is still the broker's, in flight.
+        assert!(
+            eventually(|| broker.stats().queued_messages == 1).await,
+            "{:?}",
+            broker.stats()
+        );
+        got[2].ack_with(ReasonCode::Success);
+        assert!(
+            eventually(|| broker.stats().queued_messages == 0).await,
+            "{:?}",
+            broker.stats()
+        );
+        sub.disconnect().await;
+        p.disconnect().await;
         broker.stop().await;
     })
     .await;

@@ -317,7 +317,9 @@ impl Broker {
         self.by_id.contains_key(client_id)
     }
 
-    /// A new connection; its CONNECT must arrive within [`Config::connect_timeout`].
+    /// A new connection, accepted at `now` (which may be before a TLS or WebSocket handshake
+    /// that the runtime did first); its CONNECT must arrive within [`Config::connect_timeout`]
+    /// of it.
     pub fn handle_open(&mut self, now: Instant) -> ConnId {
         let id = self.conns.insert(Conn::new(now));
         self.timers
@@ -441,8 +443,14 @@ impl Broker {
         let method = c.auth_method.clone();
         match (state, answer) {
             (ConnState::Authenticating, Answer::Accept) => self.finish_connect(conn, now),
+            (ConnState::Authenticating, Answer::AcceptAs(user)) => {
+                if let Some(p) = c.pending.as_mut() {
+                    p.username = Some(user);
+                }
+                self.finish_connect(conn, now);
+            }
             (ConnState::Authenticating, Answer::Refuse(rc)) => self.refuse(conn, rc),
-            (ConnState::Open, Answer::Accept) => {
+            (ConnState::Open, Answer::Accept | Answer::AcceptAs(_)) => {
                 let method = method.unwrap_or_default();
                 self.push_control(conn, Control::Auth(ReasonCode::Success, method, None));
             }
@@ -888,6 +896,7 @@ impl Broker {
         let mut max_packet = u32::MAX;
         let mut method = None;
         let mut data = None;
+        let mut response_info = false;
         for prop in p.properties.iter() {
             match prop {
                 Property::SessionExpiryInterval(e) => expiry = e,
@@ -895,6 +904,7 @@ impl Broker {
                 Property::MaximumPacketSize(m) => max_packet = m,
                 Property::AuthenticationMethod(m) => method = Some(Box::<str>::from(m)),
                 Property::AuthenticationData(d) => data = Some(Box::<[u8]>::from(d)),
+                Property::RequestResponseInformation(r) => response_info = r,
                 _ => {}
             }
         }
@@ -924,14 +934,14 @@ impl Broker {
                     self.refuse(conn, rc);
                     return;
                 }
-                let info = ClientInfo {
-                    client_id: &client_id,
-                    username: username.as_deref(),
-                };
-                if let Some(a) = self.authorizer.as_mut()
-                    && !a.allow(info, w.topic.as_str(), Action::Publish)
-                {
-                    self.refuse(conn, ReasonCode::NotAuthorized);
+                // A will above the Maximum QoS: refused with 0x9B [MQTT-3.2.2-12].
+                if w.qos > self.cfg.maximum_qos {
+                    let rc = if v.is_v5() {
+                        ReasonCode::QoSNotSupported
+                    } else {
+                        ReasonCode::ServerUnavailable
+                    };
+                    self.refuse(conn, rc);
                     return;
                 }
                 let mut delay = 0;
@@ -975,6 +985,7 @@ impl Broker {
             expiry,
             expiry_capped,
             server_keep_alive,
+            response_info,
             will,
             username: username.clone(),
         });
@@ -1055,6 +1066,7 @@ impl Broker {
             keep_alive: None,
             expiry: None,
             auth: None,
+            response_info: false,
         });
         c.state = ConnState::Closed;
         c.pending = None;
@@ -1069,6 +1081,17 @@ impl Broker {
         let Some(pending) = self.conns.get_mut(&conn).and_then(|c| c.pending.take()) else {
             return;
         };
+        // The will is authorized once the user is known (an answer may have named another).
+        if let (Some(w), Some(a)) = (&pending.will, self.authorizer.as_mut()) {
+            let info = ClientInfo {
+                client_id: &pending.client_id,
+                username: pending.username.as_deref(),
+            };
+            if !a.allow(info, &w.msg.topic, Action::Publish) {
+                self.refuse(conn, ReasonCode::NotAuthorized);
+                return;
+            }
+        }
         // Takeover: the session's current connection ends first [MQTT-3.1.4-3].
         if let Some(&sid) = self.by_id.get(&pending.client_id) {
             let old = self.session(sid).and_then(|s| s.conn);
@@ -1154,6 +1177,7 @@ impl Broker {
             keep_alive: pending.server_keep_alive,
             expiry: (v5 && pending.expiry_capped).then_some(pending.expiry),
             auth: c.auth_method.clone().map(|m| (m, None)),
+            response_info: pending.response_info,
         });
         self.wake(conn);
     }
@@ -1218,6 +1242,19 @@ impl Broker {
             self.violation(conn, now, ReasonCode::ReceiveMaximumExceeded);
             return;
         }
+        if p.qos > self.cfg.maximum_qos && version.is_v5() {
+            // Above the Maximum QoS of CONNACK [MQTT-3.2.2-11]: DISCONNECT 0x9B. A 3.1.1
+            // client knows no maximum: its handshake is kept, the message capped.
+            self.violation(conn, now, ReasonCode::QoSNotSupported);
+            return;
+        }
+        // A payload that says it is UTF-8 and is not: refused with 0x99 (a receiver may check
+        // the format it is told [MQTT-3.3.2-4]).
+        let bad_format = version.is_v5()
+            && p.properties
+                .iter()
+                .any(|pr| matches!(pr, Property::PayloadFormatIndicator(true)))
+            && core::str::from_utf8(p.payload).is_err();
         let info = ClientInfo {
             client_id: &s.client_id,
             username: s.username.as_deref(),
@@ -1229,14 +1266,14 @@ impl Broker {
         let persistent = s.persistent;
         let client_id = s.client_id.clone();
         let mut matched = 0;
-        if allowed {
+        if allowed && !bad_format {
             let id = self.next_msg;
             self.next_msg += 1;
             let msg = Shared::new(Message {
                 id,
                 topic,
                 payload: Box::from(p.payload),
-                qos: p.qos,
+                qos: p.qos.min(self.cfg.maximum_qos),
                 retain: p.retain,
                 properties: MessageProperties::from_properties(&p.properties),
                 expires_at: expiry.map(|e| now + Duration::from_secs(u64::from(e))),
@@ -1248,6 +1285,8 @@ impl Broker {
         }
         let rc = if !allowed && version.is_v5() {
             ReasonCode::NotAuthorized
+        } else if bad_format {
+            ReasonCode::PayloadFormatInvalid
         } else if matched == 0 && version.is_v5() {
             ReasonCode::NoMatchingSubscribers
         } else {
@@ -1450,6 +1489,11 @@ impl Broker {
                 });
                 continue;
             }
+            // Granted at most the Maximum QoS.
+            let options = mqtt_proto::SubscriptionOptions {
+                qos: options.qos.min(self.cfg.maximum_qos),
+                ..options
+            };
             let is_new = self.add_subscription(sid, filter, options, identifier);
             codes.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
@@ -2238,8 +2282,15 @@ fn encode_control(
             keep_alive,
             expiry,
             auth,
+            response_info,
         } => {
             if v5 && *code == ReasonCode::Success {
+                if cfg.maximum_qos != QoS::ExactlyOnce {
+                    props.push(Property::MaximumQoS(cfg.maximum_qos));
+                }
+                if let (true, Some(info)) = (*response_info, &cfg.response_information) {
+                    props.push(Property::ResponseInformation(info));
+                }
                 if cfg.receive_maximum != u16::MAX {
                     props.push(Property::ReceiveMaximum(cfg.receive_maximum.max(1)));
                 }

@@ -176,6 +176,8 @@ pub(crate) enum Control {
         keep_alive: Option<u16>,
         expiry: Option<u32>,
         auth: Option<AuthData>,
+        /// The client asked for Response Information.
+        response_info: bool,
     },
     PubAck(PacketId, ReasonCode),
     PubRec(PacketId, ReasonCode),
@@ -197,6 +199,7 @@ pub(crate) struct PendingConnect {
     pub(crate) expiry: u32,
     pub(crate) expiry_capped: bool,
     pub(crate) server_keep_alive: Option<u16>,
+    pub(crate) response_info: bool,
     pub(crate) will: Option<Will>,
     pub(crate) username: Option<Box<str>>,
 }

@@ -92,6 +92,11 @@ pub struct Config {
     /// QoS 1/2 messages the broker sends a client before it waits for acknowledgments, below
     /// the client's own Receive Maximum.
     pub max_inflight: u16,
+    /// The highest QoS the broker accepts and grants (announced as Maximum QoS at 5.0).
+    pub maximum_qos: QoS,
+    /// Sent as Response Information to a 5.0 client that asks for it (the base of its
+    /// response topics); `None`: not sent.
+    pub response_information: Option<Box<str>>,
     /// Prefix of the client identifiers assigned to MQTT 5 clients that send an empty one.
     pub assigned_id_prefix: &'static str,
 }
@@ -112,6 +117,8 @@ impl Default for Config {
             // A 3.1.1 client cannot announce a Receive Maximum: a window this size keeps a
             // backlog from overrunning what common clients hold for QoS 2 (ours: 1 024).
             max_inflight: 512,
+            maximum_qos: QoS::ExactlyOnce,
+            response_information: None,
             retain_available: true,
             wildcard_subscriptions: true,
             shared_subscriptions: true,
@@ -195,6 +202,9 @@ pub enum Question {
 pub enum Answer {
     /// Authenticated.
     Accept,
+    /// Authenticated as this user name (e.g. a client certificate's common name), which
+    /// replaces the one CONNECT gave for every later authorization question.
+    AcceptAs(Box<str>),
     /// Refused with this CONNACK reason code (e.g. 0x86 or 0x87; 3.x gets the matching return
     /// code, or 0x05). A code below 0x80 is sent as 0x80.
     Refuse(ReasonCode),

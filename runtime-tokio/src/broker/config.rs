@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mqtt_proto::QoS;
 use mqtt_session::broker::{Config as CoreConfig, Limits};
 use serde::Deserialize;
 
@@ -176,6 +177,11 @@ pub struct BrokerConfig {
     pub http_listen: Option<String>,
     /// Seconds between `$SYS/broker/...` updates (0: none).
     pub sys_interval: u64,
+    /// The highest QoS accepted and granted, 0 to 2 (announced as Maximum QoS at 5.0).
+    pub maximum_qos: u8,
+    /// Response Information for 5.0 clients that ask for it (the base of their response
+    /// topics).
+    pub response_information: Option<String>,
     /// Directory of the durable store (`broker.redb`); unset: memory only.
     pub persistence_dir: Option<PathBuf>,
     /// How durable an acknowledged message is, with `persistence_dir` (default `ack`).
@@ -209,6 +215,8 @@ impl Default for BrokerConfig {
             shared_subscription_available: core.shared_subscriptions,
             http_listen: None,
             sys_interval: 0,
+            maximum_qos: 2,
+            response_information: None,
             persistence_dir: None,
             durability: None,
             relaxed_delay_ms: 100,
@@ -307,6 +315,9 @@ impl BrokerConfig {
                 "tls.use_identity_as_username needs tls.require_certificate = true",
             ));
         }
+        if self.maximum_qos > 2 {
+            return Err(ConfigError::new("maximum_qos must be 0, 1 or 2"));
+        }
         if self.durability.is_some() && self.persistence_dir.is_none() {
             return Err(ConfigError::new("durability needs persistence_dir"));
         }
@@ -334,6 +345,8 @@ impl BrokerConfig {
             wildcard_subscriptions: self.wildcard_subscription_available,
             shared_subscriptions: self.shared_subscription_available,
             authenticate,
+            maximum_qos: QoS::from_u8(self.maximum_qos.min(2)).unwrap_or(QoS::ExactlyOnce),
+            response_information: self.response_information.as_deref().map(Box::from),
             sys_interval: (self.sys_interval > 0).then(|| Duration::from_secs(self.sys_interval)),
             limits: Limits {
                 session_messages: self.max_queued_messages,

@@ -149,6 +149,8 @@ pub(crate) async fn serve(
     ctx: Arc<ListenerCtx>,
 ) {
     let _open = OpenGuard(shared.clone());
+    // One connect timeout from the accept: the handshake and the CONNECT share it.
+    let accepted = shared.now();
     let limit = Duration::from_secs(shared.cfg.connect_timeout);
     // Boxed: the TLS and WebSocket handshake states are large, and an idle connection's task
     // should not keep room for them once they are done (memory per connection).
@@ -169,7 +171,7 @@ pub(crate) async fn serve(
         if core.stopping {
             return;
         }
-        let id = core.broker.handle_open(shared.now());
+        let id = core.broker.handle_open(accepted);
         core.slots.insert(id, slot.clone());
         id
     };
@@ -348,14 +350,11 @@ impl Conn {
                 let answer = if method.is_some() {
                     Answer::Refuse(ReasonCode::BadAuthenticationMethod)
                 } else if cfg.tls.use_identity_as_username {
-                    match (&self.identity, &shared.identities) {
-                        (Some(cn), Some(ids)) => {
-                            ids.write()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .insert(client_id.to_string(), cn.clone());
-                            Answer::Accept
-                        }
-                        _ => Answer::Refuse(ReasonCode::NotAuthorized),
+                    // The certificate's common name becomes the session's user name, which
+                    // the ACL then sees for as long as the session lives (offline too).
+                    match &self.identity {
+                        Some(cn) => Answer::AcceptAs(cn.as_str().into()),
+                        None => Answer::Refuse(ReasonCode::NotAuthorized),
                     }
                 } else {
                     match (username, shared.passwords.is_some()) {
@@ -388,7 +387,7 @@ impl Conn {
         if let Some((client_id, username)) = who {
             let user = self.identity.as_deref().or(username.as_deref());
             match &answer {
-                Answer::Accept => {
+                Answer::Accept | Answer::AcceptAs(_) => {
                     tracing::info!(conn = %self.id, peer = %self.peer, %client_id, username = user, "authenticated");
                 }
                 Answer::Refuse(rc) => {

@@ -38,7 +38,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use mqtt_proto::ReasonCode;
@@ -210,8 +210,6 @@ pub(crate) struct Shared {
     pub durable: Option<store::Durable>,
     pub cfg: BrokerConfig,
     pub passwords: Option<PasswordFile>,
-    /// Client id to certificate common name, with `use_identity_as_username`.
-    pub identities: Option<Arc<RwLock<HashMap<String, String>>>>,
     pub counters: Counters,
     pub stopping: AtomicBool,
     /// Ends the accept loops, the HTTP endpoint and the timer.
@@ -331,10 +329,6 @@ impl Broker {
             ),
             None => None,
         };
-        let identities = cfg
-            .tls
-            .use_identity_as_username
-            .then(|| Arc::new(RwLock::new(HashMap::new())));
         let needs_tls = cfg.listeners()?.iter().any(|l| l.kind.tls());
         let tls = if needs_tls {
             Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
@@ -364,7 +358,8 @@ impl Broker {
             None => (Core0::new(core_cfg), None, None, 0),
         };
         if let Some(acl) = acl {
-            let ids = identities.clone();
+            // With `use_identity_as_username` the user name is the certificate's common name
+            // (the connection answers `AcceptAs`), never the one the client claimed.
             core.set_authorizer(Box::new(
                 move |c: ClientInfo<'_>, topic: &str, action: Action| {
                     let access = match action {
@@ -372,14 +367,7 @@ impl Broker {
                         Action::Subscribe => Access::Subscribe,
                         _ => Access::Read,
                     };
-                    match &ids {
-                        Some(ids) => {
-                            let ids = ids.read().unwrap_or_else(PoisonError::into_inner);
-                            let user = ids.get(c.client_id).map(String::as_str);
-                            acl.check(c.client_id, user, topic, access)
-                        }
-                        None => acl.check(c.client_id, c.username, topic, access),
-                    }
+                    acl.check(c.client_id, c.username, topic, access)
                 },
             ));
         }
@@ -430,7 +418,6 @@ impl Broker {
             clock_base,
             durable,
             passwords,
-            identities,
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             shutdown: CancellationToken::new(),

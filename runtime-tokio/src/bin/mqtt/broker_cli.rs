@@ -96,6 +96,12 @@ pub struct BrokerArgs {
     /// Use the client certificate's common name as the user name.
     #[arg(long)]
     use_identity_as_username: bool,
+    /// The highest QoS accepted and granted (0, 1 or 2; announced as Maximum QoS at 5.0).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    maximum_qos: Option<u8>,
+    /// Response Information for MQTT 5 clients that ask for it.
+    #[arg(long)]
+    response_information: Option<String>,
     /// Directory of the durable store: sessions, queues and retained messages survive a
     /// restart (default durability: ack).
     #[arg(long)]
@@ -143,8 +149,10 @@ impl BrokerArgs {
             retain_available,
             wildcard_subscription_available,
             shared_subscription_available,
-            relaxed_delay_ms
+            relaxed_delay_ms,
+            maximum_qos
         );
+        c.response_information = self.response_information.or(c.response_information);
         c.persistence_dir = self.persistence_dir.or(c.persistence_dir);
         c.durability = self.durability.or(c.durability);
         c.password_file = self.password_file.or(c.password_file);
