@@ -912,9 +912,6 @@ fn a_store_with_garbage_appended_starts_and_serves() {
 /// What lies in the middle depends on the file's layout (45 to 74 KiB here, by how the
 /// commits fell): free space, a record, or a tree page's header.
 #[test]
-#[ignore = "fails now and then in debug builds: when a tree page's header lies in the middle, \
-            redb 4.6 panics inside Broker::start ('Invalid page type byte', a debug_assert in \
-            StorageError::unreachable; release builds set the file aside)"]
 fn a_store_with_bytes_flipped_in_the_middle_starts_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
@@ -1036,9 +1033,6 @@ fn a_persistence_dir_under_a_file_is_reported_and_the_broker_serves_from_memory(
 /// pages, free space alike): whatever the database makes of it, the broker starts, reports
 /// and serves; it does not crash.
 #[test]
-#[ignore = "fails in debug builds: redb 4.6 panics on this file (debug_assert in \
-            StorageError::unreachable, 'Malformed allocator state') inside Broker::start; \
-            release builds set the file aside. Needs Store::open to survive a panicking redb"]
 fn a_store_with_every_page_damaged_starts_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
@@ -1060,9 +1054,6 @@ fn a_store_with_every_page_damaged_starts_and_serves() {
 /// The file's first bytes (redb's magic number) damaged: the file is no database any more,
 /// which is corruption, not a permission problem, so it is set aside and a new store written.
 #[test]
-#[ignore = "fails: redb reports a bad magic number as an io::Error (kind InvalidData), which \
-            mqtt_store::Store::open takes for an unwritable file: the broker serves from memory \
-            (logged at error) instead of setting the file aside"]
 fn a_store_with_a_damaged_header_is_set_aside_and_written_anew() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
@@ -1095,11 +1086,6 @@ enum Start {
 /// bytes): every start must give a broker that either kept everything or says what it set
 /// aside, with a store it writes. Prints what each seed did.
 #[test]
-#[ignore = "fails: redb 4.6 panics on some damaged files inside Broker::start (release builds \
-            too: index out of range in btree_base.rs:283, unwrap of a Utf8Error in types.rs:109, \
-            unreachable in table_tree_base.rs:48), and a header damaged so that redb reads past \
-            the end (io::ErrorKind::UnexpectedEof) or finds no magic number (InvalidData) leaves \
-            the broker in memory instead of setting the file aside"]
 fn random_damage_never_stops_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
