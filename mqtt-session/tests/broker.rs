@@ -1270,14 +1270,16 @@ fn acks_wait_until_the_records_are_durable() {
     let r = net.raw(V5);
     net.send(r, &Packet::Connect(Connect::new(V5, "pub", 0)));
     net.take_frames(r);
-    net.send(
-        r,
-        &Packet::Publish(Publish {
+    let publish = |id: u16| {
+        Packet::Publish(Publish {
             qos: QoS::AtLeastOnce,
-            packet_id: Some(pid(1)),
+            packet_id: Some(pid(id)),
             ..Publish::new("d", b"x")
-        }),
-    );
+        })
+    };
+    // The subscriber's PUBACK does not reach the broker: only the disk can release it.
+    net.pause(s, true, false);
+    net.send(r, &publish(1));
     assert!(net.take_frames(r).is_empty(), "PUBACK held");
     let queued = net
         .records
@@ -1289,6 +1291,61 @@ fn acks_wait_until_the_records_are_durable() {
     net.broker.handle_durable(queued);
     net.run();
     assert_eq!(net.take_frames(r), [vec![0x40, 0x02, 0x00, 0x01]]);
+    // Once the only persistent subscriber has acknowledged a message it is delivered: its
+    // publisher's PUBACK goes out without waiting for the disk.
+    net.pause(s, false, false);
+    net.run();
+    let durable_before = net.broker.last_seq();
+    net.send(r, &publish(2));
+    assert!(
+        net.broker.last_seq() > durable_before,
+        "records are pending"
+    );
+    assert_eq!(net.take_frames(r), [vec![0x40, 0x02, 0x00, 0x02]]);
+}
+
+#[test]
+fn an_ack_waits_for_the_disk_while_any_persistent_subscriber_has_not_acknowledged() {
+    let mut net = Net::new(Config {
+        hold_acks_until_durable: true,
+        ..Config::default()
+    });
+    net.auto_durable = false;
+    let mut subs = Vec::new();
+    for id in ["online", "offline"] {
+        let s = net.client(ClientConfig {
+            clean_start: false,
+            session_expiry: 100,
+            ..ccfg(V5)
+        });
+        net.connect_id(s, id);
+        subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
+        subs.push(s);
+    }
+    net.drop_transport(subs[1]);
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "pub", 0)));
+    net.take_frames(r);
+    net.send(
+        r,
+        &Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(pid(7)),
+            ..Publish::new("d", b"x")
+        }),
+    );
+    assert_eq!(
+        net.messages(subs[0]).len(),
+        1,
+        "the online one has it and acked"
+    );
+    assert!(
+        net.take_frames(r).is_empty(),
+        "the offline one has only the disk"
+    );
+    net.broker.handle_durable(net.broker.last_seq());
+    net.run();
+    assert_eq!(net.take_frames(r), [vec![0x40, 0x02, 0x00, 0x07]]);
 }
 
 #[test]

@@ -199,6 +199,11 @@ pub struct Broker {
     retained: Retained,
     events: VecDeque<Event>,
     records: VecDeque<Record>,
+    /// With acks held: QoS 1 messages whose publisher's ack waits, with the deliveries to
+    /// persistent sessions not yet acknowledged and the publisher's connection.
+    outstanding: BTreeMap<u64, (u32, Option<ConnId>)>,
+    /// The message being routed, if its deliveries are counted in `outstanding`.
+    tracking: Option<u64>,
     seq: u64,
     durable: u64,
     woken: VecDeque<ConnId>,
@@ -254,6 +259,8 @@ impl Broker {
             records: VecDeque::new(),
             seq: 0,
             durable: 0,
+            outstanding: BTreeMap::new(),
+            tracking: None,
             woken: VecDeque::new(),
             next_msg: 1,
             next_assigned: 1,
@@ -489,13 +496,8 @@ impl Broker {
         self.durable = self.durable.max(seq);
         let durable = self.durable;
         for (id, c) in self.conns.iter_mut() {
-            let mut moved = core::mem::take(&mut c.await_durable);
-            while c.held.front().is_some_and(|(s, _)| *s <= durable) {
-                if let Some((_, ack)) = c.held.pop_front() {
-                    c.control.push_back(ack);
-                    moved = true;
-                }
-            }
+            let waited = core::mem::take(&mut c.await_durable);
+            let moved = release_held(c, durable, &mut self.outstanding) || waited;
             if moved && !c.woken {
                 c.woken = true;
                 self.woken.push_back(id);
@@ -1266,6 +1268,7 @@ impl Broker {
         let persistent = s.persistent;
         let client_id = s.client_id.clone();
         let mut matched = 0;
+        let mut through = None;
         if allowed && !bad_format {
             let id = self.next_msg;
             self.next_msg += 1;
@@ -1281,7 +1284,19 @@ impl Broker {
             if p.retain {
                 self.retain(msg.clone());
             }
+            let counted = self.cfg.hold_acks_until_durable
+                && p.qos == QoS::AtLeastOnce
+                && !p.retain
+                && pid.is_some();
+            self.tracking = counted.then_some(id);
             matched = self.route(now, &msg, Some(sid));
+            self.tracking = None;
+            if counted {
+                through = Some(id);
+                if let Some(e) = self.outstanding.get_mut(&id) {
+                    e.1 = Some(conn);
+                }
+            }
         }
         let rc = if !allowed && version.is_v5() {
             ReasonCode::NotAuthorized
@@ -1297,7 +1312,7 @@ impl Broker {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.qos1_unacked += 1;
                 }
-                self.ack(conn, Control::PubAck(pid, rc));
+                self.ack_message(conn, Control::PubAck(pid, rc), through);
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 if rc.is_error() {
@@ -1350,6 +1365,7 @@ impl Broker {
                     packet_id: pid,
                 };
                 push_record(&mut self.records, &mut self.seq, change);
+                self.settle(i.out.msg.id);
             }
             // The window opened: more may go out.
             self.wake(conn);
@@ -1733,12 +1749,49 @@ impl Broker {
     /// Queues an acknowledgment of a received publish, held if records before it are not
     /// durable yet.
     fn ack(&mut self, conn: ConnId, ctl: Control) {
+        self.ack_message(conn, ctl, None);
+    }
+
+    /// [`Broker::ack`] for the QoS 1 message `through`, whose ack may also go out once every
+    /// persistent subscriber has acknowledged it: then it is delivered, which is what the
+    /// durable record was for.
+    fn ack_message(&mut self, conn: ConnId, ctl: Control, through: Option<u64>) {
         if self.cfg.hold_acks_until_durable && self.seq > self.durable {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.held.push_back((self.seq, ctl));
+                c.held.push_back((self.seq, through, ctl));
             }
+            self.release(conn);
         } else {
+            if let Some(m) = through {
+                self.outstanding.remove(&m);
+            }
             self.push_control(conn, ctl);
+        }
+    }
+
+    /// Moves `conn`'s held acks that may go out to its control queue.
+    fn release(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if release_held(c, self.durable, &mut self.outstanding) && !c.woken {
+            c.woken = true;
+            self.woken.push_back(conn);
+        }
+    }
+
+    /// A delivery of message `id` to a persistent session was acknowledged.
+    fn settle(&mut self, id: u64) {
+        let Some(entry) = self.outstanding.get_mut(&id) else {
+            return;
+        };
+        entry.0 = entry.0.saturating_sub(1);
+        if entry.0 == 0 {
+            let publisher = entry.1;
+            self.outstanding.remove(&id);
+            if let Some(p) = publisher {
+                self.release(p);
+            }
         }
     }
 
@@ -1856,7 +1909,11 @@ impl Broker {
             c.control.push_back(Control::Disconnect(rc));
         }
         c.state = ConnState::Closed;
-        c.held.clear();
+        for (_, through, _) in c.held.drain(..) {
+            if let Some(m) = through {
+                self.outstanding.remove(&m);
+            }
+        }
         c.resend.clear();
         c.pending = None;
         c.asked = false;
@@ -2087,6 +2144,9 @@ impl Broker {
         s.bytes += size;
         self.queued_bytes += size;
         if s.persistent && out.qos != QoS::AtMostOnce {
+            if self.tracking == Some(out.msg.id) {
+                self.outstanding.entry(out.msg.id).or_insert((0, None)).0 += 1;
+            }
             let change = Change::Queued {
                 client_id: s.client_id.clone(),
                 message: out.msg.clone(),
@@ -2183,6 +2243,31 @@ fn drop_front(
         };
         push_record(records, seq, change);
     }
+}
+
+/// Moves a connection's held acks that may go out, in order, to its control queue: those
+/// whose records are durable, and those of QoS 1 messages that every persistent subscriber
+/// has acknowledged. Whether any moved.
+fn release_held(
+    c: &mut Conn,
+    durable: u64,
+    outstanding: &mut BTreeMap<u64, (u32, Option<ConnId>)>,
+) -> bool {
+    let mut moved = false;
+    while let Some((seq, through, _)) = c.held.front() {
+        let delivered = through.is_some_and(|m| !outstanding.contains_key(&m));
+        if *seq > durable && !delivered {
+            break;
+        }
+        if let Some((_, through, ack)) = c.held.pop_front() {
+            if let Some(m) = through {
+                outstanding.remove(&m);
+            }
+            c.control.push_back(ack);
+            moved = true;
+        }
+    }
+    moved
 }
 
 fn push_record(records: &mut VecDeque<Record>, seq: &mut u64, change: Change) {

@@ -219,7 +219,9 @@ pub(crate) struct Conn {
     pub(crate) aliases: Vec<Option<Box<str>>>,
     pub(crate) control: VecDeque<Control>,
     /// Acks held until the records before them are durable: (record seq, ack).
-    pub(crate) held: VecDeque<(u64, Control)>,
+    /// With the message id of a QoS 1 publish whose ack may go out before the records are
+    /// durable, once every persistent subscriber has acknowledged it.
+    pub(crate) held: VecDeque<(u64, Option<u64>, Control)>,
     pub(crate) pending: Option<PendingConnect>,
     pub(crate) resend: VecDeque<PacketId>,
     /// In-flight messages not written yet: their `Sent` record waits to be durable.
