@@ -663,7 +663,7 @@ async fn a_broker_acking_through_an_online_subscriber_killed_ten_times_loses_not
 fn check_acknowledged_delivered(out: &Outcome) {
     let mut failures = Vec::new();
     for (name, seen) in [("offline", &out.offline), ("online", &out.online)] {
-        let t = tally(seen, &out);
+        let t = tally(seen, out);
         eprintln!(
             "{name} subscriber: {} distinct messages ({} not acknowledged to a publisher), {} of \
              {} acknowledged missing {:?}, QoS 2 more than once {} {:?}, QoS 2 again after \
