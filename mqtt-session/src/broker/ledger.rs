@@ -15,7 +15,8 @@
 //! [`Broker::restore`]: super::Broker::restore
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::btree_map::Entry;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use mqtt_proto::{PacketId, QoS, RetainHandling, SubscriptionOptions};
@@ -78,9 +79,10 @@ pub struct Ledger {
     /// Retained topic to (entry number, message id).
     retained: BTreeMap<Box<str>, (u64, u64)>,
     next: u64,
-    pending: BTreeMap<u64, Option<Vec<u8>>>,
-    /// Keys first written since the last [`Ledger::take_writes`]: deleting one needs no write.
-    fresh: BTreeSet<u64>,
+    /// The writes since the last [`Ledger::take_writes`], by key: whether the key was first
+    /// written in this batch (then deleting it needs no write at all), and its value (`None`:
+    /// delete).
+    pending: BTreeMap<u64, (bool, Option<Value>)>,
 }
 
 /// What [`Ledger::load`] made of a store's entries.
@@ -112,26 +114,37 @@ impl Ledger {
     }
 
     fn put(&mut self, k: u64, v: Vec<u8>, new: bool) {
-        // A key deleted earlier in this batch may still be in the store: not fresh.
-        if new && !self.pending.contains_key(&k) {
-            self.fresh.insert(k);
+        self.put_value(k, Value::Bytes(v), new);
+    }
+
+    fn put_value(&mut self, k: u64, v: Value, new: bool) {
+        match self.pending.entry(k) {
+            // A key deleted earlier in this batch may still be in the store: not fresh.
+            Entry::Occupied(mut e) => e.get_mut().1 = Some(v),
+            Entry::Vacant(e) => {
+                e.insert((new, Some(v)));
+            }
         }
-        self.pending.insert(k, Some(v));
     }
 
     fn delete(&mut self, k: u64) {
-        if self.fresh.remove(&k) {
-            self.pending.remove(&k);
-        } else {
-            self.pending.insert(k, None);
+        match self.pending.entry(k) {
+            Entry::Occupied(e) if e.get().0 => {
+                e.remove();
+            }
+            Entry::Occupied(mut e) => e.get_mut().1 = None,
+            Entry::Vacant(e) => {
+                e.insert((false, None));
+            }
         }
     }
 
-    fn hold(&mut self, m: &Message) {
+    fn hold(&mut self, m: &Shared<Message>) {
         let count = self.refs.entry(m.id).or_insert(0);
         *count += 1;
         if *count == 1 {
-            self.put(key(kind::MESSAGE, m.id), encode_message(m), true);
+            // Encoded only if still live when the batch is written.
+            self.put_value(key(kind::MESSAGE, m.id), Value::Message(m.clone()), true);
         }
     }
 
@@ -421,7 +434,7 @@ impl Ledger {
     fn set_sent(&mut self, n: u64, packet_id: PacketId, received: bool) -> bool {
         let k = key(kind::DELIVERY, n);
         let patched = match self.pending.get_mut(&k) {
-            Some(Some(v)) => match decode_delivery(v) {
+            Some((_, Some(Value::Bytes(v)))) => match decode_delivery(v) {
                 Some((sn, id, qos, retain, ids, _)) => {
                     *v = encode_delivery(sn, id, qos, retain, &ids, Some((packet_id, received)));
                     true
@@ -438,11 +451,11 @@ impl Ledger {
 
     /// The writes folded since the last call, one per key, in key order.
     pub fn take_writes(&mut self) -> Vec<Write> {
-        self.fresh.clear();
         core::mem::take(&mut self.pending)
             .into_iter()
-            .map(|(k, v)| match v {
-                Some(v) => Write::Put(k, v),
+            .map(|(k, (_, v))| match v {
+                Some(Value::Bytes(v)) => Write::Put(k, v),
+                Some(Value::Message(m)) => Write::Put(k, encode_message(&m)),
                 None => Write::Delete(k),
             })
             .collect()
@@ -669,6 +682,13 @@ impl Ledger {
     }
 }
 
+/// A pending value: bytes, or a message body encoded when the batch is taken.
+#[derive(Debug)]
+enum Value {
+    Bytes(Vec<u8>),
+    Message(Shared<Message>),
+}
+
 fn take_queued(queued: &mut BTreeMap<u64, VecDeque<u64>>, id: u64) -> Option<u64> {
     let list = queued.get_mut(&id)?;
     let n = list.pop_front();
@@ -686,7 +706,12 @@ struct W(Vec<u8>);
 
 impl W {
     fn new() -> Self {
-        W(alloc::vec![VERSION])
+        W::with_capacity(48)
+    }
+    fn with_capacity(n: usize) -> Self {
+        let mut v = Vec::with_capacity(n);
+        v.push(VERSION);
+        W(v)
     }
     fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
@@ -775,7 +800,7 @@ fn read_u64(v: &[u8]) -> Option<u64> {
 }
 
 fn encode_message(m: &Message) -> Vec<u8> {
-    let mut w = W::new();
+    let mut w = W::with_capacity(m.size());
     let p = &m.properties;
     w.bytes(m.topic.as_bytes())
         .bytes(&m.payload)
