@@ -16,7 +16,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::btree_map::Entry;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use mqtt_proto::{PacketId, QoS, RetainHandling, SubscriptionOptions};
@@ -61,8 +61,9 @@ struct SessionEntry {
     expiry: u32,
     disconnected_at: Option<u64>,
     subs: BTreeMap<Box<str>, u64>,
-    /// Queued deliveries not sent yet, by message id (a message may be queued twice).
-    queued: BTreeMap<u64, VecDeque<u64>>,
+    /// Queued deliveries not sent yet: (message id, delivery number); a message may be
+    /// queued twice, and is sent in number order.
+    queued: BTreeSet<(u64, u64)>,
     /// Sent deliveries by packet id: (delivery number, message id, whether the sent state
     /// has an entry of its own rather than living in the delivery's).
     inflight: BTreeMap<u16, (u64, u64, bool)>,
@@ -174,11 +175,9 @@ impl Ledger {
         for n in s.subs.values() {
             self.delete(key(kind::SUBSCRIPTION, *n));
         }
-        for (id, ns) in &s.queued {
-            for n in ns {
-                self.delete(key(kind::DELIVERY, *n));
-                self.release(*id);
-            }
+        for (id, n) in &s.queued {
+            self.delete(key(kind::DELIVERY, *n));
+            self.release(*id);
         }
         for (n, id, separate) in s.inflight.values() {
             self.delete(key(kind::DELIVERY, *n));
@@ -268,7 +267,7 @@ impl Ledger {
                 };
                 let n = self.number();
                 if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.queued.entry(message.id).or_default().push_back(n);
+                    s.queued.insert((message.id, n));
                 }
                 self.hold(message);
                 let v = encode_delivery(sn, message.id, *qos, *retain, identifiers, None);
@@ -434,13 +433,7 @@ impl Ledger {
     fn set_sent(&mut self, n: u64, packet_id: PacketId, received: bool) -> bool {
         let k = key(kind::DELIVERY, n);
         let patched = match self.pending.get_mut(&k) {
-            Some((_, Some(Value::Bytes(v)))) => match decode_delivery(v) {
-                Some((sn, id, qos, retain, ids, _)) => {
-                    *v = encode_delivery(sn, id, qos, retain, &ids, Some((packet_id, received)));
-                    true
-                }
-                None => false,
-            },
+            Some((_, Some(Value::Bytes(v)))) => set_sent_state(v, packet_id, received),
             _ => false,
         };
         if !patched && !received {
@@ -595,7 +588,7 @@ impl Ledger {
                 }
                 None => {
                     if let Some(s) = s {
-                        s.queued.entry(id).or_default().push_back(n);
+                        s.queued.insert((id, n));
                     }
                     changes.push(Change::Queued {
                         client_id,
@@ -689,13 +682,10 @@ enum Value {
     Message(Shared<Message>),
 }
 
-fn take_queued(queued: &mut BTreeMap<u64, VecDeque<u64>>, id: u64) -> Option<u64> {
-    let list = queued.get_mut(&id)?;
-    let n = list.pop_front();
-    if list.is_empty() {
-        queued.remove(&id);
-    }
-    n
+fn take_queued(queued: &mut BTreeSet<(u64, u64)>, id: u64) -> Option<u64> {
+    let first = *queued.range((id, 0)..=(id, u64::MAX)).next()?;
+    queued.remove(&first);
+    Some(first.1)
 }
 
 // ----- encoding: little-endian, length-prefixed; a version byte leads each value -----
@@ -961,6 +951,25 @@ fn decode_delivery(v: &[u8]) -> Option<Delivery> {
         ids,
         sent,
     ))
+}
+
+/// Rewrites the sent state that ends an encoded delivery (see [`encode_delivery`]) in place.
+/// A first send follows a delivery queued unsent (its state byte 0); a PUBREC follows a send
+/// written into it (state 1, then the packet id).
+fn set_sent_state(v: &mut Vec<u8>, packet_id: PacketId, received: bool) -> bool {
+    let state = if received {
+        v.len().checked_sub(3)
+    } else {
+        v.len().checked_sub(1)
+    };
+    match state.and_then(|at| Some((at, *v.get(at)?))) {
+        Some((at, 0)) if !received => v.truncate(at),
+        Some((at, 1)) if received => v.truncate(at),
+        _ => return false,
+    }
+    v.push(1 + u8::from(received));
+    v.extend_from_slice(&packet_id.get().to_le_bytes());
+    true
 }
 
 fn encode_sent(packet_id: PacketId, received: bool) -> Vec<u8> {
