@@ -123,8 +123,10 @@
 //! PUBREC and PUBCOMP of a received publish wait until [`Broker::handle_durable`] reports the
 //! records up to it durable, and a QoS 2 message goes to a persistent session only once the
 //! record of the packet id it goes out with is durable (so that a restart resends it with that
-//! id, which the subscriber recognises, and exactly once holds). [`ledger::Ledger`] folds the
-//! records into the live entries of a key/value store and loads them back.
+//! id, which the subscriber recognises, and exactly once holds). A QoS 1 PUBACK also goes
+//! out, in order, once every persistent subscriber has acknowledged the message: it is
+//! delivered, which is what its records were for. [`ledger::Ledger`] folds the records into
+//! the live entries of a key/value store and loads them back.
 //!
 //! # Limits
 //! Each session holds at most [`Limits::session_messages`] messages and
