@@ -216,6 +216,8 @@ struct Conn {
 
 impl Conn {
     async fn run(&mut self, mut io: Io) {
+        // The broker ended it (not the client, not an error): linger before the close.
+        let mut ended_here = false;
         let reason = loop {
             if self.filled > 0 {
                 let write = io.write(self.out.get(..self.filled).unwrap_or_default());
@@ -242,10 +244,10 @@ impl Conn {
             if let Some(reason) = work.close {
                 self.service();
                 if self.filled > 0 {
-                    let _ = io
-                        .write(self.out.get(..self.filled).unwrap_or_default())
-                        .await;
+                    let last = io.write(self.out.get(..self.filled).unwrap_or_default());
+                    let _ = tokio::time::timeout(Duration::from_secs(1), last).await;
                 }
+                ended_here = true;
                 break format!("{reason:?}");
             }
             if self.gone {
@@ -284,6 +286,23 @@ impl Conn {
         tokio::time::timeout(Duration::from_secs(1), io.shutdown())
             .await
             .ok();
+        if ended_here {
+            // Closing with unread bytes resets the connection, and the client (still writing
+            // an oversized packet, say) may then never read the DISCONNECT that says why:
+            // what it still sends is read and dropped, for a moment and a bounded amount.
+            let mut scratch = BytesMut::with_capacity(4096);
+            let drain = async {
+                let mut total = 0usize;
+                while total < 4 << 20 {
+                    scratch.clear();
+                    match io.read(&mut scratch).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        }
         let mut core = self.shared.lock();
         let _ = core.broker.handle_close(self.id, self.shared.now());
         core.slots.remove(&self.id);
