@@ -64,6 +64,20 @@ impl Io {
         }
     }
 
+    /// Whether [`Io::readable`] can wait without a buffer (a plain TCP socket; TLS and
+    /// WebSocket read through buffers of their own).
+    fn plain(&self) -> bool {
+        matches!(self, Io::Stream(Either::Left(_)))
+    }
+
+    /// Waits until a plain socket has bytes (or an error or its end) to read.
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Io::Stream(Either::Left(s)) => s.readable().await,
+            _ => Ok(()),
+        }
+    }
+
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Io::Stream(s) => {
@@ -260,9 +274,22 @@ impl Conn {
             // Room for one more whole packet: a packet larger than READ_AHEAD must fit.
             let max_packet = self.shared.cfg.max_packet_size as usize;
             let room = self.rbuf.len() < READ_AHEAD + max_packet.saturating_add(5);
-            // Small for an idle connection (memory per connection), doubling when busy.
-            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+            // An idle plain socket waits without a read buffer (memory per connection): one
+            // is taken when bytes arrive, small at first, doubling when busy.
+            let bufferless = self.rbuf.capacity() == 0 && io.plain();
+            if !bufferless && self.rbuf.capacity() - self.rbuf.len() < 256 {
                 self.rbuf.reserve(self.rbuf.len().max(1024));
+            }
+            let mut last_read = 0;
+            if bufferless {
+                tokio::select! {
+                    _ = self.slot.notify.notified() => self.service(),
+                    r = io.readable(), if room => match r {
+                        Ok(()) => self.rbuf.reserve(1024),
+                        Err(e) => break format!("read failed: {e}"),
+                    },
+                }
+                continue;
             }
             tokio::select! {
                 _ = self.slot.notify.notified() => self.service(),
@@ -270,16 +297,22 @@ impl Conn {
                     Ok(0) => break "closed by the client".into(),
                     Ok(n) => {
                         self.shared.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        last_read = n;
                         self.service();
                     }
                     Err(e) => break format!("read failed: {e}"),
                 },
             }
-            // An idle connection gives back what a burst made its buffers grow to.
-            if self.rbuf.is_empty() && self.rbuf.capacity() > READ_AHEAD {
+            // A connection that went quiet gives its buffers back; a busy one keeps them
+            // (and gives back only what a burst made them grow to).
+            let quiet = last_read > 0 && last_read < 512;
+            if self.rbuf.is_empty() && (quiet || self.rbuf.capacity() > READ_AHEAD) {
                 self.rbuf = BytesMut::new();
             }
-            if self.filled == 0 && self.out.len() > WRITE_BATCH * 2 {
+            // (A subscriber that only acknowledges reads little but writes much: its write
+            // buffer is kept once it has grown past a few packets.)
+            let small = self.out.len() <= 4096;
+            if self.filled == 0 && ((quiet && small) || self.out.len() > WRITE_BATCH * 2) {
                 self.out = Vec::new();
             }
         };
