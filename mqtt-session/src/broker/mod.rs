@@ -1773,12 +1773,13 @@ impl Broker {
 
     /// Moves `conn`'s held acks that may go out to its control queue.
     fn release(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if release_held(c, self.durable, &mut self.outstanding) && !c.woken {
-            c.woken = true;
-            self.woken.push_back(conn);
+        let durable = self.durable;
+        let moved = self
+            .conns
+            .get_mut(&conn)
+            .is_some_and(|c| release_held(c, durable, &mut self.outstanding));
+        if moved {
+            self.wake(conn);
         }
     }
 
