@@ -113,6 +113,27 @@ pub(crate) struct Opened {
     pub clock_ms: u64,
 }
 
+/// Logged at error level when the store cannot be used.
+const NOT_WRITABLE: &str = "store not writable; serving from memory: nothing survives a restart";
+
+impl Durable {
+    fn new(
+        store: Option<Store>,
+        report: StoreReport,
+        failed: bool,
+        gather: Option<Duration>,
+    ) -> Self {
+        Durable {
+            store,
+            report,
+            failed: AtomicBool::new(failed),
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            gather,
+        }
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -125,11 +146,10 @@ fn unix_ms() -> u64 {
 pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) -> Opened {
     let path = dir.join(STORE_FILE);
     let started = std::time::Instant::now();
-    let mode = match durability {
-        Durability::Ack => Mode::Sync,
-        // The writer gathers for half the delay, the store syncs within the other half.
-        Durability::Relaxed => Mode::Relaxed(relaxed_delay / 2),
-    };
+    // With `relaxed`, the writer gathers for half the delay, the store syncs within the
+    // other half.
+    let gather = (durability == Durability::Relaxed).then_some(relaxed_delay / 2);
+    let mode = gather.map_or(Mode::Sync, Mode::Relaxed);
     let mut report = StoreReport {
         path: path.clone(),
         durability,
@@ -146,18 +166,10 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
     let (store, recovered) = match Store::open(&path, mode) {
         Ok(opened) => opened,
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e,
-                "store not writable; serving from memory: nothing survives a restart");
+            tracing::error!(path = %path.display(), error = %e, "{NOT_WRITABLE}");
             report.recovery = started.elapsed();
             return Opened {
-                durable: Durable {
-                    store: None,
-                    report,
-                    failed: AtomicBool::new(true),
-                    wake: Arc::new(Notify::new()),
-                    stop: CancellationToken::new(),
-                    gather: None,
-                },
+                durable: Durable::new(None, report, true, None),
                 ledger: Ledger::new(),
                 records: Vec::new(),
                 clock_ms: 0,
@@ -183,8 +195,12 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
     if !loaded.invalid.is_empty() {
         let aside = mqtt_store::aside_path(&path, "entries");
         let mut text = String::new();
+        let records = &recovered.records;
         for k in &loaded.invalid {
-            if let Some((_, v)) = recovered.records.iter().find(|(rk, _)| rk == k) {
+            // The records come in key order.
+            if let Ok(i) = records.binary_search_by_key(k, |(rk, _)| *rk)
+                && let Some((_, v)) = records.get(i)
+            {
                 let _ = writeln!(text, "{k} {}", hex(v));
             }
             fixes.push(Op::Delete(*k));
@@ -212,13 +228,12 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
             now
         }
     };
-    let failed = AtomicBool::new(false);
+    let mut failed = false;
     if !fixes.is_empty()
         && let Err(e) = store.submit(fixes).wait()
     {
-        tracing::error!(path = %path.display(), error = %e,
-            "store not writable; serving from memory: nothing survives a restart");
-        failed.store(true, Ordering::Relaxed);
+        tracing::error!(path = %path.display(), error = %e, "{NOT_WRITABLE}");
+        failed = true;
     }
     report.recovered_records = recovered.records.len() as u64;
     report.recovery = started.elapsed();
@@ -230,14 +245,7 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
         "store recovered"
     );
     Opened {
-        durable: Durable {
-            store: Some(store),
-            report,
-            failed,
-            wake: Arc::new(Notify::new()),
-            stop: CancellationToken::new(),
-            gather: (durability == Durability::Relaxed).then_some(relaxed_delay / 2),
-        },
+        durable: Durable::new(Some(store), report, failed, gather),
         ledger: loaded.ledger,
         records: loaded.records,
         clock_ms: now - origin,
