@@ -182,12 +182,7 @@ proptest! {
 fn a_rebuilt_broker_carries_on_with_queues_ids_and_retained() {
     let mut net = Net::new(Config::default());
     let props = [Property::SessionExpiryInterval(3_600)];
-    let s = net.raw(V5);
-    net.send(s, &connect_v5("sub", true, &props));
-    net.send(
-        s,
-        &raw_subscribe(1, &[(filter("q/#"), opts(QoS::ExactlyOnce))], &[]),
-    );
+    let s = persistent_sub(&mut net, QoS::ExactlyOnce);
     let p = net.client(ccfg(V5));
     net.connect_id(p, "pub");
     // Sent and unacked (id 1), sent and PUBREC'd (id 2), then queued while offline (3, 4).
@@ -292,6 +287,15 @@ fn a_rebuilt_broker_keeps_session_expiry_and_will_delays() {
     assert!(!restarted.broker.has_session("mortal"), "expired on time");
 }
 
+/// A raw MQTT 5 subscriber `sub` with an hour's session, subscribed to `q/#` at `qos`.
+fn persistent_sub(net: &mut Net, qos: QoS) -> usize {
+    let props = [Property::SessionExpiryInterval(3_600)];
+    let s = net.raw(V5);
+    net.send(s, &connect_v5("sub", true, &props));
+    net.send(s, &raw_subscribe(1, &[(filter("q/#"), opts(qos))], &[]));
+    s
+}
+
 /// A durable broker's view: acks and QoS 2 deliveries wait for `handle_durable`.
 fn durable_cfg() -> Config {
     Config {
@@ -303,13 +307,7 @@ fn durable_cfg() -> Config {
 #[test]
 fn with_acks_held_a_qos2_delivery_waits_for_its_packet_id_to_be_durable() {
     let mut net = Net::new(durable_cfg());
-    let props = [Property::SessionExpiryInterval(3_600)];
-    let s = net.raw(V5);
-    net.send(s, &connect_v5("sub", true, &props));
-    net.send(
-        s,
-        &raw_subscribe(1, &[(filter("q/#"), opts(QoS::ExactlyOnce))], &[]),
-    );
+    let s = persistent_sub(&mut net, QoS::ExactlyOnce);
     let p = net.raw(V5);
     net.send(p, &connect_v5("pub", true, &[]));
     net.take_frames(s);
@@ -357,13 +355,7 @@ fn with_acks_held_a_qos2_delivery_waits_for_its_packet_id_to_be_durable() {
 #[test]
 fn a_delivery_acked_within_its_batch_costs_no_store_write() {
     let mut net = Net::new(Config::default());
-    let props = [Property::SessionExpiryInterval(3_600)];
-    let s = net.raw(V5);
-    net.send(s, &connect_v5("sub", true, &props));
-    net.send(
-        s,
-        &raw_subscribe(1, &[(filter("q/#"), opts(QoS::AtLeastOnce))], &[]),
-    );
+    let s = persistent_sub(&mut net, QoS::AtLeastOnce);
     let mut store = Store::default();
     store.write(&net);
     // The session and its subscription.

@@ -28,6 +28,17 @@ pub mod proxy;
 pub mod raw;
 pub mod runtimes;
 
+/// `n` distinct free loopback ports: all bound at once (so they differ), then released.
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
 /// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`).
 ///
 /// Under CI nothing may be skipped: a missing peer (node, mosquitto) fails the test.

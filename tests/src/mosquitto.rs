@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -241,7 +241,8 @@ impl BrokerBuilder {
         let listeners = 1 + usize::from(self.tls.is_some()) + usize::from(self.websockets);
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            let ports = free_ports(listeners).map_err(|e| io("cannot pick free ports", e))?;
+            let ports =
+                crate::free_ports(listeners).map_err(|e| io("cannot pick free ports", e))?;
             let mut ports = ports.into_iter();
             broker.port = ports.next().unwrap_or_default();
             broker.tls_port = self.tls.as_ref().and_then(|_| ports.next());
@@ -321,17 +322,6 @@ impl BrokerBuilder {
 /// Whether this process runs as root (the owner of `/proc/self` is the effective user).
 fn running_as_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// `n` distinct free loopback ports: all bound at once (so they differ), then released.
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
 }
 
 /// A running mosquitto on loopback, with its own temp dir; killed on drop.

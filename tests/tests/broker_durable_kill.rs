@@ -101,11 +101,7 @@ impl Src {
 
 /// A free loopback port: bound once and let go, so that every restart uses the same one.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tests::free_ports(1).expect("a free port")[0]
 }
 
 /// Starts `broker_proc` and waits (30 s at most) for its `ready`.

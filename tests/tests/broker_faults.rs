@@ -49,6 +49,32 @@ fn count(seen: &Seen, topic: &str) -> usize {
         .count()
 }
 
+/// Publishes `0..n` (decimal payloads) to `topic` at QoS 1 from a raw connection, in
+/// windows of 50 unacknowledged (the broker's Receive Maximum is 64), each window's PUBACKs
+/// awaited before the next.
+async fn publish_numbered(
+    addr: std::net::SocketAddr,
+    v: ProtocolVersion,
+    id: &'static str,
+    topic: &'static str,
+    n: u32,
+) {
+    let mut p = Raw::connect(addr, v, id).await;
+    for batch in 0..n / 50 {
+        for i in batch * 50..(batch + 1) * 50 {
+            let packet_id = (i % 60_000 + 1) as u16;
+            p.publish(topic, i.to_string().as_bytes(), QoS::AtLeastOnce, packet_id)
+                .await;
+        }
+        for _ in 0..50 {
+            match p.recv().await {
+                Some(Got::PubAck(..)) => {}
+                other => panic!("publisher: {other:?}"),
+            }
+        }
+    }
+}
+
 /// Two cuts of every connection while QoS 1 and QoS 2 streams flow between persistent
 /// sessions: QoS 1 arrives at least once, QoS 2 exactly once, nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,23 +181,7 @@ async fn session_takeover_under_load_loses_nothing() {
             [ReasonCode::GrantedQoS1]
         );
         const N: u32 = 2000;
-        let publisher = tokio::spawn(async move {
-            let mut p = Raw::connect(addr, v, "loader").await;
-            // Windows of 50 unacknowledged: the broker's Receive Maximum is 64.
-            for batch in 0..N / 50 {
-                for i in batch * 50..(batch + 1) * 50 {
-                    let id = (i % 60_000 + 1) as u16;
-                    p.publish("load/t", i.to_string().as_bytes(), QoS::AtLeastOnce, id)
-                        .await;
-                }
-                for _ in 0..50 {
-                    match p.recv().await {
-                        Some(Got::PubAck(..)) => {}
-                        other => panic!("publisher: {other:?}"),
-                    }
-                }
-            }
-        });
+        let publisher = tokio::spawn(publish_numbered(addr, v, "loader", "load/t", N));
         let mut seen = BTreeMap::<u32, usize>::new();
         let mut dups = 0;
         for round in 0..=10 {
@@ -242,22 +252,7 @@ async fn a_flood_of_bad_and_half_open_connections_does_not_harm_the_good_ones() 
             [ReasonCode::GrantedQoS1]
         );
         const N: u32 = 3000;
-        let publisher = tokio::spawn(async move {
-            let mut p = Raw::connect(addr, v, "good-pub").await;
-            for batch in 0..N / 50 {
-                for i in batch * 50..(batch + 1) * 50 {
-                    let id = (i % 60_000 + 1) as u16;
-                    p.publish("good/t", i.to_string().as_bytes(), QoS::AtLeastOnce, id)
-                        .await;
-                }
-                for _ in 0..50 {
-                    match p.recv().await {
-                        Some(Got::PubAck(..)) => {}
-                        other => panic!("publisher: {other:?}"),
-                    }
-                }
-            }
-        });
+        let publisher = tokio::spawn(publish_numbered(addr, v, "good-pub", "good/t", N));
         // The bad ones, all at once, while the stream runs.
         let started = tokio::time::Instant::now();
         let mut bad = Vec::new();

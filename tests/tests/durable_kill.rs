@@ -21,6 +21,17 @@ const KILLS: usize = 10;
 struct Rng(u64);
 
 impl Rng {
+    /// Seeded from the clock; the seed is printed, to replay a failing run.
+    fn from_clock() -> Rng {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("kill seed {seed}");
+        Rng(seed)
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -100,13 +111,7 @@ async fn a_publisher_killed_ten_times_loses_nothing_through_our_broker() {
 
 async fn publisher_killed(url: &str) {
     let url = url.to_owned();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("kill seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
 
     let counts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
     let sub = Client::spawn(
@@ -260,13 +265,7 @@ async fn a_subscriber_killed_ten_times_handles_everything_through_our_broker() {
 
 async fn subscriber_killed(url: &str) {
     let url = url.to_owned();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("kill seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("sub.redb");
     let store = store.to_str().unwrap().to_owned();
