@@ -59,17 +59,21 @@ struct Broker {
 }
 
 impl Broker {
-    /// Our durable broker, stopped and started again like mosquitto.
-    fn ours(name: &str) -> Broker {
+    /// A free loopback port and a fresh temp dir (not created) for a broker named `name`.
+    fn place(name: &str) -> (u16, PathBuf) {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let dir = std::env::temp_dir().join(format!(
-            "mqtt-embassy-ours-{name}-{}-{port}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("mqtt-embassy-{name}-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        (port, dir)
+    }
+
+    /// Our durable broker, stopped and started again like mosquitto.
+    fn ours(name: &str) -> Broker {
+        let (port, dir) = Broker::place(&format!("ours-{name}"));
         let mut broker = Broker {
             bin: None,
             dir,
@@ -82,13 +86,7 @@ impl Broker {
     }
 
     fn start(bin: PathBuf, name: &str) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("mqtt-embassy-{name}-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let (port, dir) = Broker::place(name);
         std::fs::create_dir_all(&dir).expect("temp dir");
         // mosquitto started as root drops to its own user: let it write the persistence file.
         #[cfg(unix)]
@@ -162,10 +160,7 @@ impl Broker {
     /// Stops mosquitto with SIGTERM, so that it writes its persistence file (ours gracefully),
     /// and waits.
     fn stop(&mut self) {
-        if let Some((thread, stop)) = self.ours.take() {
-            let _ = stop.send(());
-            let _ = thread.join();
-        }
+        self.stop_ours();
         if let Some(mut child) = self.child.take() {
             let status = Command::new("kill")
                 .arg("-TERM")
@@ -177,14 +172,19 @@ impl Broker {
             let _ = child.wait();
         }
     }
-}
 
-impl Drop for Broker {
-    fn drop(&mut self) {
+    /// Stops our broker gracefully, if it runs.
+    fn stop_ours(&mut self) {
         if let Some((thread, stop)) = self.ours.take() {
             let _ = stop.send(());
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop_ours();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -391,7 +391,11 @@ fn run_versions(name: &str, version: ProtocolVersion) {
         eprintln!("skipping {name}: mosquitto is not installed");
         return;
     };
-    let mut broker = Broker::start(bin, name);
+    run_scenario(Broker::start(bin, name), version);
+}
+
+/// Runs [`scenario`] against `broker` on a runtime of its own, within 60 s.
+fn run_scenario(mut broker: Broker, version: ProtocolVersion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -410,16 +414,7 @@ fn qos1_qos2_restart_v311() {
 
 /// The same against our durable broker (stopped and started on its store).
 fn run_ours(name: &str, version: ProtocolVersion) {
-    let mut broker = Broker::ours(name);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), scenario(&mut broker, version))
-            .await
-            .expect("scenario finished within 60 s");
-    });
+    run_scenario(Broker::ours(name), version);
 }
 
 #[test]
