@@ -85,13 +85,23 @@ struct Store {
 }
 
 impl Store {
-    /// Folds the records not fed yet and writes them as one batch.
-    fn write(&mut self, net: &Net) {
+    /// A store whose ledger holds first writes back for a batch ([`Ledger::set_defer`]).
+    fn deferring() -> Store {
+        let mut store = Store::default();
+        store.ledger.set_defer(true);
+        store
+    }
+
+    /// Folds the records not fed yet and writes them as one batch; gives how far the
+    /// records are durable, and whether writes were held back.
+    fn write(&mut self, net: &Net) -> (u64, bool) {
         for r in &net.records[self.fed..] {
             self.ledger.apply(r);
         }
         self.fed = net.records.len();
-        for w in self.ledger.take_writes() {
+        let batch = self.ledger.take_writes();
+        let done = (batch.through, batch.deferred);
+        for w in batch.writes {
             match w {
                 Write::Put(k, v) => {
                     self.entries.insert(k, v);
@@ -101,6 +111,7 @@ impl Store {
                 }
             }
         }
+        done
     }
 
     /// A broker restored from the store's entries alone.
@@ -128,6 +139,7 @@ proptest! {
         let mut connected = [true; CLIENTS];
         let mut seq = 0u8;
         let mut store = Store::default();
+        let mut deferring = Store::deferring();
         for (step, op) in ops.iter().enumerate() {
             match *op {
                 Op::Drop(i) if connected[i] => {
@@ -171,8 +183,43 @@ proptest! {
             // Batches of one to three steps: writes that cancel inside a batch must leave
             // the same state as the records one by one.
             if step % 3 != 1 {
-                store.write(&net);
-                prop_assert_eq!(store.rebuilt(&net).snapshot(), snapshot, "ledger, after {:?}", op);
+                let (through, deferred) = store.write(&net);
+                prop_assert!(!deferred);
+                prop_assert_eq!(through, net.broker.last_seq());
+                prop_assert_eq!(store.rebuilt(&net).snapshot(), snapshot.clone(), "ledger, after {:?}", op);
+            }
+            // Held back, deliveries may cancel across batches; what is written always loads
+            // (`rebuilt` checks that no entry is invalid), and a batch with nothing new
+            // writes what was held back, after which the state is whole again.
+            if step % 2 == 0 {
+                let (through, deferred) = deferring.write(&net);
+                prop_assert!(through <= net.broker.last_seq());
+                prop_assert_eq!(deferred, through < net.broker.last_seq());
+                let written = deferring.rebuilt(&net).snapshot();
+                // What the records up to `through` hold, and is still live, is written.
+                let upto = net.records.iter().take_while(|r| r.seq <= through).cloned();
+                let then = Broker::restore(Config::default(), net.now, upto).snapshot();
+                for old in &then.sessions {
+                    let Some(live) = snapshot.sessions.iter().find(|s| s.client_id == old.client_id) else { continue };
+                    let ids = |s: &mqtt_session::broker::SessionSnapshot| -> Vec<u64> {
+                        s.queued.iter().map(|q| q.0).chain(s.inflight.iter().map(|i| i.1)).collect()
+                    };
+                    let disk = written.sessions.iter().find(|s| s.client_id == old.client_id);
+                    prop_assert!(disk.is_some(), "session {} not written", old.client_id);
+                    let disk = ids(disk.unwrap());
+                    let live = ids(live);
+                    for id in ids(old) {
+                        if live.contains(&id) {
+                            prop_assert!(disk.contains(&id), "message {} of {} durable through {} but not written, after {:?}", id, old.client_id, through, op);
+                        }
+                    }
+                }
+                if step % 4 == 0 {
+                    let (through, deferred) = deferring.write(&net);
+                    prop_assert!(!deferred);
+                    prop_assert_eq!(through, net.broker.last_seq());
+                    prop_assert_eq!(deferring.rebuilt(&net).snapshot(), snapshot, "deferring ledger, after {:?}", op);
+                }
             }
         }
     }
@@ -372,7 +419,7 @@ fn a_delivery_acked_within_its_batch_costs_no_store_write() {
         store.ledger.apply(r);
     }
     store.fed = net.records.len();
-    let writes = store.ledger.take_writes();
+    let writes = store.ledger.take_writes().writes;
     // Only the session's entry is rewritten (a resume is recorded); nothing of the message.
     assert!(
         writes
@@ -387,5 +434,133 @@ fn a_delivery_acked_within_its_batch_costs_no_store_write() {
     let before = store.entries.len();
     store.write(&net);
     assert_eq!(store.entries.len(), before + 2);
+    assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
+}
+
+#[test]
+fn a_deferring_ledger_writes_a_delivery_one_batch_late_unless_it_was_acknowledged() {
+    let mut net = Net::new(Config::default());
+    let s = persistent_sub(&mut net, QoS::AtLeastOnce);
+    let mut store = Store::deferring();
+    // Sessions and subscriptions never wait.
+    assert_eq!(store.write(&net), (net.broker.last_seq(), false));
+    assert_eq!(store.entries.len(), 2);
+    net.take_frames(s);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    let queued_seq = |net: &Net| {
+        net.records
+            .iter()
+            .rev()
+            .find(|r| matches!(r.change, mqtt_session::broker::Change::Queued { .. }))
+            .map(|r| r.seq)
+            .unwrap()
+    };
+    let holds = |entries: &BTreeMap<u64, Vec<u8>>, payload: &[u8]| {
+        entries
+            .values()
+            .any(|v| v.windows(payload.len()).any(|x| x == payload))
+    };
+
+    // Acknowledged in the batch after the one it was queued in: never written.
+    publish(&mut net, p, "q/1", b"first", QoS::AtLeastOnce, false);
+    assert_eq!(publishes(&net.take_frames(s), V5).len(), 1);
+    let (through, deferred) = store.write(&net);
+    assert!(deferred);
+    assert_eq!(
+        through,
+        queued_seq(&net) - 1,
+        "durable up to the delivery held back"
+    );
+    assert!(!holds(&store.entries, b"first"));
+    net.send(s, &Packet::PubAck(mqtt_proto::Ack::new(pid(1))));
+    assert_eq!(store.write(&net), (net.broker.last_seq(), false));
+    assert!(!holds(&store.entries, b"first"));
+
+    // Not acknowledged: written by the next batch, body and delivery.
+    net.pause(s, true, false);
+    publish(&mut net, p, "q/2", b"second", QoS::AtLeastOnce, false);
+    let before = store.entries.len();
+    assert!(store.write(&net).1);
+    assert!(!holds(&store.entries, b"second"));
+    assert_eq!(store.write(&net), (net.broker.last_seq(), false));
+    assert!(holds(&store.entries, b"second"));
+    assert_eq!(store.entries.len(), before + 2);
+    assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
+}
+
+#[test]
+fn a_deferring_ledger_writes_a_qos2_id_received_with_the_deliveries_of_its_message() {
+    // On disk alone, the id would make the publisher's resend after a restart look like a
+    // message already delivered, and the held-back deliveries would be lost.
+    let mut net = Net::new(Config::default());
+    let s = persistent_sub(&mut net, QoS::ExactlyOnce);
+    let mut store = Store::deferring();
+    store.write(&net);
+    net.pause(s, true, true);
+    let p = net.raw(V5);
+    // The publisher's session is persistent too: its QoS 2 ids are recorded.
+    let props = [Property::SessionExpiryInterval(3_600)];
+    net.send(p, &connect_v5("pub", true, &props));
+    net.send(
+        p,
+        &Packet::Publish(mqtt_proto::Publish {
+            qos: QoS::ExactlyOnce,
+            packet_id: Some(pid(9)),
+            ..mqtt_proto::Publish::new("q/2", b"exactly")
+        }),
+    );
+    let kinds = |store: &Store| -> Vec<u64> { store.entries.keys().map(|k| k >> 56).collect() };
+    const DELIVERY: u64 = 4;
+    const INBOUND: u64 = 6;
+    assert!(store.write(&net).1);
+    assert!(!kinds(&store).contains(&INBOUND));
+    assert!(!kinds(&store).contains(&DELIVERY));
+    assert_eq!(store.write(&net), (net.broker.last_seq(), false));
+    assert!(kinds(&store).contains(&INBOUND));
+    assert!(kinds(&store).contains(&DELIVERY));
+    assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
+}
+
+#[test]
+fn a_deferring_ledger_forgets_a_will_that_went_out_with_the_deliveries_it_made() {
+    let mut net = Net::new(Config::default());
+    let s = persistent_sub(&mut net, QoS::AtLeastOnce);
+    let c = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 3_600,
+        ..ccfg(V5)
+    });
+    let props = [Property::WillDelayInterval(1)];
+    net.connect(
+        c,
+        &ConnectOptions {
+            client_id: "willing",
+            will: Some(will("q/will", b"gone", &props)),
+            ..Default::default()
+        },
+    );
+    let mut store = Store::deferring();
+    net.pause(s, true, true);
+    net.drop_transport(c);
+    store.write(&net);
+    let kinds = |store: &Store| -> Vec<u64> { store.entries.keys().map(|k| k >> 56).collect() };
+    const DELIVERY: u64 = 4;
+    const WILL: u64 = 8;
+    assert!(
+        kinds(&store).contains(&WILL),
+        "the will waits for its delay"
+    );
+    net.advance_ms(1_500);
+    assert!(
+        net.records[store.fed..]
+            .iter()
+            .any(|r| matches!(r.change, Change::WillCleared { .. })),
+        "the will went out"
+    );
+    // Its delivery is not held back: the batch that forgets the will holds what it made.
+    assert_eq!(store.write(&net), (net.broker.last_seq(), false));
+    assert!(!kinds(&store).contains(&WILL));
+    assert!(kinds(&store).contains(&DELIVERY));
     assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
 }

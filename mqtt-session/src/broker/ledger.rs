@@ -75,15 +75,46 @@ struct SessionEntry {
 #[derive(Debug, Default)]
 pub struct Ledger {
     sessions: BTreeMap<Box<str>, SessionEntry>,
-    /// Message id to the number of entries that name it.
-    refs: BTreeMap<u64, u32>,
+    /// Message id to the number of entries that name it, and of those the retained
+    /// messages and wills (which are never held back, nor then is the body they name).
+    refs: BTreeMap<u64, (u32, u32)>,
     /// Retained topic to (entry number, message id).
     retained: BTreeMap<Box<str>, (u64, u64)>,
     next: u64,
-    /// The writes since the last [`Ledger::take_writes`], by key: whether the key was first
-    /// written in this batch (then deleting it needs no write at all), and its value (`None`:
-    /// delete).
-    pending: BTreeMap<u64, (bool, Option<Value>)>,
+    /// The writes not taken yet, by key.
+    pending: BTreeMap<u64, Pending>,
+    /// Whether first writes of deliveries and message bodies wait one batch; see
+    /// [`Ledger::set_defer`].
+    defer: bool,
+    /// The last record applied.
+    applied: u64,
+    /// `applied` at the last [`Ledger::take_writes`].
+    taken: u64,
+    /// The will going out (its removal came first): its deliveries are written at once.
+    will_out: Option<u64>,
+}
+
+/// A key's write not taken yet.
+#[derive(Debug)]
+struct Pending {
+    /// Whether the key is not in the store (then deleting it needs no write at all).
+    fresh: bool,
+    /// The value; `None`: delete.
+    value: Option<Value>,
+    /// The record that first wrote the key since it was last taken (0: it must not wait).
+    seq: u64,
+}
+
+/// The writes of one batch, and how far the records are durable once they are.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// One write per key, in key order.
+    pub writes: Vec<Write>,
+    /// Every record up to this one is durable once the writes are (for
+    /// [`Broker::handle_durable`](super::Broker::handle_durable)).
+    pub through: u64,
+    /// Writes were held back for the next batch.
+    pub deferred: bool,
 }
 
 /// What [`Ledger::load`] made of a store's entries.
@@ -96,6 +127,9 @@ pub struct Loaded {
     /// Entries that did not decode, or name something absent; the runtime deletes them
     /// (or sets them aside).
     pub invalid: Vec<u64>,
+    /// Message bodies nothing names any more, which a crash between two batches of a
+    /// deferring ledger can leave ([`Ledger::set_defer`]); the runtime deletes them.
+    pub unreferenced: Vec<u64>,
 }
 
 impl Ledger {
@@ -121,38 +155,49 @@ impl Ledger {
     fn put_value(&mut self, k: u64, v: Value, new: bool) {
         match self.pending.entry(k) {
             // A key deleted earlier in this batch may still be in the store: not fresh.
-            Entry::Occupied(mut e) => e.get_mut().1 = Some(v),
+            Entry::Occupied(mut e) => e.get_mut().value = Some(v),
             Entry::Vacant(e) => {
-                e.insert((new, Some(v)));
+                e.insert(Pending {
+                    fresh: new,
+                    value: Some(v),
+                    seq: self.applied,
+                });
             }
         }
     }
 
     fn delete(&mut self, k: u64) {
         match self.pending.entry(k) {
-            Entry::Occupied(e) if e.get().0 => {
+            Entry::Occupied(e) if e.get().fresh => {
                 e.remove();
             }
-            Entry::Occupied(mut e) => e.get_mut().1 = None,
+            Entry::Occupied(mut e) => e.get_mut().value = None,
             Entry::Vacant(e) => {
-                e.insert((false, None));
+                e.insert(Pending {
+                    fresh: false,
+                    value: None,
+                    seq: self.applied,
+                });
             }
         }
     }
 
-    fn hold(&mut self, m: &Shared<Message>) {
-        let count = self.refs.entry(m.id).or_insert(0);
-        *count += 1;
-        if *count == 1 {
+    /// Counts a reference to `m`'s body; `anchored`: from a retained message or a will.
+    fn hold(&mut self, m: &Shared<Message>, anchored: bool) {
+        let count = self.refs.entry(m.id).or_insert((0, 0));
+        count.0 += 1;
+        count.1 += u32::from(anchored);
+        if count.0 == 1 {
             // Encoded only if still live when the batch is written.
             self.put_value(key(kind::MESSAGE, m.id), Value::Message(m.clone()), true);
         }
     }
 
-    fn release(&mut self, id: u64) {
+    fn release(&mut self, id: u64, anchored: bool) {
         if let Some(count) = self.refs.get_mut(&id) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+            count.0 = count.0.saturating_sub(1);
+            count.1 = count.1.saturating_sub(u32::from(anchored));
+            if count.0 == 0 {
                 self.refs.remove(&id);
                 self.delete(key(kind::MESSAGE, id));
             }
@@ -177,26 +222,28 @@ impl Ledger {
         }
         for (id, n) in &s.queued {
             self.delete(key(kind::DELIVERY, *n));
-            self.release(*id);
+            self.release(*id, false);
         }
         for (n, id, separate) in s.inflight.values() {
             self.delete(key(kind::DELIVERY, *n));
             if *separate {
                 self.delete(key(kind::SENT, *n));
             }
-            self.release(*id);
+            self.release(*id, false);
         }
         for n in s.inbound.values() {
             self.delete(key(kind::INBOUND, *n));
         }
         if let Some(id) = s.will {
             self.delete(key(kind::WILL, s.n));
-            self.release(id);
+            self.release(id, true);
+            self.will_out = Some(id);
         }
     }
 
     /// Folds one record into the pending writes.
     pub fn apply(&mut self, record: &Record) {
+        self.applied = record.seq;
         match &record.change {
             Change::SessionCreated { client_id, expiry } => {
                 self.end_session(client_id);
@@ -269,9 +316,16 @@ impl Ledger {
                 if let Some(s) = self.sessions.get_mut(client_id) {
                     s.queued.insert((message.id, n));
                 }
-                self.hold(message);
+                self.hold(message, false);
                 let v = encode_delivery(sn, message.id, *qos, *retain, identifiers, None);
                 self.put(key(kind::DELIVERY, n), v, true);
+                if self.will_out == Some(message.id) {
+                    for k in [key(kind::DELIVERY, n), key(kind::MESSAGE, message.id)] {
+                        if let Some(p) = self.pending.get_mut(&k) {
+                            p.seq = 0;
+                        }
+                    }
+                }
             }
             Change::Sent {
                 client_id,
@@ -327,7 +381,7 @@ impl Ledger {
                 if separate {
                     self.delete(key(kind::SENT, n));
                 }
-                self.release(id);
+                self.release(id, false);
             }
             Change::Dropped {
                 client_id,
@@ -341,7 +395,7 @@ impl Ledger {
                     return;
                 };
                 self.delete(key(kind::DELIVERY, n));
-                self.release(*message_id);
+                self.release(*message_id, false);
             }
             Change::InboundQoS2 {
                 client_id,
@@ -371,10 +425,10 @@ impl Ledger {
                 }
             }
             Change::RetainedSet { message } => {
-                self.hold(message);
+                self.hold(message, true);
                 let (n, new) = match self.retained.get(&message.topic).copied() {
                     Some((n, old)) => {
-                        self.release(old);
+                        self.release(old, true);
                         (n, false)
                     }
                     None => (self.number(), true),
@@ -389,7 +443,7 @@ impl Ledger {
             Change::RetainedCleared { topic } => {
                 if let Some((n, id)) = self.retained.remove(topic) {
                     self.delete(key(kind::RETAINED, n));
-                    self.release(id);
+                    self.release(id, true);
                 }
             }
             Change::WillPending {
@@ -400,9 +454,9 @@ impl Ledger {
                 let Some((sn, old)) = self.sessions.get(client_id).map(|s| (s.n, s.will)) else {
                     return;
                 };
-                self.hold(message);
+                self.hold(message, true);
                 if let Some(old) = old {
-                    self.release(old);
+                    self.release(old, true);
                 }
                 if let Some(s) = self.sessions.get_mut(client_id) {
                     s.will = Some(message.id);
@@ -421,7 +475,8 @@ impl Ledger {
                     return;
                 };
                 self.delete(key(kind::WILL, sn));
-                self.release(id);
+                self.release(id, true);
+                self.will_out = Some(id);
             }
         }
     }
@@ -433,7 +488,10 @@ impl Ledger {
     fn set_sent(&mut self, n: u64, packet_id: PacketId, received: bool) -> bool {
         let k = key(kind::DELIVERY, n);
         let patched = match self.pending.get_mut(&k) {
-            Some((_, Some(Value::Bytes(v)))) => set_sent_state(v, packet_id, received),
+            Some(Pending {
+                value: Some(Value::Bytes(v)),
+                ..
+            }) => set_sent_state(v, packet_id, received),
             _ => false,
         };
         if !patched && !received {
@@ -442,16 +500,55 @@ impl Ledger {
         patched
     }
 
-    /// The writes folded since the last call, one per key, in key order.
-    pub fn take_writes(&mut self) -> Vec<Write> {
-        core::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(k, (_, v))| match v {
+    /// Holds back, for one batch, the first write of a delivery, of its sent state, of a
+    /// message body and of a QoS 2 id received: a delivery acknowledged before the next
+    /// batch then costs no write at all. (Not a will's deliveries: the will is forgotten as
+    /// it goes out, and a crash must not lose both.)
+    /// The price is one more batch before those records are durable (see
+    /// [`Batch::through`]). Off by default.
+    pub fn set_defer(&mut self, on: bool) {
+        self.defer = on;
+    }
+
+    /// The writes folded since the last call, but for those held back (see
+    /// [`Ledger::set_defer`]).
+    pub fn take_writes(&mut self) -> Batch {
+        let taken = core::mem::replace(&mut self.taken, self.applied);
+        let mut writes = Vec::with_capacity(self.pending.len());
+        let mut kept = Vec::new();
+        for (k, p) in core::mem::take(&mut self.pending) {
+            // Only what was first written since the last batch waits, and only once.
+            let waits = match k >> SHIFT {
+                // A QoS 2 id received waits with the deliveries of its message: on disk
+                // alone it would make the resend after a restart look delivered.
+                kind::DELIVERY | kind::SENT | kind::INBOUND => p.fresh,
+                // A body a retained message or a will names is written with it.
+                kind::MESSAGE => p.fresh && self.refs.get(&(k & MASK)).is_none_or(|r| r.1 == 0),
+                _ => false,
+            };
+            if self.defer && waits && p.seq > taken {
+                kept.push((k, p));
+                continue;
+            }
+            writes.push(match p.value {
                 Some(Value::Bytes(v)) => Write::Put(k, v),
                 Some(Value::Message(m)) => Write::Put(k, encode_message(&m)),
                 None => Write::Delete(k),
-            })
-            .collect()
+            });
+        }
+        // Every record before the first one held back is in these writes, or cancelled.
+        let through = kept
+            .iter()
+            .map(|(_, p)| p.seq - 1)
+            .min()
+            .unwrap_or(self.applied);
+        let deferred = !kept.is_empty();
+        self.pending = kept.into_iter().collect();
+        Batch {
+            writes,
+            through,
+            deferred,
+        }
     }
 
     /// Rebuilds the records of a store's entries (in any order; the runtime's own kind-0
@@ -555,7 +652,7 @@ impl Ledger {
                 continue;
             };
             let id = message.id;
-            *ledger.refs.entry(id).or_insert(0) += 1;
+            ledger.refs.entry(id).or_insert((0, 0)).0 += 1;
             let s = ledger.sessions.get_mut(&client_id);
             // An entry of its own is newer than the state in the delivery's.
             let separate = sent.remove(&n);
@@ -623,7 +720,9 @@ impl Ledger {
                 invalid.push(key(kind::RETAINED, n));
                 continue;
             };
-            *ledger.refs.entry(message.id).or_insert(0) += 1;
+            let count = ledger.refs.entry(message.id).or_insert((0, 0));
+            count.0 += 1;
+            count.1 += 1;
             ledger
                 .retained
                 .insert(message.topic.clone(), (n, message.id));
@@ -638,7 +737,9 @@ impl Ledger {
                 invalid.push(key(kind::WILL, sn));
                 continue;
             };
-            *ledger.refs.entry(message.id).or_insert(0) += 1;
+            let count = ledger.refs.entry(message.id).or_insert((0, 0));
+            count.0 += 1;
+            count.1 += 1;
             if let Some(s) = ledger.sessions.get_mut(&client_id) {
                 s.will = Some(message.id);
             }
@@ -648,17 +749,17 @@ impl Ledger {
                 at: Instant::from_millis(at),
             });
         }
-        // Unknown kinds, and bodies no entry names.
+        // Unknown kinds.
         for (k, list) in by_kind {
             if k != 0 {
                 invalid.extend(list.into_iter().map(|(n, _)| key(k, n)));
             }
         }
-        for id in messages.keys() {
-            if !ledger.refs.contains_key(id) {
-                invalid.push(key(kind::MESSAGE, *id));
-            }
-        }
+        let unreferenced = messages
+            .keys()
+            .filter(|id| !ledger.refs.contains_key(id))
+            .map(|id| key(kind::MESSAGE, *id))
+            .collect();
         changes.extend(after);
         changes.extend(disconnects);
         ledger.next = next;
@@ -671,6 +772,7 @@ impl Ledger {
             ledger,
             records,
             invalid,
+            unreferenced,
         }
     }
 }

@@ -191,7 +191,7 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
         .filter(|(k, _)| !RUNTIME_KEYS.contains(k))
         .map(|(k, v)| (*k, v.as_slice()));
     let loaded = Ledger::load(entries);
-    let mut fixes = Vec::new();
+    let mut fixes: Vec<Op> = loaded.unreferenced.iter().map(|k| Op::Delete(*k)).collect();
     if !loaded.invalid.is_empty() {
         let aside = mqtt_store::aside_path(&path, "entries");
         let mut text = String::new();
@@ -244,9 +244,13 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
         elapsed_ms = report.recovery.as_millis() as u64,
         "store recovered"
     );
+    let mut ledger = loaded.ledger;
+    // With `relaxed` the writer's gathering already lets deliveries acknowledged meanwhile
+    // cancel; with `ack` nothing waits between commits, so a delivery gets one commit's time.
+    ledger.set_defer(durability == Durability::Ack);
     Opened {
         durable: Durable::new(Some(store), report, failed, gather),
-        ledger: loaded.ledger,
+        ledger,
         records: loaded.records,
         clock_ms: now - origin,
     }
@@ -271,14 +275,21 @@ pub(crate) async fn writer(shared: Arc<Shared>) {
     };
     loop {
         let stopping = durable.stop.is_cancelled();
-        let (writes, seq) = {
+        let (batch, seq) = {
             let mut core = shared.lock();
             let seq = core.fed;
-            let writes = core.ledger.as_mut().map(Ledger::take_writes);
-            (writes.unwrap_or_default(), seq)
+            let batch = core.ledger.as_mut().map(|l| {
+                // The last batch holds nothing back.
+                if stopping {
+                    l.set_defer(false);
+                }
+                l.take_writes()
+            });
+            (batch.unwrap_or_default(), seq)
         };
-        if !writes.is_empty() && !durable.failed.load(Ordering::Relaxed) {
-            let ops = writes
+        if !batch.writes.is_empty() && !durable.failed.load(Ordering::Relaxed) {
+            let ops = batch
+                .writes
                 .into_iter()
                 .map(|w| match w {
                     Write::Put(k, v) => Op::Put(k, v),
@@ -294,9 +305,15 @@ pub(crate) async fn writer(shared: Arc<Shared>) {
         }
         let more = {
             let mut core = shared.lock();
-            core.broker.handle_durable(seq);
+            // Failed: nothing is durable any more, and nothing waits for it.
+            let through = if durable.failed.load(Ordering::Relaxed) {
+                seq
+            } else {
+                batch.through
+            };
+            core.broker.handle_durable(through);
             core.dispatch(ConnId(0));
-            core.fed > seq
+            core.fed > seq || batch.deferred
         };
         if stopping && !more {
             return;
