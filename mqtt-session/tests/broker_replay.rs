@@ -84,7 +84,18 @@ struct Store {
     fed: usize,
 }
 
+/// The kinds of entry (a key's top byte) the ledger writes for deliveries, QoS 2 ids
+/// received, and wills.
+const DELIVERY: u64 = 4;
+const INBOUND: u64 = 6;
+const WILL: u64 = 8;
+
 impl Store {
+    /// The kinds of the entries in the store.
+    fn kinds(&self) -> Vec<u64> {
+        self.entries.keys().map(|k| k >> 56).collect()
+    }
+
     /// A store whose ledger holds first writes back for a batch ([`Ledger::set_defer`]).
     fn deferring() -> Store {
         let mut store = Store::default();
@@ -510,15 +521,12 @@ fn a_deferring_ledger_writes_a_qos2_id_received_with_the_deliveries_of_its_messa
             ..mqtt_proto::Publish::new("q/2", b"exactly")
         }),
     );
-    let kinds = |store: &Store| -> Vec<u64> { store.entries.keys().map(|k| k >> 56).collect() };
-    const DELIVERY: u64 = 4;
-    const INBOUND: u64 = 6;
     assert!(store.write(&net).1);
-    assert!(!kinds(&store).contains(&INBOUND));
-    assert!(!kinds(&store).contains(&DELIVERY));
+    assert!(!store.kinds().contains(&INBOUND));
+    assert!(!store.kinds().contains(&DELIVERY));
     assert_eq!(store.write(&net), (net.broker.last_seq(), false));
-    assert!(kinds(&store).contains(&INBOUND));
-    assert!(kinds(&store).contains(&DELIVERY));
+    assert!(store.kinds().contains(&INBOUND));
+    assert!(store.kinds().contains(&DELIVERY));
     assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
 }
 
@@ -544,11 +552,8 @@ fn a_deferring_ledger_forgets_a_will_that_went_out_with_the_deliveries_it_made()
     net.pause(s, true, true);
     net.drop_transport(c);
     store.write(&net);
-    let kinds = |store: &Store| -> Vec<u64> { store.entries.keys().map(|k| k >> 56).collect() };
-    const DELIVERY: u64 = 4;
-    const WILL: u64 = 8;
     assert!(
-        kinds(&store).contains(&WILL),
+        store.kinds().contains(&WILL),
         "the will waits for its delay"
     );
     net.advance_ms(1_500);
@@ -560,7 +565,7 @@ fn a_deferring_ledger_forgets_a_will_that_went_out_with_the_deliveries_it_made()
     );
     // Its delivery is not held back: the batch that forgets the will holds what it made.
     assert_eq!(store.write(&net), (net.broker.last_seq(), false));
-    assert!(!kinds(&store).contains(&WILL));
-    assert!(kinds(&store).contains(&DELIVERY));
+    assert!(!store.kinds().contains(&WILL));
+    assert!(store.kinds().contains(&DELIVERY));
     assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
 }
