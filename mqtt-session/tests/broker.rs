@@ -1305,6 +1305,65 @@ fn acks_wait_until_the_records_are_durable() {
 }
 
 #[test]
+fn a_3_1_1_publisher_past_our_receive_maximum_is_read_later_not_cut_off() {
+    // Before 5.0 nothing tells a client our Receive Maximum. With acks held for the disk a
+    // publisher soon has that many unacknowledged, and sending more is no violation then.
+    let mut net = Net::new(Config {
+        hold_acks_until_durable: true,
+        receive_maximum: 2,
+        ..Config::default()
+    });
+    net.auto_durable = false;
+    let s = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(s, "durable-sub");
+    subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
+    // Its PUBACKs do not come back: only the disk releases the publisher's.
+    net.pause(s, true, false);
+    let r = net.raw(V311);
+    net.send(r, &Packet::Connect(Connect::new(V311, "pub", 0)));
+    net.take_frames(r);
+    let mut burst = Vec::new();
+    for id in 1..=5u16 {
+        let p = Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(pid(id)),
+            ..Publish::new("d", b"x")
+        });
+        let at = burst.len();
+        burst.resize(at + p.encoded_len(V311).unwrap(), 0);
+        p.encode(V311, &mut burst[at..]).unwrap();
+    }
+    net.send_bytes(r, &burst);
+    let queued = |net: &Net| {
+        net.records
+            .iter()
+            .filter(|r| matches!(r.change, mqtt_session::broker::Change::Queued { .. }))
+            .count()
+    };
+    assert!(net.take_frames(r).is_empty(), "PUBACKs held");
+    assert!(!net.peers[r].closed);
+    assert_eq!(queued(&net), 2, "read up to the window, no further");
+    let mut acks = Vec::new();
+    for _ in 0..10 {
+        let seq = net.broker.last_seq();
+        net.broker.handle_durable(seq);
+        net.run();
+        acks.extend(net.take_frames(r));
+        if acks.len() == 5 {
+            break;
+        }
+    }
+    let expected: Vec<Vec<u8>> = (1..=5u8).map(|id| vec![0x40, 0x02, 0x00, id]).collect();
+    assert_eq!(acks, expected);
+    assert!(!net.peers[r].closed);
+    assert_eq!(queued(&net), 5);
+}
+
+#[test]
 fn an_ack_waits_for_the_disk_while_any_persistent_subscriber_has_not_acknowledged() {
     let mut net = Net::new(Config {
         hold_acks_until_durable: true,

@@ -410,6 +410,15 @@ impl Broker {
                 return Ok(used);
             }
             let version = c.version;
+            // Before 5.0 a client is told no Receive Maximum, so going past ours is no
+            // violation: it is not read from until its acknowledgments go out (held for the
+            // disk, say). PUBRELs are what release QoS 2 ids, so those are not counted.
+            let window = usize::from(self.cfg.receive_maximum);
+            if !version.is_v5()
+                && (c.qos1_unacked + c.pubcomp_unsent >= window || c.held.len() >= window)
+            {
+                return Ok(used);
+            }
             let authenticating = c.state == ConnState::Authenticating;
             let rest = bytes.get(used..).unwrap_or_default();
             if rest.is_empty() {
@@ -1241,6 +1250,7 @@ impl Broker {
             return;
         }
         if p.qos != QoS::AtMostOnce
+            && version.is_v5()
             && in_use + s.rx_qos2.len() >= usize::from(self.cfg.receive_maximum)
         {
             self.violation(conn, now, ReasonCode::ReceiveMaximumExceeded);
