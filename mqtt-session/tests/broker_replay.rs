@@ -84,9 +84,9 @@ struct Store {
     fed: usize,
 }
 
-/// The kinds of entry (a key's top byte) the ledger writes for deliveries, QoS 2 ids
-/// received, and wills.
-const DELIVERY: u64 = 4;
+/// The kinds of entry (a key's top byte) the ledger writes for a message's deliveries,
+/// QoS 2 ids received, and wills.
+const DELIVERIES: u64 = 9;
 const INBOUND: u64 = 6;
 const WILL: u64 = 8;
 
@@ -523,10 +523,10 @@ fn a_deferring_ledger_writes_a_qos2_id_received_with_the_deliveries_of_its_messa
     );
     assert!(store.write(&net).1);
     assert!(!store.kinds().contains(&INBOUND));
-    assert!(!store.kinds().contains(&DELIVERY));
+    assert!(!store.kinds().contains(&DELIVERIES));
     assert_eq!(store.write(&net), (net.broker.last_seq(), false));
     assert!(store.kinds().contains(&INBOUND));
-    assert!(store.kinds().contains(&DELIVERY));
+    assert!(store.kinds().contains(&DELIVERIES));
     assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
 }
 
@@ -566,6 +566,6 @@ fn a_deferring_ledger_forgets_a_will_that_went_out_with_the_deliveries_it_made()
     // Its delivery is not held back: the batch that forgets the will holds what it made.
     assert_eq!(store.write(&net), (net.broker.last_seq(), false));
     assert!(!store.kinds().contains(&WILL));
-    assert!(store.kinds().contains(&DELIVERY));
+    assert!(store.kinds().contains(&DELIVERIES));
     assert_eq!(store.rebuilt(&net).snapshot(), net.broker.snapshot());
 }

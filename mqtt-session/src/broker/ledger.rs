@@ -2,15 +2,17 @@
 //!
 //! A [`Record`] stream only grows; a store that appended it would grow with everything that
 //! ever passed. The [`Ledger`] keeps one entry per live thing instead (a session, a
-//! subscription, a message body, a queued or in-flight delivery, an inbound QoS 2 id, a
-//! retained topic, a pending will), so the store's size follows what is live. It folds each
-//! record into [`Write`]s on those entries, and a batch's writes cancel where they can: a
-//! delivery queued, sent and acknowledged before its batch is written costs no write at all.
-//! [`Ledger::load`] turns a store's entries back into records for [`Broker::restore`].
+//! subscription, a message body, a message's queued and in-flight deliveries, an inbound
+//! QoS 2 id, a retained topic, a pending will), so the store's size follows what is live. It
+//! folds each record into [`Write`]s on those entries, and a batch's writes cancel where they
+//! can: a delivery queued, sent and acknowledged before its batch is written costs no write
+//! at all. A message's deliveries share one entry, so a message sent to N subscribers makes
+//! one write per batch, not N. [`Ledger::load`] turns a store's entries back into records for
+//! [`Broker::restore`].
 //!
 //! Keys: the top byte is the kind of entry (kind 0 is left to the runtime), the rest a
-//! number the ledger assigns (the message id, for message bodies). Queued deliveries are
-//! numbered in order, so the store's key order is the queue order.
+//! number the ledger assigns (the message id, for message bodies and deliveries).
+//! Deliveries are numbered in queue order, which the load restores.
 //!
 //! [`Broker::restore`]: super::Broker::restore
 
@@ -37,6 +39,7 @@ mod kind {
     pub const INBOUND: u64 = 6;
     pub const RETAINED: u64 = 7;
     pub const WILL: u64 = 8;
+    pub const FAN: u64 = 9;
 }
 
 fn key(kind: u64, n: u64) -> u64 {
@@ -64,9 +67,8 @@ struct SessionEntry {
     /// Queued deliveries not sent yet: (message id, delivery number); a message may be
     /// queued twice, and is sent in number order.
     queued: BTreeSet<(u64, u64)>,
-    /// Sent deliveries by packet id: (delivery number, message id, whether the sent state
-    /// has an entry of its own rather than living in the delivery's).
-    inflight: BTreeMap<u16, (u64, u64, bool)>,
+    /// Sent deliveries by packet id: (delivery number, message id).
+    inflight: BTreeMap<u16, (u64, u64)>,
     inbound: BTreeMap<u16, u64>,
     will: Option<u64>,
 }
@@ -80,6 +82,9 @@ pub struct Ledger {
     refs: BTreeMap<u64, (u32, u32)>,
     /// Retained topic to (entry number, message id).
     retained: BTreeMap<Box<str>, (u64, u64)>,
+    /// Each message's queued and in-flight deliveries, by number, encoded; a message's
+    /// deliveries share one entry, so a fan-out of N makes one write per batch, not N.
+    fans: BTreeMap<u64, Fan>,
     next: u64,
     /// The writes not taken yet, by key.
     pending: BTreeMap<u64, Pending>,
@@ -115,6 +120,25 @@ pub struct Batch {
     pub through: u64,
     /// Writes were held back for the next batch.
     pub deferred: bool,
+}
+
+/// A message's deliveries.
+#[derive(Debug, Default)]
+struct Fan {
+    /// By delivery number.
+    deliveries: BTreeMap<u64, FanDelivery>,
+    /// A write of the entry is pending.
+    dirty: bool,
+}
+
+/// One queued or in-flight delivery.
+#[derive(Debug)]
+struct FanDelivery {
+    session: u64,
+    qos: QoS,
+    retain: bool,
+    identifiers: Vec<u32>,
+    sent: Option<(PacketId, bool)>,
 }
 
 /// What [`Ledger::load`] made of a store's entries.
@@ -204,6 +228,44 @@ impl Ledger {
         }
     }
 
+    /// Marks message `id`'s deliveries to be written (`new`: the entry is not in the store).
+    fn touch_fan(&mut self, id: u64, new: bool) {
+        if let Some(fan) = self.fans.get_mut(&id)
+            && !core::mem::replace(&mut fan.dirty, true)
+        {
+            self.put_value(key(kind::FAN, id), Value::Fan, new);
+        }
+    }
+
+    /// Delivery `n` of message `id` ended (acknowledged, dropped, its session gone).
+    fn remove_delivery(&mut self, id: u64, n: u64) {
+        let Some(fan) = self.fans.get_mut(&id) else {
+            return;
+        };
+        if fan.deliveries.remove(&n).is_none() {
+            return;
+        }
+        if fan.deliveries.is_empty() {
+            self.fans.remove(&id);
+            self.delete(key(kind::FAN, id));
+            self.release(id, false);
+        } else {
+            self.touch_fan(id, false);
+        }
+    }
+
+    /// Sets the sent state of delivery `n` of message `id`.
+    fn set_sent(&mut self, id: u64, n: u64, packet_id: PacketId, received: bool) {
+        if let Some(d) = self
+            .fans
+            .get_mut(&id)
+            .and_then(|f| f.deliveries.get_mut(&n))
+        {
+            d.sent = Some((packet_id, received));
+            self.touch_fan(id, false);
+        }
+    }
+
     fn put_session(&mut self, client_id: &str, new: bool) {
         if let Some(s) = self.sessions.get(client_id) {
             let v = encode_session(client_id, s.expiry, s.disconnected_at);
@@ -221,15 +283,10 @@ impl Ledger {
             self.delete(key(kind::SUBSCRIPTION, *n));
         }
         for (id, n) in &s.queued {
-            self.delete(key(kind::DELIVERY, *n));
-            self.release(*id, false);
+            self.remove_delivery(*id, *n);
         }
-        for (n, id, separate) in s.inflight.values() {
-            self.delete(key(kind::DELIVERY, *n));
-            if *separate {
-                self.delete(key(kind::SENT, *n));
-            }
-            self.release(*id, false);
+        for (n, id) in s.inflight.values() {
+            self.remove_delivery(*id, *n);
         }
         for n in s.inbound.values() {
             self.delete(key(kind::INBOUND, *n));
@@ -316,11 +373,22 @@ impl Ledger {
                 if let Some(s) = self.sessions.get_mut(client_id) {
                     s.queued.insert((message.id, n));
                 }
-                self.hold(message, false);
-                let v = encode_delivery(sn, message.id, *qos, *retain, identifiers, None);
-                self.put(key(kind::DELIVERY, n), v, true);
+                let d = FanDelivery {
+                    session: sn,
+                    qos: *qos,
+                    retain: *retain,
+                    identifiers: identifiers.clone(),
+                    sent: None,
+                };
+                let fan = self.fans.entry(message.id).or_default();
+                let new = fan.deliveries.is_empty();
+                fan.deliveries.insert(n, d);
+                if new {
+                    self.hold(message, false);
+                }
+                self.touch_fan(message.id, new);
                 if self.will_out == Some(message.id) {
-                    for k in [key(kind::DELIVERY, n), key(kind::MESSAGE, message.id)] {
+                    for k in [key(kind::FAN, message.id), key(kind::MESSAGE, message.id)] {
                         if let Some(p) = self.pending.get_mut(&k) {
                             p.seq = 0;
                         }
@@ -338,50 +406,34 @@ impl Ledger {
                 let Some(n) = take_queued(&mut s.queued, *message_id) else {
                     return;
                 };
-                let separate = !self.set_sent(n, *packet_id, false);
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.inflight
-                        .insert(packet_id.get(), (n, *message_id, separate));
-                }
+                s.inflight.insert(packet_id.get(), (n, *message_id));
+                self.set_sent(*message_id, n, *packet_id, false);
             }
             Change::Received {
                 client_id,
                 packet_id,
             } => {
-                let Some(&(n, _, separate)) = self
+                let Some(&(n, id)) = self
                     .sessions
                     .get(client_id)
                     .and_then(|s| s.inflight.get(&packet_id.get()))
                 else {
                     return;
                 };
-                if separate || !self.set_sent(n, *packet_id, true) {
-                    self.put(key(kind::SENT, n), encode_sent(*packet_id, true), !separate);
-                    if let Some(i) = self
-                        .sessions
-                        .get_mut(client_id)
-                        .and_then(|s| s.inflight.get_mut(&packet_id.get()))
-                    {
-                        i.2 = true;
-                    }
-                }
+                self.set_sent(id, n, *packet_id, true);
             }
             Change::Acked {
                 client_id,
                 packet_id,
             } => {
-                let Some((n, id, separate)) = self
+                let Some((n, id)) = self
                     .sessions
                     .get_mut(client_id)
                     .and_then(|s| s.inflight.remove(&packet_id.get()))
                 else {
                     return;
                 };
-                self.delete(key(kind::DELIVERY, n));
-                if separate {
-                    self.delete(key(kind::SENT, n));
-                }
-                self.release(id, false);
+                self.remove_delivery(id, n);
             }
             Change::Dropped {
                 client_id,
@@ -394,8 +446,7 @@ impl Ledger {
                 else {
                     return;
                 };
-                self.delete(key(kind::DELIVERY, n));
-                self.release(*message_id, false);
+                self.remove_delivery(*message_id, n);
             }
             Change::InboundQoS2 {
                 client_id,
@@ -481,25 +532,6 @@ impl Ledger {
         }
     }
 
-    /// Writes the sent state into delivery `n`'s entry if that entry is still waiting to be
-    /// written (the usual case: a delivery to a connected client is queued and sent in the
-    /// same batch), saving an entry of its own; otherwise, for a first send, writes that
-    /// entry. Whether it went into the delivery's.
-    fn set_sent(&mut self, n: u64, packet_id: PacketId, received: bool) -> bool {
-        let k = key(kind::DELIVERY, n);
-        let patched = match self.pending.get_mut(&k) {
-            Some(Pending {
-                value: Some(Value::Bytes(v)),
-                ..
-            }) => set_sent_state(v, packet_id, received),
-            _ => false,
-        };
-        if !patched && !received {
-            self.put(key(kind::SENT, n), encode_sent(packet_id, false), true);
-        }
-        patched
-    }
-
     /// Holds back, for one batch, the first write of a delivery, of its sent state, of a
     /// message body and of a QoS 2 id received: a delivery acknowledged before the next
     /// batch then costs no write at all. (Not a will's deliveries: the will is forgotten as
@@ -521,7 +553,7 @@ impl Ledger {
             let waits = match k >> SHIFT {
                 // A QoS 2 id received waits with the deliveries of its message: on disk
                 // alone it would make the resend after a restart look delivered.
-                kind::DELIVERY | kind::SENT | kind::INBOUND => p.fresh,
+                kind::FAN | kind::INBOUND => p.fresh,
                 // A body a retained message or a will names is written with it.
                 kind::MESSAGE => p.fresh && self.refs.get(&(k & MASK)).is_none_or(|r| r.1 == 0),
                 _ => false,
@@ -533,6 +565,13 @@ impl Ledger {
             writes.push(match p.value {
                 Some(Value::Bytes(v)) => Write::Put(k, v),
                 Some(Value::Message(m)) => Write::Put(k, encode_message(&m)),
+                Some(Value::Fan) => match self.fans.get_mut(&(k & MASK)) {
+                    Some(fan) => {
+                        fan.dirty = false;
+                        Write::Put(k, encode_fan(k & MASK, fan))
+                    }
+                    None => Write::Delete(k),
+                },
                 None => Write::Delete(k),
             });
         }
@@ -627,8 +666,13 @@ impl Ledger {
                 identifier,
             });
         }
+        // Deliveries, from the message entries that hold them, and from the entries of
+        // their own that an older ledger wrote (a sent state may have one of its own too,
+        // newer than the delivery's); they are rewritten the current way.
         let mut sent: BTreeMap<u64, (PacketId, bool)> = BTreeMap::new();
+        let mut legacy = Vec::new();
         for (n, v) in take(kind::SENT) {
+            legacy.push(key(kind::SENT, n));
             match decode_sent(v) {
                 Some(s) => {
                     sent.insert(n, s);
@@ -636,31 +680,63 @@ impl Ledger {
                 None => invalid.push(key(kind::SENT, n)),
             }
         }
-        let mut after = Vec::new();
+        let mut deliveries: Vec<(u64, u64, &[u8])> = Vec::new();
         for (n, v) in take(kind::DELIVERY) {
+            legacy.push(key(kind::DELIVERY, n));
+            deliveries.push((n, key(kind::DELIVERY, n), v));
+        }
+        for (id, v) in take(kind::FAN) {
+            match decode_fan(v) {
+                Some(list) => {
+                    deliveries.extend(list.into_iter().map(|(n, d)| (n, key(kind::FAN, id), d)))
+                }
+                None => invalid.push(key(kind::FAN, id)),
+            }
+        }
+        // Numbered in queue order.
+        deliveries.sort_unstable_by_key(|d| d.0);
+        let mut rewrite = BTreeSet::new();
+        let mut after = Vec::new();
+        for (n, from, v) in deliveries {
             next = next.max(n);
             let decoded = decode_delivery(v).and_then(|d| {
                 let client_id = session_of(d.0)?;
                 let message = messages.get(&d.1)?.clone();
-                Some((client_id, message, d.2, d.3, d.4, d.5))
+                Some((d.0, client_id, message, d.2, d.3, d.4, d.5))
             });
-            let Some((client_id, message, qos, retain, identifiers, inline)) = decoded else {
-                invalid.push(key(kind::DELIVERY, n));
-                if sent.remove(&n).is_some() {
-                    invalid.push(key(kind::SENT, n));
+            let Some((sn, client_id, message, qos, retain, identifiers, inline)) = decoded else {
+                // What names nothing is set aside; the rest of its message's entry is kept.
+                if from >> SHIFT == kind::FAN {
+                    rewrite.insert(from & MASK);
+                }
+                if !invalid.contains(&from) {
+                    invalid.push(from);
                 }
                 continue;
             };
             let id = message.id;
-            ledger.refs.entry(id).or_insert((0, 0)).0 += 1;
-            let s = ledger.sessions.get_mut(&client_id);
             // An entry of its own is newer than the state in the delivery's.
-            let separate = sent.remove(&n);
-            match separate.or(inline) {
+            let state = sent.remove(&n).or(inline);
+            let fan = ledger.fans.entry(id).or_default();
+            if fan.deliveries.is_empty() {
+                ledger.refs.entry(id).or_insert((0, 0)).0 += 1;
+            }
+            let d = FanDelivery {
+                session: sn,
+                qos,
+                retain,
+                identifiers: identifiers.clone(),
+                sent: state,
+            };
+            fan.deliveries.insert(n, d);
+            if from >> SHIFT != kind::FAN {
+                rewrite.insert(id);
+            }
+            let s = ledger.sessions.get_mut(&client_id);
+            match state {
                 Some((packet_id, received)) => {
                     if let Some(s) = s {
-                        s.inflight
-                            .insert(packet_id.get(), (n, id, separate.is_some()));
+                        s.inflight.insert(packet_id.get(), (n, id));
                     }
                     changes.push(Change::Queued {
                         client_id: client_id.clone(),
@@ -697,7 +773,18 @@ impl Ledger {
                 }
             }
         }
+        // Sent states of deliveries that are gone.
         invalid.extend(sent.into_keys().map(|n| key(kind::SENT, n)));
+        for k in legacy {
+            if !invalid.contains(&k) {
+                ledger.delete(k);
+            }
+        }
+        for id in rewrite {
+            if ledger.fans.contains_key(&id) {
+                ledger.touch_fan(id, true);
+            }
+        }
         for (n, v) in take(kind::INBOUND) {
             next = next.max(n);
             let decoded = decode_inbound(v).and_then(|(sn, pid)| Some((session_of(sn)?, pid)));
@@ -782,6 +869,8 @@ impl Ledger {
 enum Value {
     Bytes(Vec<u8>),
     Message(Shared<Message>),
+    /// A message's deliveries, encoded from the ledger's when the batch is taken.
+    Fan,
 }
 
 fn take_queued(queued: &mut BTreeSet<(u64, u64)>, id: u64) -> Option<u64> {
@@ -1005,30 +1094,49 @@ fn decode_subscription(v: &[u8]) -> Option<(u64, Box<str>, SubscriptionOptions, 
     r.end((session, filter, options, identifier))
 }
 
-fn encode_delivery(
-    session: u64,
-    message: u64,
-    qos: QoS,
-    retain: bool,
-    ids: &[u32],
-    sent: Option<(PacketId, bool)>,
-) -> Vec<u8> {
-    let mut w = W::new();
-    w.u64(session)
+/// Appends delivery `d` of `message`, a record of its own (with the version byte).
+fn write_delivery(w: &mut W, message: u64, d: &FanDelivery) {
+    w.u8(VERSION)
+        .u64(d.session)
         .u64(message)
-        .u8(qos as u8 | (u8::from(retain) << 2))
-        .u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
-    for id in ids {
+        .u8(d.qos as u8 | (u8::from(d.retain) << 2))
+        .u32(u32::try_from(d.identifiers.len()).unwrap_or(u32::MAX));
+    for id in &d.identifiers {
         w.u32(*id);
     }
-    match sent {
+    match d.sent {
         Some((pid, received)) => w.u8(1 + u8::from(received)).u16(pid.get()),
         None => w.u8(0),
     };
-    w.0
+}
+
+/// The encoded length of [`write_delivery`]'s record.
+fn delivery_len(d: &FanDelivery) -> usize {
+    1 + 8 + 8 + 1 + 4 + 4 * d.identifiers.len() + if d.sent.is_some() { 3 } else { 1 }
 }
 
 type Delivery = (u64, u64, QoS, bool, Vec<u32>, Option<(PacketId, bool)>);
+
+/// A message's deliveries: for each, its number and its record ([`write_delivery`]).
+fn encode_fan(message: u64, fan: &Fan) -> Vec<u8> {
+    let len: usize = fan.deliveries.values().map(|d| 12 + delivery_len(d)).sum();
+    let mut w = W::with_capacity(len + 1);
+    for (n, d) in &fan.deliveries {
+        w.u64(*n)
+            .u32(u32::try_from(delivery_len(d)).unwrap_or(u32::MAX));
+        write_delivery(&mut w, message, d);
+    }
+    w.0
+}
+
+fn decode_fan(v: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+    let mut r = R::new(v)?;
+    let mut list = Vec::new();
+    while !r.0.is_empty() {
+        list.push((r.u64()?, r.bytes()?));
+    }
+    (!list.is_empty()).then_some(list)
+}
 
 fn decode_delivery(v: &[u8]) -> Option<Delivery> {
     let mut r = R::new(v)?;
@@ -1055,31 +1163,6 @@ fn decode_delivery(v: &[u8]) -> Option<Delivery> {
     ))
 }
 
-/// Rewrites the sent state that ends an encoded delivery (see [`encode_delivery`]) in place.
-/// A first send follows a delivery queued unsent (its state byte 0); a PUBREC follows a send
-/// written into it (state 1, then the packet id).
-fn set_sent_state(v: &mut Vec<u8>, packet_id: PacketId, received: bool) -> bool {
-    let state = if received {
-        v.len().checked_sub(3)
-    } else {
-        v.len().checked_sub(1)
-    };
-    match state.and_then(|at| Some((at, *v.get(at)?))) {
-        Some((at, 0)) if !received => v.truncate(at),
-        Some((at, 1)) if received => v.truncate(at),
-        _ => return false,
-    }
-    v.push(1 + u8::from(received));
-    v.extend_from_slice(&packet_id.get().to_le_bytes());
-    true
-}
-
-fn encode_sent(packet_id: PacketId, received: bool) -> Vec<u8> {
-    let mut w = W::new();
-    w.u16(packet_id.get()).u8(u8::from(received));
-    w.0
-}
-
 fn decode_sent(v: &[u8]) -> Option<(PacketId, bool)> {
     let mut r = R::new(v)?;
     let pid = PacketId::new(r.u16()?)?;
@@ -1102,4 +1185,84 @@ fn decode_inbound(v: &[u8]) -> Option<(u64, PacketId)> {
     let session = r.u64()?;
     let pid = PacketId::new(r.u16()?)?;
     r.end((session, pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_an_older_ledger_wrote_one_entry_each_load_and_move_into_their_message() {
+        let message = Message {
+            id: 7,
+            topic: "t".into(),
+            payload: Box::from(&b"x"[..]),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+            expires_at: None,
+        };
+        let delivery = |sent| {
+            let d = FanDelivery {
+                session: 1,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                identifiers: Vec::new(),
+                sent,
+            };
+            let mut w = W(Vec::new());
+            write_delivery(&mut w, 7, &d);
+            w.0
+        };
+        let pid = PacketId::new(3).unwrap();
+        // Delivery 2 is queued; delivery 3 was sent as id 3, and its PUBREC has an entry of
+        // its own (state 1, received).
+        let mut sent = W::new();
+        sent.u16(3).u8(1);
+        let entries = [
+            (key(kind::SESSION, 1), encode_session("c", 60, Some(5))),
+            (key(kind::MESSAGE, 7), encode_message(&message)),
+            (key(kind::DELIVERY, 2), delivery(None)),
+            (key(kind::DELIVERY, 3), delivery(Some((pid, false)))),
+            (key(kind::SENT, 3), sent.0),
+        ];
+        let mut loaded = Ledger::load(entries.iter().map(|(k, v)| (*k, v.as_slice())));
+        assert!(loaded.invalid.is_empty(), "{:?}", loaded.invalid);
+        let queued = loaded
+            .records
+            .iter()
+            .filter(|r| matches!(r.change, Change::Queued { .. }))
+            .count();
+        assert_eq!(queued, 2);
+        assert!(
+            loaded.records.iter().any(
+                |r| matches!(r.change, Change::Received { packet_id, .. } if packet_id == pid)
+            )
+        );
+        // The old entries go, and one entry holds both deliveries.
+        let writes = loaded.ledger.take_writes().writes;
+        let deleted: Vec<u64> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Delete(k) => Some(*k),
+                Write::Put(..) => None,
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                key(kind::DELIVERY, 2),
+                key(kind::DELIVERY, 3),
+                key(kind::SENT, 3)
+            ]
+        );
+        let fan = writes.iter().find_map(|w| match w {
+            Write::Put(k, v) if *k == key(kind::FAN, 7) => Some(v.clone()),
+            _ => None,
+        });
+        let fan = fan.expect("the message's deliveries are written");
+        let list = decode_fan(&fan).unwrap();
+        assert_eq!(list.iter().map(|d| d.0).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(decode_delivery(list[1].1).unwrap().5, Some((pid, true)));
+    }
 }
