@@ -125,10 +125,60 @@ pub struct Batch {
 /// A message's deliveries.
 #[derive(Debug, Default)]
 struct Fan {
-    /// By delivery number.
-    deliveries: BTreeMap<u64, FanDelivery>,
+    /// By delivery number, ascending; `None`: ended, the slot kept until half are (most
+    /// messages have one delivery, a tree per message would cost a node each).
+    deliveries: Vec<(u64, Option<FanDelivery>)>,
+    /// Deliveries not ended.
+    live: usize,
     /// A write of the entry is pending.
     dirty: bool,
+}
+
+impl Fan {
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn insert(&mut self, n: u64, d: FanDelivery) {
+        // Numbers are handed out in order, so this is nearly always a push.
+        let at = match self.deliveries.last() {
+            Some((last, _)) if *last > n => self.deliveries.partition_point(|(m, _)| *m < n),
+            _ => self.deliveries.len(),
+        };
+        self.deliveries.insert(at, (n, Some(d)));
+        self.live += 1;
+    }
+
+    fn get_mut(&mut self, n: u64) -> Option<&mut FanDelivery> {
+        let i = self.deliveries.binary_search_by_key(&n, |(m, _)| *m).ok()?;
+        self.deliveries.get_mut(i)?.1.as_mut()
+    }
+
+    /// Ends delivery `n`; whether there was one.
+    fn remove(&mut self, n: u64) -> bool {
+        let Ok(i) = self.deliveries.binary_search_by_key(&n, |(m, _)| *m) else {
+            return false;
+        };
+        if self
+            .deliveries
+            .get_mut(i)
+            .and_then(|d| d.1.take())
+            .is_none()
+        {
+            return false;
+        }
+        self.live -= 1;
+        if self.live * 2 < self.deliveries.len() {
+            self.deliveries.retain(|d| d.1.is_some());
+        }
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &FanDelivery)> {
+        self.deliveries
+            .iter()
+            .filter_map(|(n, d)| Some((*n, d.as_ref()?)))
+    }
 }
 
 /// One queued or in-flight delivery.
@@ -242,10 +292,10 @@ impl Ledger {
         let Some(fan) = self.fans.get_mut(&id) else {
             return;
         };
-        if fan.deliveries.remove(&n).is_none() {
+        if !fan.remove(n) {
             return;
         }
-        if fan.deliveries.is_empty() {
+        if fan.is_empty() {
             self.fans.remove(&id);
             self.delete(key(kind::FAN, id));
             self.release(id, false);
@@ -256,11 +306,7 @@ impl Ledger {
 
     /// Sets the sent state of delivery `n` of message `id`.
     fn set_sent(&mut self, id: u64, n: u64, packet_id: PacketId, received: bool) {
-        if let Some(d) = self
-            .fans
-            .get_mut(&id)
-            .and_then(|f| f.deliveries.get_mut(&n))
-        {
+        if let Some(d) = self.fans.get_mut(&id).and_then(|f| f.get_mut(n)) {
             d.sent = Some((packet_id, received));
             self.touch_fan(id, false);
         }
@@ -381,8 +427,8 @@ impl Ledger {
                     sent: None,
                 };
                 let fan = self.fans.entry(message.id).or_default();
-                let new = fan.deliveries.is_empty();
-                fan.deliveries.insert(n, d);
+                let new = fan.is_empty();
+                fan.insert(n, d);
                 if new {
                     self.hold(message, false);
                 }
@@ -718,7 +764,7 @@ impl Ledger {
             // An entry of its own is newer than the state in the delivery's.
             let state = sent.remove(&n).or(inline);
             let fan = ledger.fans.entry(id).or_default();
-            if fan.deliveries.is_empty() {
+            if fan.is_empty() {
                 ledger.refs.entry(id).or_insert((0, 0)).0 += 1;
             }
             let d = FanDelivery {
@@ -728,7 +774,7 @@ impl Ledger {
                 identifiers: identifiers.clone(),
                 sent: state,
             };
-            fan.deliveries.insert(n, d);
+            fan.insert(n, d);
             if from >> SHIFT != kind::FAN {
                 rewrite.insert(id);
             }
@@ -1119,10 +1165,10 @@ type Delivery = (u64, u64, QoS, bool, Vec<u32>, Option<(PacketId, bool)>);
 
 /// A message's deliveries: for each, its number and its record ([`write_delivery`]).
 fn encode_fan(message: u64, fan: &Fan) -> Vec<u8> {
-    let len: usize = fan.deliveries.values().map(|d| 12 + delivery_len(d)).sum();
+    let len: usize = fan.iter().map(|(_, d)| 12 + delivery_len(d)).sum();
     let mut w = W::with_capacity(len + 1);
-    for (n, d) in &fan.deliveries {
-        w.u64(*n)
+    for (n, d) in fan.iter() {
+        w.u64(n)
             .u32(u32::try_from(delivery_len(d)).unwrap_or(u32::MAX));
         write_delivery(&mut w, message, d);
     }
@@ -1190,6 +1236,36 @@ fn decode_inbound(v: &[u8]) -> Option<(u64, PacketId)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_s_deliveries_stay_in_number_order_as_they_come_and_go() {
+        let d = |session| FanDelivery {
+            session,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            identifiers: Vec::new(),
+            sent: None,
+        };
+        let mut fan = Fan::default();
+        for n in [10, 30, 20, 40] {
+            fan.insert(n, d(n));
+        }
+        let order = |fan: &Fan| fan.iter().map(|(n, d)| (n, d.session)).collect::<Vec<_>>();
+        assert_eq!(order(&fan), [(10, 10), (20, 20), (30, 30), (40, 40)]);
+        assert!(fan.remove(20));
+        assert!(!fan.remove(20), "ended once");
+        assert!(!fan.remove(25), "never there");
+        assert!(fan.remove(10));
+        // Half ended: the slots are given back, and the rest is still found.
+        assert_eq!(fan.deliveries.len(), 4);
+        assert!(fan.remove(40));
+        assert_eq!(fan.deliveries.len(), 1);
+        assert!(fan.get_mut(30).is_some());
+        assert!(fan.get_mut(40).is_none());
+        assert_eq!(order(&fan), [(30, 30)]);
+        assert!(fan.remove(30));
+        assert!(fan.is_empty());
+    }
 
     #[test]
     fn deliveries_an_older_ledger_wrote_one_entry_each_load_and_move_into_their_message() {
