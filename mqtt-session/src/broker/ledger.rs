@@ -299,16 +299,22 @@ impl Ledger {
             self.fans.remove(&id);
             self.delete(key(kind::FAN, id));
             self.release(id, false);
-        } else {
-            self.touch_fan(id, false);
+        } else if !core::mem::replace(&mut fan.dirty, true) {
+            self.put_value(key(kind::FAN, id), Value::Fan, false);
         }
     }
 
     /// Sets the sent state of delivery `n` of message `id`.
     fn set_sent(&mut self, id: u64, n: u64, packet_id: PacketId, received: bool) {
-        if let Some(d) = self.fans.get_mut(&id).and_then(|f| f.get_mut(n)) {
-            d.sent = Some((packet_id, received));
-            self.touch_fan(id, false);
+        let Some(fan) = self.fans.get_mut(&id) else {
+            return;
+        };
+        let Some(d) = fan.get_mut(n) else {
+            return;
+        };
+        d.sent = Some((packet_id, received));
+        if !core::mem::replace(&mut fan.dirty, true) {
+            self.put_value(key(kind::FAN, id), Value::Fan, false);
         }
     }
 
@@ -412,13 +418,12 @@ impl Ledger {
                 retain,
                 identifiers,
             } => {
-                let Some(sn) = self.sessions.get(client_id).map(|s| s.n) else {
+                let Some(s) = self.sessions.get_mut(client_id) else {
                     return;
                 };
-                let n = self.number();
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.queued.insert((message.id, n));
-                }
+                self.next += 1;
+                let (sn, n) = (s.n, self.next);
+                s.queued.insert((message.id, n));
                 let d = FanDelivery {
                     session: sn,
                     qos: *qos,
@@ -429,10 +434,13 @@ impl Ledger {
                 let fan = self.fans.entry(message.id).or_default();
                 let new = fan.is_empty();
                 fan.insert(n, d);
+                let touch = !core::mem::replace(&mut fan.dirty, true);
                 if new {
                     self.hold(message, false);
                 }
-                self.touch_fan(message.id, new);
+                if touch {
+                    self.put_value(key(kind::FAN, message.id), Value::Fan, new);
+                }
                 if self.will_out == Some(message.id) {
                     for k in [key(kind::FAN, message.id), key(kind::MESSAGE, message.id)] {
                         if let Some(p) = self.pending.get_mut(&k) {
