@@ -122,9 +122,10 @@ pub struct Batch {
     pub deferred: bool,
 }
 
-/// A message's deliveries.
-#[derive(Debug, Default)]
+/// A message's deliveries (and, while no retained message or will names it, its body).
+#[derive(Debug)]
 struct Fan {
+    message: Shared<Message>,
     /// By delivery number, ascending; `None`: ended, the slot kept until half are (most
     /// messages have one delivery, a tree per message would cost a node each).
     deliveries: Vec<(u64, Option<FanDelivery>)>,
@@ -135,6 +136,15 @@ struct Fan {
 }
 
 impl Fan {
+    fn new(message: Shared<Message>) -> Self {
+        Fan {
+            message,
+            deliveries: Vec::new(),
+            live: 0,
+            dirty: false,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.live == 0
     }
@@ -256,26 +266,40 @@ impl Ledger {
         }
     }
 
-    /// Counts a reference to `m`'s body; `anchored`: from a retained message or a will.
+    /// Counts a reference to `m`'s body; `anchored`: from a retained message or a will. An
+    /// anchored body has an entry of its own; any other lives in its deliveries' entry, so a
+    /// message sent to persistent sessions is one entry, not two.
     fn hold(&mut self, m: &Shared<Message>, anchored: bool) {
         let count = self.refs.entry(m.id).or_insert((0, 0));
         count.0 += 1;
         count.1 += u32::from(anchored);
-        if count.0 == 1 {
+        if anchored && count.1 == 1 {
             // Encoded only if still live when the batch is written.
             self.put_value(key(kind::MESSAGE, m.id), Value::Message(m.clone()), true);
+            self.touch_fan(m.id, false);
         }
     }
 
     fn release(&mut self, id: u64, anchored: bool) {
-        if let Some(count) = self.refs.get_mut(&id) {
-            count.0 = count.0.saturating_sub(1);
-            count.1 = count.1.saturating_sub(u32::from(anchored));
-            if count.0 == 0 {
-                self.refs.remove(&id);
-                self.delete(key(kind::MESSAGE, id));
-            }
+        let Some(count) = self.refs.get_mut(&id) else {
+            return;
+        };
+        count.0 = count.0.saturating_sub(1);
+        count.1 = count.1.saturating_sub(u32::from(anchored));
+        let (all, anchors) = *count;
+        if all == 0 {
+            self.refs.remove(&id);
         }
+        if anchored && anchors == 0 {
+            self.delete(key(kind::MESSAGE, id));
+            // Deliveries left carry the body from now on.
+            self.touch_fan(id, false);
+        }
+    }
+
+    /// Whether a retained message or a will names message `id`.
+    fn anchored(&self, id: u64) -> bool {
+        self.refs.get(&id).is_some_and(|r| r.1 > 0)
     }
 
     /// Marks message `id`'s deliveries to be written (`new`: the entry is not in the store).
@@ -431,7 +455,10 @@ impl Ledger {
                     identifiers: identifiers.clone(),
                     sent: None,
                 };
-                let fan = self.fans.entry(message.id).or_default();
+                let fan = self
+                    .fans
+                    .entry(message.id)
+                    .or_insert_with(|| Fan::new(message.clone()));
                 let new = fan.is_empty();
                 fan.insert(n, d);
                 let touch = !core::mem::replace(&mut fan.dirty, true);
@@ -608,8 +635,6 @@ impl Ledger {
                 // A QoS 2 id received waits with the deliveries of its message: on disk
                 // alone it would make the resend after a restart look delivered.
                 kind::FAN | kind::INBOUND => p.fresh,
-                // A body a retained message or a will names is written with it.
-                kind::MESSAGE => p.fresh && self.refs.get(&(k & MASK)).is_none_or(|r| r.1 == 0),
                 _ => false,
             };
             if self.defer && waits && p.seq > taken {
@@ -619,13 +644,17 @@ impl Ledger {
             writes.push(match p.value {
                 Some(Value::Bytes(v)) => Write::Put(k, v),
                 Some(Value::Message(m)) => Write::Put(k, encode_message(&m)),
-                Some(Value::Fan) => match self.fans.get_mut(&(k & MASK)) {
-                    Some(fan) => {
-                        fan.dirty = false;
-                        Write::Put(k, encode_fan(k & MASK, fan))
+                Some(Value::Fan) => {
+                    let id = k & MASK;
+                    let body = !self.anchored(id);
+                    match self.fans.get_mut(&id) {
+                        Some(fan) => {
+                            fan.dirty = false;
+                            Write::Put(k, encode_fan(id, fan, body))
+                        }
+                        None => Write::Delete(k),
                     }
-                    None => Write::Delete(k),
-                },
+                }
                 None => Write::Delete(k),
             });
         }
@@ -739,13 +768,24 @@ impl Ledger {
             legacy.push(key(kind::DELIVERY, n));
             deliveries.push((n, key(kind::DELIVERY, n), v));
         }
+        // Bodies with an entry of their own (the others come with their deliveries).
+        let own: Vec<u64> = messages.keys().copied().collect();
         for (id, v) in take(kind::FAN) {
-            match decode_fan(v) {
-                Some(list) => {
-                    deliveries.extend(list.into_iter().map(|(n, d)| (n, key(kind::FAN, id), d)))
-                }
-                None => invalid.push(key(kind::FAN, id)),
+            let decoded = decode_fan(v).and_then(|(body, list)| {
+                let body = match body {
+                    Some(b) => Some(decode_message(id, b)?),
+                    None => None,
+                };
+                Some((body, list))
+            });
+            let Some((body, list)) = decoded else {
+                invalid.push(key(kind::FAN, id));
+                continue;
+            };
+            if let Some(m) = body {
+                messages.entry(id).or_insert_with(|| Shared::new(m));
             }
+            deliveries.extend(list.into_iter().map(|(n, d)| (n, key(kind::FAN, id), d)));
         }
         // Numbered in queue order.
         deliveries.sort_unstable_by_key(|d| d.0);
@@ -771,7 +811,10 @@ impl Ledger {
             let id = message.id;
             // An entry of its own is newer than the state in the delivery's.
             let state = sent.remove(&n).or(inline);
-            let fan = ledger.fans.entry(id).or_default();
+            let fan = ledger
+                .fans
+                .entry(id)
+                .or_insert_with(|| Fan::new(message.clone()));
             if fan.is_empty() {
                 ledger.refs.entry(id).or_insert((0, 0)).0 += 1;
             }
@@ -896,8 +939,27 @@ impl Ledger {
                 invalid.extend(list.into_iter().map(|(n, _)| key(k, n)));
             }
         }
-        let unreferenced = messages
+        // A body is kept where its anchors say (an older ledger kept every body apart).
+        let moves: Vec<(u64, bool, bool)> = ledger
+            .fans
             .keys()
+            .map(|id| (*id, ledger.anchored(*id), own.binary_search(id).is_ok()))
+            .collect();
+        for (id, anchored, apart) in moves {
+            if anchored == apart {
+                continue;
+            }
+            if anchored {
+                if let Some(m) = messages.get(&id) {
+                    ledger.put_value(key(kind::MESSAGE, id), Value::Message(m.clone()), true);
+                }
+            } else {
+                ledger.delete(key(kind::MESSAGE, id));
+            }
+            ledger.touch_fan(id, false);
+        }
+        let unreferenced = own
+            .iter()
             .filter(|id| !ledger.refs.contains_key(id))
             .map(|id| key(kind::MESSAGE, *id))
             .collect();
@@ -1171,10 +1233,16 @@ fn delivery_len(d: &FanDelivery) -> usize {
 
 type Delivery = (u64, u64, QoS, bool, Vec<u32>, Option<(PacketId, bool)>);
 
-/// A message's deliveries: for each, its number and its record ([`write_delivery`]).
-fn encode_fan(message: u64, fan: &Fan) -> Vec<u8> {
+/// A message's deliveries: its body if `body` (length first), then for each delivery its
+/// number and its record ([`write_delivery`]).
+fn encode_fan(message: u64, fan: &Fan, body: bool) -> Vec<u8> {
     let len: usize = fan.iter().map(|(_, d)| 12 + delivery_len(d)).sum();
-    let mut w = W::with_capacity(len + 1);
+    let mut w = W::with_capacity(len + 6 + if body { fan.message.size() + 8 } else { 0 });
+    if body {
+        w.u8(1).bytes(&encode_message(&fan.message));
+    } else {
+        w.u8(0);
+    }
     for (n, d) in fan.iter() {
         w.u64(n)
             .u32(u32::try_from(delivery_len(d)).unwrap_or(u32::MAX));
@@ -1183,13 +1251,21 @@ fn encode_fan(message: u64, fan: &Fan) -> Vec<u8> {
     w.0
 }
 
-fn decode_fan(v: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+/// A body (if the entry has one), and the deliveries.
+type FanEntry<'a> = (Option<&'a [u8]>, Vec<(u64, &'a [u8])>);
+
+fn decode_fan(v: &[u8]) -> Option<FanEntry<'_>> {
     let mut r = R::new(v)?;
+    let body = match r.u8()? {
+        0 => None,
+        1 => Some(r.bytes()?),
+        _ => return None,
+    };
     let mut list = Vec::new();
     while !r.0.is_empty() {
         list.push((r.u64()?, r.bytes()?));
     }
-    (!list.is_empty()).then_some(list)
+    (!list.is_empty()).then_some((body, list))
 }
 
 fn decode_delivery(v: &[u8]) -> Option<Delivery> {
@@ -1245,6 +1321,18 @@ fn decode_inbound(v: &[u8]) -> Option<(u64, PacketId)> {
 mod tests {
     use super::*;
 
+    fn message(id: u64) -> Message {
+        Message {
+            id,
+            topic: "t".into(),
+            payload: Box::from(&b"x"[..]),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+            expires_at: None,
+        }
+    }
+
     #[test]
     fn a_message_s_deliveries_stay_in_number_order_as_they_come_and_go() {
         let d = |session| FanDelivery {
@@ -1254,7 +1342,7 @@ mod tests {
             identifiers: Vec::new(),
             sent: None,
         };
-        let mut fan = Fan::default();
+        let mut fan = Fan::new(Shared::new(message(1)));
         for n in [10, 30, 20, 40] {
             fan.insert(n, d(n));
         }
@@ -1277,15 +1365,7 @@ mod tests {
 
     #[test]
     fn deliveries_an_older_ledger_wrote_one_entry_each_load_and_move_into_their_message() {
-        let message = Message {
-            id: 7,
-            topic: "t".into(),
-            payload: Box::from(&b"x"[..]),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            properties: MessageProperties::default(),
-            expires_at: None,
-        };
+        let message = message(7);
         let delivery = |sent| {
             let d = FanDelivery {
                 session: 1,
@@ -1323,7 +1403,8 @@ mod tests {
                 |r| matches!(r.change, Change::Received { packet_id, .. } if packet_id == pid)
             )
         );
-        // The old entries go, and one entry holds both deliveries.
+        // The old entries go (the body too: no retained message names it), and one entry
+        // holds the body and both deliveries.
         let writes = loaded.ledger.take_writes().writes;
         let deleted: Vec<u64> = writes
             .iter()
@@ -1335,6 +1416,7 @@ mod tests {
         assert_eq!(
             deleted,
             [
+                key(kind::MESSAGE, 7),
                 key(kind::DELIVERY, 2),
                 key(kind::DELIVERY, 3),
                 key(kind::SENT, 3)
@@ -1345,7 +1427,8 @@ mod tests {
             _ => None,
         });
         let fan = fan.expect("the message's deliveries are written");
-        let list = decode_fan(&fan).unwrap();
+        let (body, list) = decode_fan(&fan).unwrap();
+        assert_eq!(decode_message(7, body.unwrap()).unwrap(), message);
         assert_eq!(list.iter().map(|d| d.0).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(decode_delivery(list[1].1).unwrap().5, Some((pid, true)));
     }
