@@ -7,8 +7,9 @@
 //! folds each record into [`Write`]s on those entries, and a batch's writes cancel where they
 //! can: a delivery queued, sent and acknowledged before its batch is written costs no write
 //! at all. A message's deliveries share one entry, so a message sent to N subscribers makes
-//! one write per batch, not N. [`Ledger::load`] turns a store's entries back into records for
-//! [`Broker::restore`].
+//! one write per batch, not N; its body goes in that entry too unless a retained message or a
+//! will names it (then it has one of its own). [`Ledger::load`] turns a store's entries back
+//! into records for [`Broker::restore`].
 //!
 //! Keys: the top byte is the kind of entry (kind 0 is left to the runtime), the rest a
 //! number the ledger assigns (the message id, for message bodies and deliveries).
