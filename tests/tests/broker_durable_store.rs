@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mqtt_proto::{Connect, Properties, Property, ProtocolVersion, TopicName, Will};
 use mqtt_tokio::broker::{Broker, BrokerConfig, Durability};
 use mqtt_tokio::{Client, Event, Message, Options, QoS};
-use tests::raw::Raw;
+use tests::raw::{Got, Raw};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -1153,4 +1153,36 @@ fn random_damage_never_stops_the_broker() {
         })
         .collect();
     assert!(bad.is_empty(), "{} of 40: {bad:?}", bad.len());
+}
+
+#[test]
+fn a_3_1_1_publisher_with_more_in_flight_than_our_receive_maximum_is_slowed_not_cut_off() {
+    // At 3.1.1 a client is told no Receive Maximum. With acks held for the disk it soon has
+    // more than ours (64) unacknowledged; the broker then reads it only as its acks go out.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let a = Node::start(config(dir.path(), Durability::Ack));
+    let addr = a.broker().local_addr();
+    phase(&rt, async {
+        // An offline persistent subscriber: every PUBACK waits for the disk.
+        let (mut sub, _) = Raw::connect_persistent(addr, V5, "away").await;
+        sub.subscribe("window/#", QoS::AtLeastOnce).await;
+        drop(sub);
+        let mut p = Raw::connect(addr, ProtocolVersion::V311, "wide-window").await;
+        const N: u16 = 300;
+        for id in 1..=N {
+            p.publish("window/x", b"m", QoS::AtLeastOnce, id).await;
+        }
+        let mut acked = BTreeSet::new();
+        while acked.len() < usize::from(N) {
+            match p.recv().await {
+                Some(Got::PubAck(id, mqtt_proto::ReasonCode::Success)) => {
+                    acked.insert(id);
+                }
+                other => panic!("after {} PUBACKs: {other:?}", acked.len()),
+            }
+        }
+        assert_eq!(acked, (1..=N).collect::<BTreeSet<u16>>());
+    });
+    drop(a);
 }
