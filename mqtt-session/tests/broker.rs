@@ -1364,6 +1364,76 @@ fn a_3_1_1_publisher_past_our_receive_maximum_is_read_later_not_cut_off() {
 }
 
 #[test]
+fn the_broker_says_when_an_ack_waits_on_the_disk_alone() {
+    let mut net = Net::new(Config {
+        hold_acks_until_durable: true,
+        ..Config::default()
+    });
+    net.auto_durable = false;
+    let mut subs = Vec::new();
+    for id in ["one", "two"] {
+        let s = net.client(ClientConfig {
+            clean_start: false,
+            session_expiry: 100,
+            ..ccfg(V5)
+        });
+        net.connect_id(s, id);
+        subscribe(&mut net, s, &format!("{id}/x"), opts(QoS::ExactlyOnce));
+        // Their acks do not come back: only the disk can release the publisher's.
+        net.pause(s, true, false);
+        subs.push(s);
+    }
+    let r = net.raw(V5);
+    net.send(r, &Packet::Connect(Connect::new(V5, "pub", 0)));
+    net.take_frames(r);
+    let mut id = 0;
+    let mut publish = |net: &mut Net, topic: &str, qos: QoS| {
+        id += 1;
+        net.send(
+            r,
+            &Packet::Publish(Publish {
+                qos,
+                packet_id: Some(pid(id)),
+                ..Publish::new(topic, b"x")
+            }),
+        );
+    };
+    let flush = |net: &mut Net| {
+        let seq = net.broker.last_seq();
+        net.broker.handle_durable(seq);
+        net.run();
+        assert!(!net.broker.waits_on_disk(), "nothing held");
+    };
+    assert!(!net.broker.waits_on_disk());
+    // QoS 1 to one online subscriber: its ack, not the disk, usually releases the PUBACK.
+    publish(&mut net, "one/x", QoS::AtLeastOnce);
+    assert!(!net.broker.waits_on_disk());
+    flush(&mut net);
+    // QoS 2: the PUBREC waits for the disk alone.
+    publish(&mut net, "one/x", QoS::ExactlyOnce);
+    assert!(net.broker.waits_on_disk());
+    flush(&mut net);
+    // QoS 1 to an offline subscriber.
+    net.drop_transport(subs[1]);
+    publish(&mut net, "two/x", QoS::AtLeastOnce);
+    assert!(net.broker.waits_on_disk());
+    flush(&mut net);
+    // QoS 1 to two subscribers: the last ack may be far off.
+    let s = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(s, "three");
+    subscribe(&mut net, s, "one/x", opts(QoS::AtLeastOnce));
+    net.pause(s, true, false);
+    flush(&mut net);
+    publish(&mut net, "one/x", QoS::AtLeastOnce);
+    assert!(net.broker.waits_on_disk());
+    flush(&mut net);
+}
+
+#[test]
 fn an_ack_waits_for_the_disk_while_any_persistent_subscriber_has_not_acknowledged() {
     let mut net = Net::new(Config {
         hold_acks_until_durable: true,

@@ -202,8 +202,9 @@ pub struct Broker {
     events: VecDeque<Event>,
     records: VecDeque<Record>,
     /// With acks held: QoS 1 messages whose publisher's ack waits, with the deliveries to
-    /// persistent sessions not yet acknowledged and the publisher's connection.
-    outstanding: BTreeMap<u64, (u32, Option<ConnId>)>,
+    /// persistent sessions not yet acknowledged, the publisher's connection, and whether a
+    /// delivery went to an offline session (then only the disk releases the ack soon).
+    outstanding: BTreeMap<u64, Outstanding>,
     /// The message being routed, if its deliveries are counted in `outstanding`.
     tracking: Option<u64>,
     seq: u64,
@@ -514,6 +515,25 @@ impl Broker {
                 self.woken.push_back(id);
             }
         }
+    }
+
+    /// Whether something waits for the records to be durable and for nothing else: a held
+    /// QoS 2 or retained acknowledgment, a QoS 2 delivery to stage, or a QoS 1 one whose
+    /// message went to an offline session or to several (the last ack may be far off). While
+    /// not, every held acknowledgment is one online subscriber's ack away, usually sooner than
+    /// a sync, and a runtime may sync less often.
+    #[must_use]
+    pub fn waits_on_disk(&self) -> bool {
+        self.conns.values().any(|c| {
+            c.await_durable
+                || !c.unsent.is_empty()
+                || c.held.iter().any(|(seq, through, _)| {
+                    *seq > self.durable
+                        && through.is_none_or(|m| {
+                            self.outstanding.get(&m).is_some_and(|o| o.0 > 1 || o.2)
+                        })
+                })
+        })
     }
 
     /// The next connection with packets to write.
@@ -2158,7 +2178,12 @@ impl Broker {
         self.queued_bytes += size;
         if s.persistent && out.qos != QoS::AtMostOnce {
             if self.tracking == Some(out.msg.id) {
-                self.outstanding.entry(out.msg.id).or_insert((0, None)).0 += 1;
+                let e = self
+                    .outstanding
+                    .entry(out.msg.id)
+                    .or_insert((0, None, false));
+                e.0 += 1;
+                e.2 |= s.conn.is_none();
             }
             let change = Change::Queued {
                 client_id: s.client_id.clone(),
@@ -2261,11 +2286,11 @@ fn drop_front(
 /// Moves a connection's held acks that may go out, in order, to its control queue: those
 /// whose records are durable, and those of QoS 1 messages that every persistent subscriber
 /// has acknowledged. Whether any moved.
-fn release_held(
-    c: &mut Conn,
-    durable: u64,
-    outstanding: &mut BTreeMap<u64, (u32, Option<ConnId>)>,
-) -> bool {
+/// A QoS 1 message's deliveries to persistent sessions not yet acknowledged, its publisher's
+/// connection, and whether one went to an offline session.
+type Outstanding = (u32, Option<ConnId>, bool);
+
+fn release_held(c: &mut Conn, durable: u64, outstanding: &mut BTreeMap<u64, Outstanding>) -> bool {
     let mut moved = false;
     while let Some((seq, through, _)) = c.held.front() {
         let delivered = through.is_some_and(|m| !outstanding.contains_key(&m));
