@@ -1158,12 +1158,7 @@ fn queue_limits_drop_and_count() {
         },
         ..Config::default()
     });
-    let s = net.client(ClientConfig {
-        clean_start: false,
-        session_expiry: 100,
-        ..ccfg(V5)
-    });
-    net.connect_id(s, "offline");
+    let s = persistent_client(&mut net, "offline");
     subscribe(&mut net, s, "l", opts(QoS::AtLeastOnce));
     net.drop_transport(s);
     let p = net.client(ccfg(V5));
@@ -1253,6 +1248,17 @@ fn connect_rules_for_client_identifiers() {
     assert!(net.peers[r].closed);
 }
 
+/// A 5.0 client with a session that outlives its connection, connected as `id`.
+fn persistent_client(net: &mut Net, id: &str) -> usize {
+    let s = net.client(ClientConfig {
+        clean_start: false,
+        session_expiry: 100,
+        ..ccfg(V5)
+    });
+    net.connect_id(s, id);
+    s
+}
+
 #[test]
 fn acks_wait_until_the_records_are_durable() {
     let mut net = Net::new(Config {
@@ -1260,12 +1266,7 @@ fn acks_wait_until_the_records_are_durable() {
         ..Config::default()
     });
     net.auto_durable = false;
-    let s = net.client(ClientConfig {
-        clean_start: false,
-        session_expiry: 100,
-        ..ccfg(V5)
-    });
-    net.connect_id(s, "durable-sub");
+    let s = persistent_client(&mut net, "durable-sub");
     subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
     let r = net.raw(V5);
     net.send(r, &Packet::Connect(Connect::new(V5, "pub", 0)));
@@ -1314,12 +1315,7 @@ fn a_3_1_1_publisher_past_our_receive_maximum_is_read_later_not_cut_off() {
         ..Config::default()
     });
     net.auto_durable = false;
-    let s = net.client(ClientConfig {
-        clean_start: false,
-        session_expiry: 100,
-        ..ccfg(V5)
-    });
-    net.connect_id(s, "durable-sub");
+    let s = persistent_client(&mut net, "durable-sub");
     subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
     // Its PUBACKs do not come back: only the disk releases the publisher's.
     net.pause(s, true, false);
@@ -1372,12 +1368,7 @@ fn the_broker_says_when_an_ack_waits_on_the_disk_alone() {
     net.auto_durable = false;
     let mut subs = Vec::new();
     for id in ["one", "two"] {
-        let s = net.client(ClientConfig {
-            clean_start: false,
-            session_expiry: 100,
-            ..ccfg(V5)
-        });
-        net.connect_id(s, id);
+        let s = persistent_client(&mut net, id);
         subscribe(&mut net, s, &format!("{id}/x"), opts(QoS::ExactlyOnce));
         // Their acks do not come back: only the disk can release the publisher's.
         net.pause(s, true, false);
@@ -1419,12 +1410,7 @@ fn the_broker_says_when_an_ack_waits_on_the_disk_alone() {
     assert!(net.broker.waits_on_disk());
     flush(&mut net);
     // QoS 1 to two subscribers: the last ack may be far off.
-    let s = net.client(ClientConfig {
-        clean_start: false,
-        session_expiry: 100,
-        ..ccfg(V5)
-    });
-    net.connect_id(s, "three");
+    let s = persistent_client(&mut net, "three");
     subscribe(&mut net, s, "one/x", opts(QoS::AtLeastOnce));
     net.pause(s, true, false);
     flush(&mut net);
@@ -1442,12 +1428,7 @@ fn an_ack_waits_for_the_disk_while_any_persistent_subscriber_has_not_acknowledge
     net.auto_durable = false;
     let mut subs = Vec::new();
     for id in ["online", "offline"] {
-        let s = net.client(ClientConfig {
-            clean_start: false,
-            session_expiry: 100,
-            ..ccfg(V5)
-        });
-        net.connect_id(s, id);
+        let s = persistent_client(&mut net, id);
         subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
         subs.push(s);
     }
