@@ -32,14 +32,18 @@ const MASK: u64 = (1 << SHIFT) - 1;
 
 /// The kinds of entries, the top byte of their keys.
 mod kind {
+    /// A body a retained message or a will names.
     pub const MESSAGE: u64 = 1;
     pub const SESSION: u64 = 2;
     pub const SUBSCRIPTION: u64 = 3;
+    /// One delivery, and its sent state: written by older ledgers, read and moved into
+    /// [`FAN`] entries at load.
     pub const DELIVERY: u64 = 4;
     pub const SENT: u64 = 5;
     pub const INBOUND: u64 = 6;
     pub const RETAINED: u64 = 7;
     pub const WILL: u64 = 8;
+    /// A message's deliveries (and its body, when no retained message or will names it).
     pub const FAN: u64 = 9;
 }
 
