@@ -207,6 +207,9 @@ pub struct Broker {
     outstanding: BTreeMap<u64, Outstanding>,
     /// The message being routed, if its deliveries are counted in `outstanding`.
     tracking: Option<u64>,
+    /// Connections that may hold acknowledgments or deliveries for the disk: what
+    /// `handle_durable` visits, rather than every connection.
+    waiting: Vec<ConnId>,
     seq: u64,
     durable: u64,
     woken: VecDeque<ConnId>,
@@ -263,6 +266,7 @@ impl Broker {
             seq: 0,
             durable: 0,
             outstanding: BTreeMap::new(),
+            waiting: Vec::new(),
             tracking: None,
             woken: VecDeque::new(),
             next_msg: 1,
@@ -507,9 +511,17 @@ impl Broker {
     pub fn handle_durable(&mut self, seq: u64) {
         self.durable = self.durable.max(seq);
         let durable = self.durable;
-        for (id, c) in self.conns.iter_mut() {
+        for id in core::mem::take(&mut self.waiting) {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             let waited = core::mem::take(&mut c.await_durable);
             let moved = release_held(c, durable, &mut self.outstanding) || waited;
+            if c.held.is_empty() {
+                c.listed = false;
+            } else {
+                self.waiting.push(id);
+            }
             if moved && !c.woken {
                 c.woken = true;
                 self.woken.push_back(id);
@@ -524,7 +536,8 @@ impl Broker {
     /// a sync, and a runtime may sync less often.
     #[must_use]
     pub fn waits_on_disk(&self) -> bool {
-        self.conns.values().any(|c| {
+        let mut conns = self.waiting.iter().filter_map(|id| self.conns.get(id));
+        conns.any(|c| {
             c.await_durable
                 || !c.unsent.is_empty()
                 || c.held.iter().any(|(seq, through, _)| {
@@ -682,6 +695,7 @@ impl Broker {
             };
             if hold && inf.seq > durable {
                 c.await_durable = true;
+                list(&mut self.waiting, c, conn);
                 return Ok(None);
             }
             let result = match inf.state {
@@ -716,6 +730,7 @@ impl Broker {
             };
             if inf.seq > durable {
                 c.await_durable = true;
+                list(&mut self.waiting, c, conn);
                 return Ok(None);
             }
             let result = encode_publish(&inf.out, version, Some(pid), false, now, buf);
@@ -804,6 +819,7 @@ impl Broker {
                     if stage {
                         c.unsent.push_back(pid);
                         c.await_durable = true;
+                        list(&mut self.waiting, c, conn);
                         continue;
                     }
                 }
@@ -1791,6 +1807,7 @@ impl Broker {
         if self.cfg.hold_acks_until_durable && self.seq > self.durable {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.held.push_back((self.seq, through, ctl));
+                list(&mut self.waiting, c, conn);
             }
             self.release(conn);
         } else {
@@ -2286,6 +2303,14 @@ fn drop_front(
 /// Moves a connection's held acks that may go out, in order, to its control queue: those
 /// whose records are durable, and those of QoS 1 messages that every persistent subscriber
 /// has acknowledged. Whether any moved.
+/// Puts connection `id` in the list of those that wait for the disk, once.
+fn list(waiting: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
+    if !c.listed {
+        c.listed = true;
+        waiting.push(id);
+    }
+}
+
 /// A QoS 1 message's deliveries to persistent sessions not yet acknowledged, its publisher's
 /// connection, and whether one went to an offline session.
 type Outstanding = (u32, Option<ConnId>, bool);

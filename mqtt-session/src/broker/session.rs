@@ -228,6 +228,8 @@ pub(crate) struct Conn {
     pub(crate) unsent: VecDeque<PacketId>,
     /// `poll_transmit` stopped at a record that is not durable yet: wake on `handle_durable`.
     pub(crate) await_durable: bool,
+    /// In the broker's list of connections that wait for the disk.
+    pub(crate) listed: bool,
     pub(crate) qos1_unacked: usize,
     pub(crate) pubcomp_unsent: usize,
     pub(crate) auth_method: Option<Box<str>>,
@@ -257,6 +259,7 @@ impl Conn {
             resend: VecDeque::new(),
             unsent: VecDeque::new(),
             await_durable: false,
+            listed: false,
             qos1_unacked: 0,
             pubcomp_unsent: 0,
             auth_method: None,
@@ -331,10 +334,6 @@ impl Conns {
 
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut Conn)> {
-        self.slots.iter_mut().flatten().map(|(i, c)| (*i, c))
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &Conn> {
