@@ -105,7 +105,9 @@ def on_log(_c, _u, _level, text):
 c.on_log = on_log
 c.reconnect_delay_set(0.05, 0.5)
 c.max_inflight_messages_set(window)
-c.connect(host, port, keepalive=30)
+# Not `connect`: the broker may be down (killed) when this starts, and a refused first
+# connect would raise; paho's loop retries an asynchronous one like any reconnect.
+c.connect_async(host, port, keepalive=30)
 c.loop_start()
 threading.Thread(target=watch_stdin, daemon=True).start()
 
