@@ -1248,6 +1248,17 @@ fn connect_rules_for_client_identifiers() {
     assert!(net.peers[r].closed);
 }
 
+/// A broker that holds acknowledgments until their records are durable, which only the test
+/// says (`handle_durable`).
+fn held_for_the_disk(cfg: Config) -> Net {
+    let mut net = Net::new(Config {
+        hold_acks_until_durable: true,
+        ..cfg
+    });
+    net.auto_durable = false;
+    net
+}
+
 /// A 5.0 client with a session that outlives its connection, connected as `id`.
 fn persistent_client(net: &mut Net, id: &str) -> usize {
     let s = net.client(ClientConfig {
@@ -1261,11 +1272,7 @@ fn persistent_client(net: &mut Net, id: &str) -> usize {
 
 #[test]
 fn acks_wait_until_the_records_are_durable() {
-    let mut net = Net::new(Config {
-        hold_acks_until_durable: true,
-        ..Config::default()
-    });
-    net.auto_durable = false;
+    let mut net = held_for_the_disk(Config::default());
     let s = persistent_client(&mut net, "durable-sub");
     subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
     let r = net.raw(V5);
@@ -1309,12 +1316,10 @@ fn acks_wait_until_the_records_are_durable() {
 fn a_3_1_1_publisher_past_our_receive_maximum_is_read_later_not_cut_off() {
     // Before 5.0 nothing tells a client our Receive Maximum. With acks held for the disk a
     // publisher soon has that many unacknowledged, and sending more is no violation then.
-    let mut net = Net::new(Config {
-        hold_acks_until_durable: true,
+    let mut net = held_for_the_disk(Config {
         receive_maximum: 2,
         ..Config::default()
     });
-    net.auto_durable = false;
     let s = persistent_client(&mut net, "durable-sub");
     subscribe(&mut net, s, "d", opts(QoS::AtLeastOnce));
     // Its PUBACKs do not come back: only the disk releases the publisher's.
@@ -1361,11 +1366,7 @@ fn a_3_1_1_publisher_past_our_receive_maximum_is_read_later_not_cut_off() {
 
 #[test]
 fn the_broker_says_when_an_ack_waits_on_the_disk_alone() {
-    let mut net = Net::new(Config {
-        hold_acks_until_durable: true,
-        ..Config::default()
-    });
-    net.auto_durable = false;
+    let mut net = held_for_the_disk(Config::default());
     let mut subs = Vec::new();
     for id in ["one", "two"] {
         let s = persistent_client(&mut net, id);
@@ -1421,11 +1422,7 @@ fn the_broker_says_when_an_ack_waits_on_the_disk_alone() {
 
 #[test]
 fn an_ack_waits_for_the_disk_while_any_persistent_subscriber_has_not_acknowledged() {
-    let mut net = Net::new(Config {
-        hold_acks_until_durable: true,
-        ..Config::default()
-    });
-    net.auto_durable = false;
+    let mut net = held_for_the_disk(Config::default());
     let mut subs = Vec::new();
     for id in ["online", "offline"] {
         let s = persistent_client(&mut net, id);
