@@ -154,6 +154,11 @@ impl Fan {
         self.live == 0
     }
 
+    /// Marks the entry to be written; whether it was not yet (so its write must be queued).
+    fn mark_dirty(&mut self) -> bool {
+        !core::mem::replace(&mut self.dirty, true)
+    }
+
     fn insert(&mut self, n: u64, d: FanDelivery) {
         // Numbers are handed out in order, so this is nearly always a push.
         let at = match self.deliveries.last() {
@@ -310,7 +315,7 @@ impl Ledger {
     /// Marks message `id`'s deliveries to be written (`new`: the entry is not in the store).
     fn touch_fan(&mut self, id: u64, new: bool) {
         if let Some(fan) = self.fans.get_mut(&id)
-            && !core::mem::replace(&mut fan.dirty, true)
+            && fan.mark_dirty()
         {
             self.put_value(key(kind::FAN, id), Value::Fan, new);
         }
@@ -328,7 +333,7 @@ impl Ledger {
             self.fans.remove(&id);
             self.delete(key(kind::FAN, id));
             self.release(id, false);
-        } else if !core::mem::replace(&mut fan.dirty, true) {
+        } else if fan.mark_dirty() {
             self.put_value(key(kind::FAN, id), Value::Fan, false);
         }
     }
@@ -342,7 +347,7 @@ impl Ledger {
             return;
         };
         d.sent = Some((packet_id, received));
-        if !core::mem::replace(&mut fan.dirty, true) {
+        if fan.mark_dirty() {
             self.put_value(key(kind::FAN, id), Value::Fan, false);
         }
     }
@@ -466,7 +471,7 @@ impl Ledger {
                     .or_insert_with(|| Fan::new(message.clone()));
                 let new = fan.is_empty();
                 fan.insert(n, d);
-                let touch = !core::mem::replace(&mut fan.dirty, true);
+                let touch = fan.mark_dirty();
                 if new {
                     self.hold(message, false);
                 }
