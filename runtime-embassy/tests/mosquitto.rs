@@ -74,8 +74,13 @@ impl Broker {
     /// Our durable broker, stopped and started again like mosquitto.
     fn ours(name: &str) -> Broker {
         let (port, dir) = Broker::place(&format!("ours-{name}"));
+        Broker::spawned(None, port, dir)
+    }
+
+    /// Runs `bin` (mosquitto, configured in `dir`), or ours without one.
+    fn spawned(bin: Option<PathBuf>, port: u16, dir: PathBuf) -> Broker {
         let mut broker = Broker {
-            bin: None,
+            bin,
             dir,
             port,
             child: None,
@@ -99,15 +104,7 @@ impl Broker {
             dir.display()
         );
         std::fs::write(dir.join("mosquitto.conf"), config).expect("write config");
-        let mut broker = Broker {
-            bin: Some(bin),
-            dir,
-            port,
-            child: None,
-            ours: None,
-        };
-        broker.spawn();
-        broker
+        Broker::spawned(Some(bin), port, dir)
     }
 
     /// Starts the broker and waits until the port accepts connections.
