@@ -581,6 +581,7 @@ mod tests {
             properties: None,
             packet_id: None,
             acker: None,
+            redelivered: false,
         };
         let mut fut = Box::pin(run_handler(handler, msg));
         let waker = std::task::Waker::noop();

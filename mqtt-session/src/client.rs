@@ -9,7 +9,9 @@ use mqtt_proto::{
     Status, Subscribe, SubscriptionOptions, TopicFilter, Unsubscribe, Will, decode,
 };
 
-use crate::journal::{Change, Journal, OUT_HEADER, Record, RestoreError, TAG_OUT, TAG_RX};
+use crate::journal::{
+    Change, Journal, OUT_HEADER, RX_HANDLING, Record, RestoreError, TAG_OUT, TAG_RX,
+};
 use crate::store::{Backing, Fixed, Kind, NewEntry, OutState, PushError, Store};
 use crate::{Instant, PacketIds};
 
@@ -107,6 +109,10 @@ pub struct Message<'a> {
     pub properties: Properties<'a>,
     /// The id to pass to [`Client::ack`] in manual-ack mode (QoS 1 and 2).
     pub packet_id: Option<PacketId>,
+    /// This client may have handled it already: it was delivered, not yet acknowledged, when
+    /// the client last stopped (QoS 2, manual acks, journal on). An application whose effect
+    /// must happen once checks its own records for it; every other QoS 2 message is new.
+    pub redelivered: bool,
 }
 
 /// Something the application should know, caused by a received packet.
@@ -315,6 +321,9 @@ enum Control {
 enum RxState {
     /// Delivered in manual-ack mode; the application has not acked yet.
     AwaitUser(QoS),
+    /// Restored from a record of a QoS 2 message delivered in manual-ack mode and never
+    /// acknowledged: the server's resend is delivered again, marked as redelivered.
+    Interrupted,
     /// PUBREC sent; a resend is a duplicate until PUBREL arrives.
     AwaitPubRel,
 }
@@ -891,7 +900,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         if let Some(&c) = self.control.front() {
             if let Control::PubRec(id, _) = c
-                && self.rx_held_back(id)
+                && self.rx_record_pending(id)
             {
                 // The record of the received id must be durable first, or a restart would
                 // deliver the server's resend again.
@@ -1353,22 +1362,47 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             retain: p.retain,
             properties: p.properties,
             packet_id: p.packet_id,
+            redelivered: false,
         };
         let Some(id) = p.packet_id else {
             return Ok(Some(Event::Message(message)));
         };
-        let known = self.rx.iter().find(|r| r.id == id).map(|r| r.state);
-        match (p.qos, known) {
+        let mut known = self.rx.iter().position(|r| r.id == id);
+        let mut state = known.and_then(|i| self.rx.get(i)).map(|r| r.state);
+        if let Some(i) = known
+            && state == Some(RxState::Interrupted)
+            && p.qos != QoS::ExactlyOnce
+        {
+            // The server let that QoS 2 exchange go and reused the id: a new message.
+            self.remove_rx(i);
+            (known, state) = (None, None);
+        }
+        match (p.qos, state) {
             (QoS::ExactlyOnce, Some(RxState::AwaitPubRel)) => {
                 // A resend of a message already delivered: acknowledge it again, do not deliver.
                 self.queue_control(Control::PubRec(id, ReasonCode::Success));
                 Ok(None)
             }
             (_, Some(RxState::AwaitUser(_))) => Ok(None),
+            (QoS::ExactlyOnce, Some(RxState::Interrupted)) => {
+                // Its record already says "delivered, not acknowledged": it stays.
+                if let Some(r) = known.and_then(|i| self.rx.get_mut(i)) {
+                    r.state = RxState::AwaitUser(QoS::ExactlyOnce);
+                }
+                Ok(Some(Event::Message(Message {
+                    redelivered: true,
+                    ..message
+                })))
+            }
             (QoS::ExactlyOnce, None) | (QoS::AtLeastOnce, None) if self.cfg.manual_acks => {
                 self.rx
                     .push(Rx::new(id, RxState::AwaitUser(p.qos)))
                     .map_err(|_| ReasonCode::ReceiveMaximumExceeded)?;
+                if p.qos == QoS::ExactlyOnce {
+                    // Recorded before the application sees it (the runtime holds the message
+                    // until the record is durable), so a restart knows it may have been handled.
+                    self.journal_rx(self.rx.len() - 1);
+                }
                 Ok(Some(Event::Message(message)))
             }
             (QoS::ExactlyOnce, None) => {
@@ -1948,22 +1982,29 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 self.journal.rx_dirty = 0;
                 return Ok(None);
             };
+            // A message delivered for a manual ack carries a fourth byte: it may be handled.
+            let handling = self
+                .rx
+                .get(pos)
+                .is_some_and(|r| r.state != RxState::AwaitPubRel);
+            let len = 3 + usize::from(handling);
             let dst = buf
-                .get_mut(..3)
-                .ok_or(Error::Encode(EncodeError::BufferTooSmall { needed: 3 }))?;
+                .get_mut(..len)
+                .ok_or(Error::Encode(EncodeError::BufferTooSmall { needed: len }))?;
             let lsn = self.journal.next_lsn();
             let Some(r) = self.rx.get_mut(pos) else {
                 return Ok(None);
             };
             let [hi, lo] = r.id.get().to_be_bytes();
-            dst.copy_from_slice(&[TAG_RX, hi, lo]);
+            let record = [TAG_RX, hi, lo, RX_HANDLING];
+            dst.copy_from_slice(record.get(..len).unwrap_or_default());
             r.dirty = false;
             r.lsn = lsn;
             self.journal.rx_dirty = self.journal.rx_dirty.saturating_sub(1);
             return Ok(Some(Record {
                 lsn,
                 key: r.key,
-                change: Change::Put(3),
+                change: Change::Put(len),
             }));
         }
         Ok(None)
@@ -1986,8 +2027,12 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         match record.first().copied() {
             Some(TAG_OUT) => self.restore_out(key, record)?,
             Some(TAG_RX) => {
-                let Some(&[_, hi, lo]) = record.first_chunk::<3>().filter(|_| record.len() == 3)
-                else {
+                let state = match record {
+                    [_, _, _] => RxState::AwaitPubRel,
+                    [_, _, _, RX_HANDLING] => RxState::Interrupted,
+                    _ => return Err(RestoreError::Malformed),
+                };
+                let Some(&[_, hi, lo]) = record.first_chunk::<3>() else {
                     return Err(RestoreError::Malformed);
                 };
                 let id =
@@ -1997,7 +2042,7 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
                 }
                 let rx = Rx {
                     key,
-                    ..Rx::new(id, RxState::AwaitPubRel)
+                    ..Rx::new(id, state)
                 };
                 self.rx.push(rx).map_err(|_| RestoreError::Full)?;
             }
@@ -2100,16 +2145,22 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.journal.dirty_from = self.journal.dirty_from.min(i);
     }
 
-    /// The received message at `pos` now awaits PUBREL: its id is journaled.
+    /// The received message at `pos` changed state (delivered for a manual ack, or awaiting
+    /// PUBREL): its record is (re)written.
     fn journal_rx(&mut self, pos: usize) {
-        if !self.journal.on {
+        if !self.journal.on || pos >= self.rx.len() {
             return;
         }
-        let key = self.journal.key();
+        let fresh = self.rx.get(pos).is_some_and(|r| r.key == 0);
+        let key = if fresh { self.journal.key() } else { 0 };
         if let Some(r) = self.rx.get_mut(pos) {
-            r.key = key;
-            r.dirty = true;
-            self.journal.rx_dirty += 1;
+            if fresh {
+                r.key = key;
+            }
+            if !r.dirty {
+                r.dirty = true;
+                self.journal.rx_dirty += 1;
+            }
         }
     }
 
@@ -2134,8 +2185,10 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         self.journal.rx_dirty = 0;
     }
 
-    /// Whether the PUBREC for `id` must wait for the record of that id.
-    fn rx_held_back(&self, id: PacketId) -> bool {
+    /// Whether the record of received message `id` is not durable yet: its PUBREC waits for
+    /// it, and so does the delivery of a QoS 2 message acknowledged by hand (the runtime holds
+    /// it), so that a restart knows the message may have been handled.
+    pub fn rx_record_pending(&self, id: PacketId) -> bool {
         self.journal.on
             && self
                 .rx

@@ -140,6 +140,11 @@ pub struct Message {
     /// Set by the client that delivers it when the application acknowledges:
     /// [`Message::ack`].
     pub acker: Option<Acker>,
+    /// This client may have handled it already: it was delivered and not acknowledged when
+    /// the client last stopped (QoS 2 with a store, acknowledged after handlers or by hand).
+    /// Every other QoS 2 message reaches the application once; a handler whose effect must
+    /// happen once checks its own records for a redelivered one.
+    pub redelivered: bool,
 }
 
 impl Message {
@@ -341,6 +346,10 @@ pub struct Engine<C> {
     /// Acknowledgments the application gave (manual-ack mode), fed to the session as it
     /// has room for them.
     acks: VecDeque<(PacketId, ReasonCode)>,
+    /// Messages held until their record is durable (a QoS 2 message acknowledged by the
+    /// application is recorded first, so a restart knows it may have been handled), with
+    /// every message after them, in order.
+    held: VecDeque<Output<C>>,
     accepting: bool,
     ever_connected: bool,
     connected_at: Option<Instant>,
@@ -369,6 +378,7 @@ impl<C> Engine<C> {
             publishes: ByToken::new(),
             requests: BTreeMap::new(),
             acks: VecDeque::new(),
+            held: VecDeque::new(),
             accepting: true,
             ever_connected: false,
             connected_at: None,
@@ -546,7 +556,14 @@ impl<C> Engine<C> {
                     }
                     // Without identifiers (MQTT 3.x, a plain subscribe, or a broker that lost
                     // them in a restart) every matching route gets it: better twice than never.
-                    out.push(Output::Message { message, routes });
+                    let wait = message
+                        .packet_id
+                        .is_some_and(|id| self.session.rx_record_pending(id));
+                    if wait || !self.held.is_empty() {
+                        self.held.push_back(Output::Message { message, routes });
+                    } else {
+                        out.push(Output::Message { message, routes });
+                    }
                 }
                 Some(event) => {
                     rx.advance(used);
@@ -606,6 +623,15 @@ impl<C> Engine<C> {
     }
 
     fn drain_notices(&mut self, out: &mut Vec<Output<C>>) {
+        while let Some(Output::Message { message, .. }) = self.held.front() {
+            if message
+                .packet_id
+                .is_some_and(|id| self.session.rx_record_pending(id))
+            {
+                break;
+            }
+            out.extend(self.held.pop_front());
+        }
         while let Some(n) = self.session.poll_notice() {
             match n {
                 Notice::Sent { token } => {
@@ -918,6 +944,7 @@ impl Owned {
                         .then(|| Box::new(MessageProperties::from_wire(&m.properties))),
                     packet_id: m.packet_id,
                     acker: None,
+                    redelivered: m.redelivered,
                 };
                 // The payload is a slice of the read buffer: share it instead of copying.
                 let at = (m.payload.as_ptr() as usize).wrapping_sub(base);

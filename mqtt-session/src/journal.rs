@@ -11,7 +11,11 @@
 //! the session holds back what depends on it: a QoS 1/2 PUBLISH is not sent before its record
 //! is durable, a QoS 2 message not before the record of its packet id (so a restart can resend
 //! it with the same id), a PUBREL not before the PUBREC record, a PUBREC for a received QoS 2
-//! message not before the record of its id.
+//! message not before the record of its id. With manual acks, a received QoS 2 message is
+//! recorded as delivered before the application may see it
+//! ([`rx_record_pending`](crate::Session::rx_record_pending)), so that after a restart the
+//! server's resend of one never acknowledged is delivered again marked
+//! [`redelivered`](crate::Message::redelivered), and no other one is.
 //!
 //! After a restart, [`restore`](crate::Session::restore) each record (in key order) into a new
 //! session, then enable the journal and connect. QoS 0 messages are not journaled (at most once
@@ -21,8 +25,11 @@ use core::fmt;
 
 /// Tag of an outgoing item's record: `[1, kind, state, priority, id_hi, id_lo, packet...]`.
 pub(crate) const TAG_OUT: u8 = 1;
-/// Tag of a received QoS 2 id's record: `[2, id_hi, id_lo]`.
+/// Tag of a received QoS 2 id's record: `[2, id_hi, id_lo]` once acknowledged (awaiting
+/// PUBREL), `[2, id_hi, id_lo, RX_HANDLING]` while delivered for a manual ack.
 pub(crate) const TAG_RX: u8 = 2;
+/// Last byte of the record of a QoS 2 message delivered and not yet acknowledged.
+pub(crate) const RX_HANDLING: u8 = 1;
 /// Bytes before the packet in an outgoing record.
 pub(crate) const OUT_HEADER: usize = 6;
 

@@ -379,3 +379,56 @@ fn receive_maximum_leaves_room_for_brokers_that_overshoot() {
         .count();
     assert_eq!(delivered, 200);
 }
+
+#[test]
+fn a_qos2_message_acked_by_hand_waits_for_its_record_and_keeps_its_place() {
+    let mut t = T::new(ProtocolVersion::V311, 64);
+    t.e = Engine::new(
+        Config {
+            version: t.v,
+            manual_acks: true,
+            ..Config::default()
+        },
+        Identity {
+            client_id: "t".into(),
+            ..Identity::default()
+        },
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 7),
+        64,
+        64 * 1024,
+        Instant::ZERO,
+    );
+    t.e.enable_journal();
+    t.connect();
+    let publish = |qos, id: u16, payload: &'static [u8]| {
+        Packet::Publish(Publish {
+            qos,
+            packet_id: PacketId::new(id),
+            ..Publish::new("t", payload)
+        })
+    };
+    t.feed(&publish(QoS::ExactlyOnce, 1, b"first"));
+    t.feed(&publish(QoS::AtLeastOnce, 2, b"second"));
+    assert!(t.take().is_empty(), "both wait for the first one's record");
+    let mut ops = Vec::new();
+    let lsn = t.e.take_records(&mut ops).expect("the record of id 1");
+    assert_eq!(ops.len(), 1);
+    assert!(
+        t.sent().is_empty() && t.take().is_empty(),
+        "not durable yet"
+    );
+    t.e.handle_durable(lsn);
+    assert!(t.sent().is_empty(), "nothing acknowledged yet");
+    let payloads: Vec<_> = t
+        .take()
+        .into_iter()
+        .map(|o| match o {
+            Output::Message { message, .. } => {
+                assert!(!message.redelivered);
+                message.payload
+            }
+            _ => panic!("only messages"),
+        })
+        .collect();
+    assert_eq!(payloads, [&b"first"[..], &b"second"[..]], "in order");
+}

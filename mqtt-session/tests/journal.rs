@@ -325,6 +325,108 @@ fn received_qos2_stays_deduplicated_across_a_restart() {
     );
 }
 
+/// A session acknowledging by hand (as "acknowledge after handlers" does).
+fn manual(disk: Option<&mut Disk>) -> Peer {
+    let mut p = Peer::new();
+    let cfg = Config {
+        version: V,
+        clean_start: false,
+        manual_acks: true,
+        ..Config::default()
+    };
+    p.client = Client::new(cfg);
+    if let Some(disk) = disk {
+        for (k, r) in &disk.records {
+            p.client.restore(*k, r).unwrap();
+        }
+        disk.last_lsn = 0;
+    }
+    p.client.enable_journal();
+    p
+}
+
+#[test]
+fn a_qos2_message_acked_by_hand_is_recorded_before_delivery_and_marked_after_a_restart() {
+    let incoming = |dup| {
+        Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            packet_id: Some(id(7)),
+            ..Publish::new("in", b"x")
+        })
+    };
+    let mut disk = Disk::default();
+    let mut p = manual(None);
+    p.connect(false);
+    let event = p.feed(&incoming(false)).unwrap();
+    assert!(event.contains("redelivered: false"), "{event}");
+    assert!(
+        p.client.rx_record_pending(id(7)),
+        "the runtime holds the message until its record is durable"
+    );
+    assert_eq!(p.sync(&mut disk), 1, "recorded as delivered");
+    assert!(!p.client.rx_record_pending(id(7)));
+    assert_eq!(disk.records.values().next().unwrap(), &vec![2, 0, 7, 1]);
+    drop(p); // killed while handling it
+
+    // Not acknowledged: the server's resend is delivered again, marked.
+    let mut p = manual(Some(&mut disk));
+    p.connect(true);
+    let event = p.feed(&incoming(true)).unwrap();
+    assert!(event.contains("redelivered: true"), "{event}");
+    assert!(!p.client.rx_record_pending(id(7)), "already on disk");
+    assert_eq!(
+        p.feed(&incoming(true)),
+        None,
+        "a resend while it is handled"
+    );
+    p.client.ack(id(7), ReasonCode::Success).unwrap();
+    assert_eq!(p.sent(), vec![], "PUBREC waits for the acknowledged record");
+    assert_eq!(p.sync(&mut disk), 1, "the same key, rewritten");
+    assert_eq!(
+        disk.records.values().collect::<Vec<_>>(),
+        vec![&vec![2, 0, 7]]
+    );
+    assert_eq!(p.sent(), vec![s("PubRec", Some(7), false)]);
+    drop(p); // killed before PUBREL
+
+    // Acknowledged: the resend is only acknowledged again.
+    let mut p = manual(Some(&mut disk));
+    p.connect(true);
+    assert_eq!(p.feed(&incoming(true)), None);
+    assert_eq!(p.sent(), vec![s("PubRec", Some(7), false)]);
+    p.feed(&Packet::PubRel(Ack::new(id(7))));
+    p.sync(&mut disk);
+    assert!(disk.records.is_empty());
+
+    // A message first delivered after the restart is not marked, and a QoS 1 message that
+    // reuses an interrupted id is a new message.
+    let mut disk = Disk {
+        records: BTreeMap::from([(1, vec![2, 0, 7, 1])]),
+        last_lsn: 0,
+    };
+    let mut p = manual(Some(&mut disk));
+    p.connect(true);
+    let other = Packet::Publish(Publish {
+        qos: QoS::ExactlyOnce,
+        packet_id: Some(id(8)),
+        ..Publish::new("in", b"y")
+    });
+    assert!(p.feed(&other).unwrap().contains("redelivered: false"));
+    let reused = Packet::Publish(Publish {
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(id(7)),
+        ..Publish::new("in", b"z")
+    });
+    assert!(p.feed(&reused).unwrap().contains("redelivered: false"));
+    p.sync(&mut disk);
+    assert_eq!(
+        disk.records.values().collect::<Vec<_>>(),
+        vec![&vec![2, 0, 8, 1]],
+        "the interrupted id's record is gone, the new one's is there"
+    );
+}
+
 #[test]
 fn evictions_delete_their_records() {
     let mut disk = Disk::default();

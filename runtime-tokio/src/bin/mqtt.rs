@@ -272,7 +272,7 @@ struct SubArgs {
     timeout: Option<u64>,
     /// Keep received QoS 2 ids in DIR, and acknowledge each message only after it is
     /// printed: with -c, a killed `mqtt sub` started again prints every message at least
-    /// once and a QoS 2 message it acknowledged never again.
+    /// once and a QoS 2 message twice only if it was being printed at the kill (-d says so).
     #[arg(long = "store", value_name = "DIR", requires = "persistent")]
     store: Option<PathBuf>,
     /// Print help.
@@ -729,6 +729,9 @@ async fn run_sub(args: SubArgs) -> Result<(), Fail> {
         while !done(seen) {
             match events.recv().await {
                 Some(Event::Message(m)) => {
+                    if m.redelivered && debug {
+                        say(&format!("redelivered (may be printed twice): {}", m.topic));
+                    }
                     print(&m)?;
                     if manual {
                         client.ack(&m);
