@@ -1722,3 +1722,34 @@ fn subscriptions_and_retained_bytes_are_bounded() {
     assert_eq!(net.broker.stats().dropped.retained_full, 1);
     assert!(net.broker.retained_bytes() <= 2 * 71);
 }
+
+#[test]
+fn shrinking_a_connections_queues_between_packets_loses_nothing() {
+    let mut net = pair(V5, "t/#", QoS::ExactlyOnce);
+    net.pause(0, false, true); // the subscriber's packets wait, half its exchanges open
+    let mut tokens = Vec::new();
+    for i in 0..5u8 {
+        tokens.push(publish(&mut net, 1, "t/a", &[i], QoS::ExactlyOnce, false));
+        for c in net.peers.iter().filter_map(|p| p.conn).collect::<Vec<_>>() {
+            net.broker.shrink(c);
+        }
+    }
+    net.pause(0, false, false);
+    net.run();
+    let payloads: Vec<Vec<u8>> = net.messages(0).into_iter().map(|m| m.payload).collect();
+    assert_eq!(payloads, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
+    let done = net.peers[1]
+        .got
+        .iter()
+        .filter(|g| {
+            matches!(
+                g,
+                Got::Published {
+                    rc: ReasonCode::Success,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(done, tokens.len(), "every publish completed");
+}

@@ -578,6 +578,26 @@ impl Broker {
         self.seq
     }
 
+    /// Gives back the spare room of a connection's queues and of its session's. A runtime
+    /// calls it when the connection goes quiet, so that an idle connection holds no buffers
+    /// (a busy one keeps them: this costs an allocation when they are needed again).
+    pub fn shrink(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.control.shrink_to_fit();
+        c.held.shrink_to_fit();
+        c.resend.shrink_to_fit();
+        c.unsent.shrink_to_fit();
+        if let Some(s) = c
+            .session
+            .and_then(|sid| self.sessions.get_mut(sid as usize))
+            .and_then(Option::as_mut)
+        {
+            s.queue.shrink_to_fit();
+        }
+    }
+
     /// The next moment [`Broker::handle_timeout`] has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -1002,7 +1022,7 @@ impl Broker {
                         _ => {}
                     }
                 }
-                Some(Will {
+                Some(Box::new(Will {
                     msg: Message {
                         id: 0,
                         topic: Box::from(w.topic.as_str()),
@@ -1014,7 +1034,7 @@ impl Broker {
                     },
                     delay,
                     expiry,
-                })
+                }))
             }
             None => None,
         };
@@ -1024,10 +1044,9 @@ impl Broker {
         c.keep_alive_ms = u64::from(keep_alive) * 1500;
         c.client_receive_max = receive_max.min(self.cfg.max_inflight.max(1));
         c.client_max_packet = usize::try_from(max_packet).unwrap_or(usize::MAX);
-        c.aliases = (0..self.cfg.topic_alias_maximum).map(|_| None).collect();
         c.connect_expiry_zero = connect_expiry_zero;
         c.auth_method = method.clone();
-        c.pending = Some(PendingConnect {
+        c.pending = Some(Box::new(PendingConnect {
             client_id: client_id.clone(),
             assigned,
             clean_start: p.clean_start,
@@ -1037,7 +1056,7 @@ impl Broker {
             response_info,
             will,
             username: username.clone(),
-        });
+        }));
         if !self.cfg.authenticate {
             if method.is_some() {
                 self.refuse(conn, ReasonCode::BadAuthenticationMethod);
@@ -1246,11 +1265,17 @@ impl Broker {
         for prop in p.properties.iter() {
             match prop {
                 Property::TopicAlias(a) => {
-                    let max = self.cfg.topic_alias_maximum;
-                    let Some(slot) = c.aliases.get_mut(usize::from(a).wrapping_sub(1)) else {
+                    if a == 0 || a > self.cfg.topic_alias_maximum {
                         // 0 or above our maximum [MQTT-3.3.2-9, -10].
-                        let _ = max;
                         self.violation(conn, now, ReasonCode::TopicAliasInvalid);
+                        return;
+                    }
+                    // The table grows to the highest alias used (most clients use none).
+                    let i = usize::from(a) - 1;
+                    if c.aliases.len() <= i {
+                        c.aliases.resize(i + 1, None);
+                    }
+                    let Some(slot) = c.aliases.get_mut(i) else {
                         return;
                     };
                     match &topic {

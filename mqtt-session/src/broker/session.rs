@@ -89,7 +89,7 @@ pub(crate) struct Session {
     /// QoS 2 packet ids received and not yet released.
     pub(crate) rx_qos2: BTreeSet<PacketId>,
     /// The will of the current connection.
-    pub(crate) will: Option<Will>,
+    pub(crate) will: Option<Box<Will>>,
     /// A will waiting for its delay after the connection ended.
     pub(crate) pending_will: Option<(Shared<Message>, Instant)>,
 }
@@ -200,7 +200,7 @@ pub(crate) struct PendingConnect {
     pub(crate) expiry_capped: bool,
     pub(crate) server_keep_alive: Option<u16>,
     pub(crate) response_info: bool,
-    pub(crate) will: Option<Will>,
+    pub(crate) will: Option<Box<Will>>,
     pub(crate) username: Option<Box<str>>,
 }
 
@@ -222,7 +222,7 @@ pub(crate) struct Conn {
     /// With the message id of a QoS 1 publish whose ack may go out before the records are
     /// durable, once every persistent subscriber has acknowledged it.
     pub(crate) held: VecDeque<(u64, Option<u64>, Control)>,
-    pub(crate) pending: Option<PendingConnect>,
+    pub(crate) pending: Option<Box<PendingConnect>>,
     pub(crate) resend: VecDeque<PacketId>,
     /// In-flight messages not written yet: their `Sent` record waits to be durable.
     pub(crate) unsent: VecDeque<PacketId>,

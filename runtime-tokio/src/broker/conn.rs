@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -70,11 +71,11 @@ impl Io {
         matches!(self, Io::Stream(Either::Left(_)))
     }
 
-    /// Waits until a plain socket has bytes (or an error or its end) to read.
-    async fn readable(&self) -> io::Result<()> {
+    /// Ready once a plain socket has bytes (or an error or its end) to read.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Stream(Either::Left(s)) => s.readable().await,
-            _ => Ok(()),
+            Io::Stream(Either::Left(s)) => s.poll_read_ready(cx),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
@@ -199,6 +200,7 @@ pub(crate) async fn serve(
         filled: 0,
         more: false,
         gone: false,
+        quiet: false,
         identity,
         peer,
     };
@@ -224,6 +226,8 @@ struct Conn {
     more: bool,
     /// The core forgot the connection.
     gone: bool,
+    /// The last read was small: see [`Conn::keeps_nothing`].
+    quiet: bool,
     identity: Option<String>,
     peer: SocketAddr,
 }
@@ -246,6 +250,9 @@ impl Conn {
                     self.service();
                     continue;
                 }
+                if self.keeps_nothing() {
+                    self.out = Vec::new();
+                }
             }
             let work = self.slot.take();
             for q in work.questions {
@@ -259,7 +266,7 @@ impl Conn {
                 self.service();
                 if self.filled > 0 {
                     let last = io.write(self.out.get(..self.filled).unwrap_or_default());
-                    let _ = tokio::time::timeout(Duration::from_secs(1), last).await;
+                    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), last)).await;
                 }
                 ended_here = true;
                 break format!("{reason:?}");
@@ -282,17 +289,28 @@ impl Conn {
             }
             let mut last_read = 0;
             if bufferless {
-                tokio::select! {
-                    _ = self.slot.notify.notified() => self.service(),
-                    r = io.readable(), if room => match r {
-                        Ok(()) => self.rbuf.reserve(1024),
-                        Err(e) => break format!("read failed: {e}"),
-                    },
+                // Polled by hand: a readiness future and a waiter would each take room in
+                // every idle connection's task.
+                let slot = &self.slot;
+                let woke = std::future::poll_fn(|cx| {
+                    if slot.poll_woken(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if room && let Poll::Ready(r) = io.poll_read_ready(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match woke {
+                    None => self.service(),
+                    Some(Ok(())) => self.rbuf.reserve(1024),
+                    Some(Err(e)) => break format!("read failed: {e}"),
                 }
                 continue;
             }
             tokio::select! {
-                _ = self.slot.notify.notified() => self.service(),
+                () = std::future::poll_fn(|cx| self.slot.poll_woken(cx)) => self.service(),
                 r = io.read(&mut self.rbuf), if room => match r {
                     Ok(0) => break "closed by the client".into(),
                     Ok(n) => {
@@ -305,18 +323,17 @@ impl Conn {
             }
             // A connection that went quiet gives its buffers back; a busy one keeps them
             // (and gives back only what a burst made them grow to).
-            let quiet = last_read > 0 && last_read < 512;
-            if self.rbuf.is_empty() && (quiet || self.rbuf.capacity() > READ_AHEAD) {
+            if last_read > 0 {
+                self.quiet = last_read < 512;
+            }
+            if self.rbuf.is_empty() && (self.quiet || self.rbuf.capacity() > READ_AHEAD) {
                 self.rbuf = BytesMut::new();
             }
-            // (A subscriber that only acknowledges reads little but writes much: its write
-            // buffer is kept once it has grown past a few packets.)
-            let small = self.out.len() <= 4096;
-            if self.filled == 0 && ((quiet && small) || self.out.len() > WRITE_BATCH * 2) {
+            if self.filled == 0 && (self.keeps_nothing() || self.out.len() > WRITE_BATCH * 2) {
                 self.out = Vec::new();
             }
         };
-        tokio::time::timeout(Duration::from_secs(1), io.shutdown())
+        Box::pin(tokio::time::timeout(Duration::from_secs(1), io.shutdown()))
             .await
             .ok();
         if ended_here {
@@ -334,7 +351,7 @@ impl Conn {
                     }
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+            let _ = Box::pin(tokio::time::timeout(Duration::from_millis(500), drain)).await;
         }
         let mut core = self.shared.lock();
         let _ = core.broker.handle_close(self.id, self.shared.now());
@@ -342,6 +359,13 @@ impl Conn {
         core.dispatch(self.id);
         drop(core);
         tracing::info!(conn = %self.id, peer = %self.peer, reason, "connection closed");
+    }
+
+    /// Whether the connection is quiet enough to hold no buffers between its packets: its
+    /// reads are small, and so are its writes (a subscriber that only acknowledges reads
+    /// little but writes much, and keeps its buffers once they have grown past a few packets).
+    fn keeps_nothing(&self) -> bool {
+        self.quiet && self.out.len() <= 4096
     }
 
     /// Under the lock: feeds unread bytes, hands out the core's output, drains this
@@ -374,7 +398,12 @@ impl Conn {
             let buf = self.out.get_mut(self.filled..).unwrap_or_default();
             match core.broker.poll_transmit(self.id, now, buf) {
                 Ok(Some(n)) => self.filled += n,
-                Ok(None) => return,
+                Ok(None) => {
+                    if self.keeps_nothing() {
+                        core.broker.shrink(self.id);
+                    }
+                    return;
+                }
                 Err(CoreError::BufferTooSmall { needed }) => {
                     self.out.resize(self.filled + needed, 0);
                 }

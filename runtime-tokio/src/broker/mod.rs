@@ -41,6 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
+
 use mqtt_proto::ReasonCode;
 use mqtt_session::Instant;
 use mqtt_session::broker::acl::{Access, AclFile};
@@ -113,9 +115,13 @@ pub struct LockStats {
 }
 
 /// What one connection's task is told by the others (through the core's lock).
+///
+/// The wake-up is a flag and an `AtomicWaker` rather than a `Notify`: waiting on it needs no
+/// waiter node in the task (memory per idle connection).
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
-    pub notify: Notify,
+    woken: AtomicBool,
+    waker: AtomicWaker,
     pub state: Mutex<SlotState>,
 }
 
@@ -129,6 +135,26 @@ pub(crate) struct SlotState {
 }
 
 impl Slot {
+    /// Tells the connection's task that the core has work for it.
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once [`Slot::wake`] was called since the last time it was ready.
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake between the check and the registration would be missed otherwise.
+        if self.woken.swap(false, Ordering::AcqRel) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
     pub fn take(&self) -> SlotState {
         std::mem::take(&mut *self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -161,7 +187,7 @@ impl Core {
             if id != me
                 && let Some(s) = self.slots.get(&id)
             {
-                s.notify.notify_one();
+                s.wake();
             }
         }
         while let Some(event) = self.broker.poll_event() {
@@ -179,7 +205,7 @@ impl Core {
                 _ => {}
             });
             if conn != me {
-                s.notify.notify_one();
+                s.wake();
             }
         }
         match self.ledger.as_mut() {
