@@ -93,6 +93,8 @@ pub struct Ctx {
     pub aborted: AtomicBool,
     /// Wakes the coordinator on abort.
     pub abort_notify: Notify,
+    /// Wakes paced publishers when a message is due (finer than tokio's timer).
+    pub pacer: Option<super::pacer::Pacer>,
     /// Cancelled when every connection is up: publishers start.
     pub started: CancellationToken,
     /// Cancelled when the run ends: every connection disconnects.
@@ -421,6 +423,10 @@ async fn drive(
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(stopped, started, sleep);
     let mut armed = None;
+    // With a pacer, it wakes the publisher when a message is due; tokio's timer only for
+    // the keep-alive.
+    let mut pace = ctx.pacer.as_ref().map(super::pacer::Pacer::sleep);
+    let mut pace_armed = None;
     loop {
         if ctx.stopped.is_cancelled() {
             return Ok(());
@@ -460,10 +466,17 @@ async fn drive(
                 .is_some_and(|p| !p.exhausted && p.outstanding < ctx.window);
         let due_now = room && matches!(next_due, None | Some(0));
         let timeout = link.s.poll_timeout();
-        let wake = match (
-            next_due.filter(|&d| d > 0).map(|d| ctx.clock.at_ns(d)),
-            timeout.map(|at| ctx.clock.at_session(at)),
-        ) {
+        let mut due = next_due.filter(|&d| d > 0).map(|d| ctx.clock.at_ns(d));
+        if let Some(pace) = pace.as_mut() {
+            let at = due.take().filter(|_| !due_now);
+            if at != pace_armed {
+                if let Some(at) = at {
+                    pace.reset(at.into_std());
+                }
+                pace_armed = at;
+            }
+        }
+        let wake = match (due, timeout.map(|at| ctx.clock.at_session(at))) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -484,6 +497,10 @@ async fn drive(
             _ = &mut started, if !running => {}
             _ = std::future::ready(()), if due_now => {}
             _ = &mut sleep, if armed.is_some() && !due_now => armed = None,
+            () = std::future::poll_fn(|cx| match pace.as_mut() {
+                Some(p) => std::pin::Pin::new(p).poll(cx),
+                None => std::task::Poll::Pending,
+            }), if pace_armed.is_some() && !due_now => pace_armed = None,
         }
         if let Some(at) = timeout {
             let now = ctx.clock.session_now();

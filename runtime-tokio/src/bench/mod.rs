@@ -14,6 +14,7 @@
 //! and the [`BenchArgs`], and returns the [`Summary`] with its exit status.
 
 mod conn;
+mod pacer;
 pub mod payload;
 mod progress;
 pub mod report;
@@ -380,7 +381,15 @@ pub fn run(options: Options, args: &BenchArgs) -> Result<Summary, BenchError> {
         .enable_all()
         .build()
         .map_err(|e| BenchError(format!("cannot start the runtime: {e}")))?;
-    let summary = runtime.block_on(coordinate(options, args, layout, file_limit));
+    // Only paced publishers wait for a due time.
+    let pacer = match args.rate {
+        Some(_) if args.scenario != Scenario::Conn => Some(
+            pacer::Pacer::start()
+                .map_err(|e| BenchError(format!("cannot start the pacer thread: {e}")))?,
+        ),
+        _ => None,
+    };
+    let summary = runtime.block_on(coordinate(options, args, layout, file_limit, pacer));
     // Connections still closing are not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(summary)
@@ -391,6 +400,7 @@ async fn coordinate(
     args: &BenchArgs,
     layout: Layout,
     file_limit: u64,
+    pacer: Option<pacer::Pacer>,
 ) -> Summary {
     let clock = payload::Clock::new();
     let start_ns = clock.now_ns();
@@ -428,6 +438,7 @@ async fn coordinate(
         abort_on_error: args.scenario != Scenario::Conn,
         aborted: AtomicBool::new(false),
         abort_notify: Notify::new(),
+        pacer,
         started: CancellationToken::new(),
         stopped: CancellationToken::new(),
         options,
