@@ -181,13 +181,16 @@ pub(crate) struct Core {
 impl Core {
     /// Hands the core's output to whom it concerns: wakes to the tasks named (not `me`, which
     /// drains its own afterwards), questions and closes to their connection's slot, records
-    /// to the store (none yet: dropped, and acks are not held).
-    pub fn dispatch(&mut self, me: ConnId) {
+    /// to the store (none yet: dropped, and acks are not held). Says whether it woke another
+    /// connection's task.
+    pub fn dispatch(&mut self, me: ConnId) -> bool {
+        let mut woke = false;
         while let Some(id) = self.broker.poll_wake() {
             if id != me
                 && let Some(s) = self.slots.get(&id)
             {
                 s.wake();
+                woke = true;
             }
         }
         while let Some(event) = self.broker.poll_event() {
@@ -223,6 +226,7 @@ impl Core {
             }
             None => while self.broker.poll_record().is_some() {},
         }
+        woke
     }
 }
 
@@ -309,7 +313,7 @@ impl Shared {
                 .broker
                 .handle_disconnect(id, now, ReasonCode::ServerShuttingDown);
         }
-        core.dispatch(ConnId(0));
+        let _ = core.dispatch(ConnId(0));
     }
 }
 
@@ -622,7 +626,7 @@ async fn timer(shared: Arc<Shared>) {
         if next.is_some_and(|t| now >= t) {
             let mut core = shared.lock();
             core.broker.handle_timeout(now);
-            core.dispatch(ConnId(0));
+            let _ = core.dispatch(ConnId(0));
         }
     }
 }

@@ -316,7 +316,7 @@ pub(crate) async fn writer(shared: Arc<Shared>) {
                 batch.through
             };
             core.broker.handle_durable(through);
-            core.dispatch(ConnId(0));
+            let _ = core.dispatch(ConnId(0));
             (
                 core.fed > seq || batch.deferred,
                 core.broker.waits_on_disk(),
