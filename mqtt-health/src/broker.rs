@@ -51,6 +51,10 @@ pub struct BrokerNumbers {
     pub queued_bytes_limit: u64,
     /// Messages dropped, by reason (`"queue_full"`, `"too_large"`, `"expired"`, ...).
     pub dropped: Vec<(&'static str, u64)>,
+    /// Times a publisher was held for a subscriber to make room (back-pressure).
+    pub publishers_held: u64,
+    /// Times a subscriber made no room in time and stopped holding publishers.
+    pub subscribers_stalled: u64,
     /// Retained messages.
     pub retained: u64,
     /// Subscriptions.
@@ -226,6 +230,18 @@ pub fn metrics(n: &BrokerNumbers) -> String {
         "connections_accepted",
         "Connections accepted",
         n.connections_accepted,
+    );
+    counter(
+        &mut r,
+        "publishers_held",
+        "Times a publisher was held for a subscriber to make room",
+        n.publishers_held,
+    );
+    counter(
+        &mut r,
+        "subscribers_stalled",
+        "Times a subscriber made no room in time and stopped holding publishers",
+        n.subscribers_stalled,
     );
     gauge(
         &mut r,

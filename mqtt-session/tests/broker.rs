@@ -8,7 +8,7 @@ use mqtt_proto::{
     Connect, Packet, PacketId, Property, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     SubscriptionOptions,
 };
-use mqtt_session::broker::{Config, Limits};
+use mqtt_session::broker::{Config, Drops, Limits};
 use mqtt_session::{ConnectOptions, Instant};
 
 /// Publisher and subscriber at `version`, subscriber on `filter` at `sub_qos`.
@@ -1609,6 +1609,8 @@ fn a_client_that_stops_reading_costs_at_most_its_limits() {
             session_bytes: 1 << 20,
             total_bytes: 1 << 20,
             control_packets: 16,
+            // What the limits alone do (back-pressure has tests of its own).
+            backpressure_ms: 0,
             ..Limits::default()
         },
         ..Config::default()
@@ -1752,4 +1754,112 @@ fn shrinking_a_connections_queues_between_packets_loses_nothing() {
         })
         .count();
     assert_eq!(done, tokens.len(), "every publish completed");
+}
+
+/// A broker whose sessions hold 8 messages, publishers held for up to `backpressure_ms`;
+/// subscribers (`bp`, QoS 1) by name, the first of them paused (it reads nothing, so nothing is
+/// acknowledged), then a publisher that queued 30 QoS 1 messages at once. Gives the peers'
+/// indices, the publisher last.
+fn held(backpressure_ms: u32, subscribers: &[&str]) -> (Net, Vec<usize>) {
+    let mut net = Net::new(Config {
+        limits: Limits {
+            session_messages: 8,
+            backpressure_ms,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let mut peers = Vec::new();
+    for name in subscribers {
+        let s = net.client(ccfg(V311));
+        net.connect_id(s, name);
+        subscribe(&mut net, s, "bp", opts(QoS::AtLeastOnce));
+        peers.push(s);
+    }
+    let p = net.client(ccfg(V311));
+    net.connect_id(p, "pub");
+    net.pause(peers[0], false, true);
+    let now = net.now;
+    for i in 0..30u8 {
+        let msg = Publish {
+            qos: QoS::AtLeastOnce,
+            ..Publish::new("bp", std::slice::from_ref(&i))
+        };
+        net.cl(p).publish(now, &msg, 5).expect("publish");
+    }
+    net.run();
+    peers.push(p);
+    (net, peers)
+}
+
+/// Publishes peer `p` has had acknowledged.
+fn acknowledged(net: &Net, p: usize) -> usize {
+    net.peers[p]
+        .got
+        .iter()
+        .filter(|g| matches!(g, Got::Published { .. }))
+        .count()
+}
+
+#[test]
+fn a_slow_subscriber_holds_its_publisher_instead_of_dropping() {
+    let (mut net, peers) = held(500, &["slow"]);
+    let (s, p) = (peers[0], peers[1]);
+    let st = net.broker.stats();
+    assert_eq!(st.publishers_held, 1);
+    assert_eq!(
+        st.queued_messages, 5,
+        "held once the session is more than half full"
+    );
+    assert!(!net.peers[p].up.is_empty(), "the rest waits, unread");
+    net.advance_ms(400);
+    assert_eq!(net.broker.stats().queued_messages, 5, "still held");
+    net.pause(s, false, false); // it reads and acknowledges again
+    let got: Vec<u8> = net.messages(s).into_iter().map(|m| m.payload[0]).collect();
+    assert_eq!(got, (0..30).collect::<Vec<u8>>(), "every message, in order");
+    let st = net.broker.stats();
+    assert_eq!(st.dropped, Drops::default(), "nothing dropped");
+    assert_eq!(st.subscribers_stalled, 0);
+    assert!(st.publishers_held >= 2, "held again each time it filled up");
+
+    // Without back-pressure the same run drops what does not fit.
+    let (net, _) = held(0, &["slow"]);
+    assert_eq!(net.broker.stats().dropped.session_full, 22);
+    assert_eq!(net.broker.stats().publishers_held, 0);
+}
+
+#[test]
+fn a_stalled_subscriber_holds_publishers_once_and_others_get_everything() {
+    let (mut net, peers) = held(500, &["stuck", "fine"]);
+    let (fine, p) = (peers[1], peers[2]);
+    assert_eq!(net.broker.stats().publishers_held, 1);
+    assert_eq!(net.messages(fine).len(), 5, "held at the fifth");
+    net.advance_ms(499);
+    assert_eq!(net.messages(fine).len(), 0, "not before the wait is over");
+    net.advance_ms(1);
+    let st = net.broker.stats();
+    assert_eq!(st.subscribers_stalled, 1);
+    // The rest flows at once: the stalled one holds no one again (the one that reads may,
+    // for as long as it takes to acknowledge).
+    let got: Vec<u8> = net
+        .messages(fine)
+        .into_iter()
+        .map(|m| m.payload[0])
+        .collect();
+    assert_eq!(got, (5..30).collect::<Vec<u8>>());
+    assert_eq!(
+        st.dropped.session_full, 22,
+        "the stalled one drops at its limit"
+    );
+    assert_eq!(acknowledged(&net, p), 30, "every publish acknowledged");
+}
+
+#[test]
+fn a_subscriber_that_goes_away_lets_its_publisher_go() {
+    let (mut net, peers) = held(500, &["slow"]);
+    let (s, p) = (peers[0], peers[1]);
+    assert!(!net.peers[p].up.is_empty(), "held");
+    net.drop_transport(s);
+    assert!(net.peers[p].up.is_empty(), "read on at once");
+    assert_eq!(acknowledged(&net, p), 30);
 }

@@ -138,6 +138,14 @@
 //! retained store at most [`Limits::retained_bytes`] (a retained publish past it is delivered
 //! but not retained). What the runtime does not drain (`poll_event`, `poll_record`) is its own
 //! to bound.
+//!
+//! Before a limit drops anything, back-pressure ([`Limits::backpressure_ms`]): a publish whose
+//! QoS 1/2 copy leaves a connected subscriber's session more than half full holds its
+//! publisher (its connection is not read from) until that session drains below a quarter. A
+//! subscriber that makes no such room within the time counts as stalled and holds no one
+//! until it has drained, so a subscriber that stopped reading costs each publisher one wait,
+//! while one that is merely slower than its publishers loses nothing. Offline sessions never
+//! hold publishers.
 
 pub mod acl;
 pub mod ledger;
@@ -223,6 +231,11 @@ pub struct Broker {
     /// [`Broker::poll_timeout`]).
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     scratch: Vec<SubKey>,
+    /// Sessions the publish being routed left more than half full (back-pressure).
+    pressing: Vec<u32>,
+    /// When held publishers stop waiting, earliest first: one entry per connection at most,
+    /// at or before its hold's end (it moves when it comes up early).
+    holds: BinaryHeap<Reverse<(Instant, ConnId)>>,
 }
 
 impl core::fmt::Debug for Broker {
@@ -276,6 +289,8 @@ impl Broker {
             authorizer: None,
             timers: BinaryHeap::new(),
             scratch: Vec::new(),
+            pressing: Vec::new(),
+            holds: BinaryHeap::new(),
         }
     }
 
@@ -411,7 +426,8 @@ impl Broker {
                 // Nothing more is read from an ended connection.
                 return Ok(bytes.len());
             }
-            if c.control.len() + c.held.len() >= self.cfg.limits.control_packets {
+            if c.control.len() + c.held.len() >= self.cfg.limits.control_packets || c.hold.is_some()
+            {
                 return Ok(used);
             }
             let version = c.version;
@@ -606,11 +622,42 @@ impl Broker {
         // earliest entries up to date, so the top is exact; deeper ones are fixed when they
         // come up.
         let timers = self.timers.peek().map(|Reverse((at, _))| *at);
-        timers.into_iter().chain(self.next_sys).min()
+        let holds = self.holds.peek().map(|Reverse((at, _))| *at);
+        timers.into_iter().chain(holds).chain(self.next_sys).min()
     }
 
     /// Acts on every deadline that has passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, conn))) = self.holds.peek() {
+            if at > now {
+                break;
+            }
+            self.holds.pop();
+            let wait = Duration::from_millis(u64::from(self.cfg.limits.backpressure_ms));
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            c.hold_armed = false;
+            let Some(due) = c.hold.as_ref().map(|h| h.since + wait) else {
+                continue;
+            };
+            if due > now {
+                // Let go and held again since: its entry moves to the new hold's end.
+                self.holds.push(Reverse((due, conn)));
+                c.hold_armed = true;
+                continue;
+            }
+            // The subscribers made no room in time: they hold no one until they have.
+            let sessions = c.hold.as_mut().map(|h| core::mem::take(&mut h.sessions));
+            for sid in sessions.unwrap_or_default() {
+                if let Some(s) = self.session_mut(sid) {
+                    s.waiters.retain(|w| *w != conn);
+                    s.stalled = true;
+                    self.stats.subscribers_stalled += 1;
+                }
+            }
+            self.unhold(conn, now);
+        }
         while let Some(&Reverse((at, timer))) = self.timers.peek() {
             if at > now {
                 break;
@@ -908,10 +955,10 @@ impl Broker {
             }
             (ConnState::Authenticating, Packet::Auth(a)) => self.on_auth(conn, now, &a),
             (ConnState::Open, Packet::Publish(p)) => self.on_publish(conn, now, &p),
-            (ConnState::Open, Packet::PubAck(a)) => self.on_puback(conn, a.packet_id),
-            (ConnState::Open, Packet::PubRec(a)) => self.on_pubrec(conn, &a),
+            (ConnState::Open, Packet::PubAck(a)) => self.on_puback(conn, now, a.packet_id),
+            (ConnState::Open, Packet::PubRec(a)) => self.on_pubrec(conn, now, &a),
             (ConnState::Open, Packet::PubRel(a)) => self.on_pubrel(conn, a.packet_id),
-            (ConnState::Open, Packet::PubComp(a)) => self.on_pubcomp(conn, a.packet_id),
+            (ConnState::Open, Packet::PubComp(a)) => self.on_pubcomp(conn, now, a.packet_id),
             (ConnState::Open, Packet::Subscribe(s)) => self.on_subscribe(conn, now, &s),
             (ConnState::Open, Packet::Unsubscribe(u)) => self.on_unsubscribe(conn, &u),
             (ConnState::Open, Packet::PingReq) => {
@@ -1362,8 +1409,10 @@ impl Broker {
                 && !p.retain
                 && pid.is_some();
             self.tracking = counted.then_some(id);
+            self.pressing.clear();
             matched = self.route(now, &msg, Some(sid));
             self.tracking = None;
+            self.hold(conn, now);
             if counted {
                 through = Some(id);
                 if let Some(e) = self.outstanding.get_mut(&id) {
@@ -1408,18 +1457,24 @@ impl Broker {
         }
     }
 
-    fn on_puback(&mut self, conn: ConnId, pid: PacketId) {
-        self.complete(conn, pid, |i| {
+    fn on_puback(&mut self, conn: ConnId, now: Instant, pid: PacketId) {
+        self.complete(conn, now, pid, |i| {
             i.state == OutState::AwaitAck && i.out.qos == QoS::AtLeastOnce
         });
     }
 
-    fn on_pubcomp(&mut self, conn: ConnId, pid: PacketId) {
-        self.complete(conn, pid, |i| i.state == OutState::AwaitComp);
+    fn on_pubcomp(&mut self, conn: ConnId, now: Instant, pid: PacketId) {
+        self.complete(conn, now, pid, |i| i.state == OutState::AwaitComp);
     }
 
     /// Removes an in-flight message that `done` says is complete.
-    fn complete(&mut self, conn: ConnId, pid: PacketId, done: impl Fn(&Inflight) -> bool) {
+    fn complete(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        pid: PacketId,
+        done: impl Fn(&Inflight) -> bool,
+    ) {
         let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
             return;
         };
@@ -1442,10 +1497,11 @@ impl Broker {
             }
             // The window opened: more may go out.
             self.wake(conn);
+            self.relieve(sid, now);
         }
     }
 
-    fn on_pubrec(&mut self, conn: ConnId, a: &Ack<'_>) {
+    fn on_pubrec(&mut self, conn: ConnId, now: Instant, a: &Ack<'_>) {
         let pid = a.packet_id;
         let Some(sid) = self.conns.get(&conn).and_then(|c| c.session) else {
             return;
@@ -1464,7 +1520,7 @@ impl Broker {
             .map(|i| i.state);
         match state {
             Some(OutState::AwaitAck) if a.reason_code.is_error() => {
-                self.complete(conn, pid, |_| true);
+                self.complete(conn, now, pid, |_| true);
             }
             Some(OutState::AwaitAck) => {
                 if s.persistent {
@@ -1906,6 +1962,9 @@ impl Broker {
         };
         self.free.push(u32::try_from(sid).unwrap_or(u32::MAX));
         self.by_id.remove(&s.client_id);
+        for &conn in &s.waiters {
+            self.let_go(conn, u32::try_from(sid).unwrap_or(u32::MAX), now);
+        }
         let session = u32::try_from(sid).unwrap_or(u32::MAX);
         for (slot, sub) in s.subs.iter().enumerate() {
             let Some(sub) = sub else { continue };
@@ -2009,6 +2068,11 @@ impl Broker {
             return;
         };
         s.conn = None;
+        // Offline, it holds no publisher (its queue fills, then drops at the limits).
+        self.relieve(sid, now);
+        let Some(s) = self.session_mut(sid) else {
+            return;
+        };
         let w = s.will.take().filter(|_| will);
         let expiry = s.expiry;
         let client_id = s.client_id.clone();
@@ -2236,11 +2300,97 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
+        let presses = out.qos != QoS::AtMostOnce && l.backpressure_ms > 0;
         s.queue.push_back(out);
+        let presses = presses
+            && s.conn.is_some()
+            && !s.stalled
+            && s.above(2, l.session_messages, l.session_bytes);
+        if presses && !self.pressing.contains(&sid) {
+            self.pressing.push(sid);
+        }
         if let Some(c) = s.conn {
             self.wake(c);
         }
         true
+    }
+
+    /// Holds the publisher `conn` if its publish pressed a session (see
+    /// [`Limits::backpressure_ms`]): it is not read from until one of them drains.
+    fn hold(&mut self, conn: ConnId, now: Instant) {
+        if self.pressing.is_empty() {
+            return;
+        }
+        let pressing = core::mem::take(&mut self.pressing);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.hold.is_none() {
+            self.stats.publishers_held += 1;
+            // One entry per connection at most: an earlier one still queued comes up first
+            // and moves itself to this hold's end.
+            if !c.hold_armed {
+                let wait = Duration::from_millis(u64::from(self.cfg.limits.backpressure_ms));
+                self.holds.push(Reverse((now + wait, conn)));
+                c.hold_armed = true;
+            }
+        }
+        let hold = c.hold.get_or_insert_with(|| {
+            Box::new(session::Hold {
+                since: now,
+                sessions: Vec::new(),
+            })
+        });
+        for &sid in &pressing {
+            if !hold.sessions.contains(&sid) {
+                hold.sessions.push(sid);
+                if let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut) {
+                    s.waiters.push(conn);
+                }
+            }
+        }
+        self.pressing = pressing;
+        self.pressing.clear();
+    }
+
+    /// Lets the publishers that session `sid` holds go, once it drained below a quarter of its
+    /// limits or went offline.
+    fn relieve(&mut self, sid: u32, now: Instant) {
+        let l = &self.cfg.limits;
+        let (messages, bytes) = (l.session_messages, l.session_bytes);
+        let Some(s) = self.session_mut(sid) else {
+            return;
+        };
+        if s.conn.is_some() && s.above(4, messages, bytes) {
+            return;
+        }
+        s.stalled = false;
+        for conn in core::mem::take(&mut s.waiters) {
+            self.let_go(conn, sid, now);
+        }
+    }
+
+    /// Session `sid` no longer holds publisher `conn`; it goes on when no session does.
+    fn let_go(&mut self, conn: ConnId, sid: u32, now: Instant) {
+        let Some(h) = self.conns.get_mut(&conn).and_then(|c| c.hold.as_mut()) else {
+            return;
+        };
+        h.sessions.retain(|s| *s != sid);
+        if h.sessions.is_empty() {
+            self.unhold(conn, now);
+        }
+    }
+
+    /// A held publisher goes on: what it sent meanwhile is read when its runtime is woken.
+    fn unhold(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.hold.take().is_some() {
+            // Its packets waited in our buffers, not on the network: not a silence.
+            c.last_rx = c.last_rx.max(now);
+            self.wake(conn);
+        }
     }
 
     /// Publishes the `$SYS/broker/...` counters as retained QoS 0 messages.

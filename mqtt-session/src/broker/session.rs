@@ -92,6 +92,10 @@ pub(crate) struct Session {
     pub(crate) will: Option<Box<Will>>,
     /// A will waiting for its delay after the connection ended.
     pub(crate) pending_will: Option<(Shared<Message>, Instant)>,
+    /// Publishers held until this session drains (back-pressure).
+    pub(crate) waiters: Vec<ConnId>,
+    /// It made no room in time: it holds no publisher until it has drained.
+    pub(crate) stalled: bool,
 }
 
 impl Session {
@@ -112,12 +116,19 @@ impl Session {
             rx_qos2: BTreeSet::new(),
             will: None,
             pending_will: None,
+            waiters: Vec::new(),
+            stalled: false,
         }
     }
 
     /// Messages held (queued and in flight).
     pub(crate) fn held(&self) -> usize {
         self.queue.len() + self.inflight.len()
+    }
+
+    /// Whether it holds more than `1 / share` of its limits, in messages or bytes.
+    pub(crate) fn above(&self, share: usize, messages: usize, bytes: usize) -> bool {
+        self.held() * share > messages || self.bytes * share > bytes
     }
 
     /// The slot of the subscription with exactly this filter.
@@ -239,6 +250,18 @@ pub(crate) struct Conn {
     pub(crate) connect_expiry_zero: bool,
     /// Queued in the broker's wake list.
     pub(crate) woken: bool,
+    /// Held by back-pressure: not read from.
+    pub(crate) hold: Option<Box<Hold>>,
+    /// It has an entry in the broker's hold timers (one at most).
+    pub(crate) hold_armed: bool,
+}
+
+/// A publisher held by back-pressure.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    pub(crate) since: Instant,
+    /// The sessions it waits for to drain.
+    pub(crate) sessions: Vec<u32>,
 }
 
 impl Conn {
@@ -266,6 +289,8 @@ impl Conn {
             asked: false,
             connect_expiry_zero: true,
             woken: false,
+            hold: None,
+            hold_armed: false,
         }
     }
 }

@@ -40,6 +40,13 @@ pub struct Limits {
     /// Bytes all retained messages together may hold; a retained publish past it is still
     /// delivered but not retained, and counted.
     pub retained_bytes: usize,
+    /// Back-pressure, in milliseconds: a publisher whose QoS 1/2 message leaves a connected
+    /// subscriber's session more than half full (in messages or bytes) is not read from until
+    /// that session drains below a quarter, for at most this long. A subscriber that makes no
+    /// such room in time counts as stalled and holds no publisher until it has (what does not
+    /// fit is then dropped at the limits and counted). So nothing is dropped for a subscriber
+    /// that is slow but reading, and one that stopped costs publishers one wait. 0: never hold.
+    pub backpressure_ms: u32,
 }
 
 impl Default for Limits {
@@ -51,6 +58,7 @@ impl Default for Limits {
             control_packets: 256,
             subscriptions: 1_000,
             retained_bytes: 64 << 20,
+            backpressure_ms: 1_000,
         }
     }
 }
@@ -453,6 +461,10 @@ pub struct Stats {
     pub queued_bytes: usize,
     /// What was dropped.
     pub dropped: Drops,
+    /// Times a publisher was held for a subscriber to make room ([`Limits::backpressure_ms`]).
+    pub publishers_held: u64,
+    /// Times a subscriber made no room in time and stopped holding publishers.
+    pub subscribers_stalled: u64,
 }
 
 /// A local misuse of the broker API.

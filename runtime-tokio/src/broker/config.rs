@@ -163,6 +163,9 @@ pub struct BrokerConfig {
     pub max_queued_bytes: usize,
     /// Bytes all sessions together may hold.
     pub max_queued_bytes_total: usize,
+    /// How long a publisher is held, in milliseconds, while a connected subscriber it sends
+    /// QoS 1/2 messages to is more than half full (0: never; drop at the limits instead).
+    pub backpressure_ms: u32,
     /// Highest topic alias accepted from clients (0: none).
     pub topic_alias_maximum: u16,
     /// Upper bound on session expiry, in seconds.
@@ -208,6 +211,7 @@ impl Default for BrokerConfig {
             max_queued_messages: core.limits.session_messages,
             max_queued_bytes: core.limits.session_bytes,
             max_queued_bytes_total: core.limits.total_bytes,
+            backpressure_ms: core.limits.backpressure_ms,
             topic_alias_maximum: core.topic_alias_maximum,
             max_session_expiry: core.max_session_expiry,
             retain_available: core.retain_available,
@@ -352,6 +356,7 @@ impl BrokerConfig {
                 session_messages: self.max_queued_messages,
                 session_bytes: self.max_queued_bytes,
                 total_bytes: self.max_queued_bytes_total,
+                backpressure_ms: self.backpressure_ms,
                 ..Limits::default()
             },
             ..CoreConfig::default()

@@ -55,6 +55,8 @@ impl BrokerEndpoint {
                 ("offline_qos0", d.offline_qos0),
                 ("not_authorized", d.not_authorized),
             ],
+            publishers_held: stats.publishers_held,
+            subscribers_stalled: stats.subscribers_stalled,
             retained: stats.retained as u64,
             subscriptions: stats.subscriptions as u64,
             uptime: s.epoch.elapsed(),
