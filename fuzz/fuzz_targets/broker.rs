@@ -23,6 +23,8 @@ const LIMITS: Limits = Limits {
     control_packets: 32,
     subscriptions: 8,
     retained_bytes: 4096,
+    // Short, so that clock jumps reach both ends of a hold: drained, and stalled.
+    backpressure_ms: 50,
 };
 
 /// A well-formed CONNECT chosen by one byte, so that most runs get past the handshake.
