@@ -286,9 +286,9 @@ pub enum AckMode {
     /// Once every matching handler has finished: successfully, with success; if one failed
     /// (error or panic), with "unspecified error" (MQTT 5; 3.1.1 has no negative
     /// acknowledgment). If the process dies first, a broker keeping the session sends the
-    /// message again on the next connection: handlers see it at least once. With a store, a
-    /// QoS 2 message that was being handled comes again with `Message::redelivered` set, and
-    /// no other QoS 2 message comes twice.
+    /// message again on the next connection: handlers see it at least once. With a store in
+    /// [`Durability::Sync`], a QoS 2 message that was being handled comes again with
+    /// `Message::redelivered` set, and no other QoS 2 message comes twice.
     AfterHandlers,
     /// Only when the application calls `Client::ack` / `Client::ack_with` for the message.
     Manual,
