@@ -1863,3 +1863,32 @@ fn a_subscriber_that_goes_away_lets_its_publisher_go() {
     assert!(net.peers[p].up.is_empty(), "read on at once");
     assert_eq!(acknowledged(&net, p), 30);
 }
+
+#[test]
+fn a_held_publisher_is_still_read_up_to_its_next_publish() {
+    let (mut net, _) = held(500, &["slow"]);
+    let r = net.raw(V311);
+    net.send(r, &Packet::Connect(Connect::new(V311, "raw-pub", 0)));
+    let publish = |id: u16| {
+        Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: PacketId::new(id),
+            ..Publish::new("bp", b"r")
+        })
+    };
+    net.send(r, &publish(1)); // the slow session is past half: this holds it
+    net.send(r, &Packet::PingReq);
+    net.send(r, &publish(2));
+    net.send(r, &Packet::PingReq);
+    let kinds: Vec<String> = net
+        .take_frames(r)
+        .iter()
+        .map(|f| format!("{:?}", packet(f, V311).packet_type()))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ConnAck", "PubAck", "PingResp"],
+        "read up to the second PUBLISH, which waits with what follows it"
+    );
+    assert!(!net.peers[r].up.is_empty());
+}

@@ -426,10 +426,12 @@ impl Broker {
                 // Nothing more is read from an ended connection.
                 return Ok(bytes.len());
             }
-            if c.control.len() + c.held.len() >= self.cfg.limits.control_packets || c.hold.is_some()
-            {
+            if c.control.len() + c.held.len() >= self.cfg.limits.control_packets {
                 return Ok(used);
             }
+            // Held by back-pressure: its next PUBLISH waits, what comes before it (its own
+            // acknowledgments, which drain its session) does not.
+            let held = c.hold.is_some();
             let version = c.version;
             // Before 5.0 a client is told no Receive Maximum, so going past ours is no
             // violation: it is not read from until its acknowledgments go out (held for the
@@ -450,6 +452,9 @@ impl Broker {
                 Ok(Status::Complete((packet, n))) => {
                     // Until CONNACK only AUTH is read [MQTT-3.1.4-5]: the rest waits.
                     if authenticating && !matches!(packet, Packet::Auth(_)) {
+                        return Ok(used);
+                    }
+                    if held && matches!(packet, Packet::Publish(_)) {
                         return Ok(used);
                     }
                     used += n;
