@@ -2354,6 +2354,7 @@ impl Broker {
                 }
             }
         }
+        // The vector goes back, emptied, so that routing does not allocate one per publish.
         self.pressing = pressing;
         self.pressing.clear();
     }
