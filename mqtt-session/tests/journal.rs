@@ -26,9 +26,15 @@ struct Peer {
 
 impl Peer {
     fn new() -> Self {
+        Peer::configured(false)
+    }
+
+    /// `manual_acks`: the application acknowledges (as "acknowledge after handlers" does).
+    fn configured(manual_acks: bool) -> Self {
         let cfg = Config {
             version: V,
             clean_start: false,
+            manual_acks,
             ..Config::default()
         };
         Peer {
@@ -46,7 +52,12 @@ impl Peer {
 
     /// A new process: its sequence numbers start again.
     fn restored(disk: &mut Disk) -> Self {
-        let mut p = Peer::new();
+        Peer::restored_with(disk, false)
+    }
+
+    /// [`Peer::restored`], acknowledging by hand or not.
+    fn restored_with(disk: &mut Disk, manual_acks: bool) -> Self {
+        let mut p = Peer::configured(manual_acks);
         for (k, r) in &disk.records {
             p.client
                 .restore(*k, r)
@@ -325,26 +336,6 @@ fn received_qos2_stays_deduplicated_across_a_restart() {
     );
 }
 
-/// A session acknowledging by hand (as "acknowledge after handlers" does).
-fn manual(disk: Option<&mut Disk>) -> Peer {
-    let mut p = Peer::new();
-    let cfg = Config {
-        version: V,
-        clean_start: false,
-        manual_acks: true,
-        ..Config::default()
-    };
-    p.client = Client::new(cfg);
-    if let Some(disk) = disk {
-        for (k, r) in &disk.records {
-            p.client.restore(*k, r).unwrap();
-        }
-        disk.last_lsn = 0;
-    }
-    p.client.enable_journal();
-    p
-}
-
 #[test]
 fn a_qos2_message_acked_by_hand_is_recorded_before_delivery_and_marked_after_a_restart() {
     let incoming = |dup| {
@@ -356,7 +347,7 @@ fn a_qos2_message_acked_by_hand_is_recorded_before_delivery_and_marked_after_a_r
         })
     };
     let mut disk = Disk::default();
-    let mut p = manual(None);
+    let mut p = Peer::restored_with(&mut Disk::default(), true);
     p.connect(false);
     let event = p.feed(&incoming(false)).unwrap();
     assert!(event.contains("redelivered: false"), "{event}");
@@ -370,7 +361,7 @@ fn a_qos2_message_acked_by_hand_is_recorded_before_delivery_and_marked_after_a_r
     drop(p); // killed while handling it
 
     // Not acknowledged: the server's resend is delivered again, marked.
-    let mut p = manual(Some(&mut disk));
+    let mut p = Peer::restored_with(&mut disk, true);
     p.connect(true);
     let event = p.feed(&incoming(true)).unwrap();
     assert!(event.contains("redelivered: true"), "{event}");
@@ -391,7 +382,7 @@ fn a_qos2_message_acked_by_hand_is_recorded_before_delivery_and_marked_after_a_r
     drop(p); // killed before PUBREL
 
     // Acknowledged: the resend is only acknowledged again.
-    let mut p = manual(Some(&mut disk));
+    let mut p = Peer::restored_with(&mut disk, true);
     p.connect(true);
     assert_eq!(p.feed(&incoming(true)), None);
     assert_eq!(p.sent(), vec![s("PubRec", Some(7), false)]);
@@ -405,7 +396,7 @@ fn a_qos2_message_acked_by_hand_is_recorded_before_delivery_and_marked_after_a_r
         records: BTreeMap::from([(1, vec![2, 0, 7, 1])]),
         last_lsn: 0,
     };
-    let mut p = manual(Some(&mut disk));
+    let mut p = Peer::restored_with(&mut disk, true);
     p.connect(true);
     let other = Packet::Publish(Publish {
         qos: QoS::ExactlyOnce,
