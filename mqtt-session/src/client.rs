@@ -2148,19 +2148,19 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     /// The received message at `pos` changed state (delivered for a manual ack, or awaiting
     /// PUBREL): its record is (re)written.
     fn journal_rx(&mut self, pos: usize) {
-        if !self.journal.on || pos >= self.rx.len() {
+        if !self.journal.on {
             return;
         }
-        let fresh = self.rx.get(pos).is_some_and(|r| r.key == 0);
-        let key = if fresh { self.journal.key() } else { 0 };
-        if let Some(r) = self.rx.get_mut(pos) {
-            if fresh {
-                r.key = key;
-            }
-            if !r.dirty {
-                r.dirty = true;
-                self.journal.rx_dirty += 1;
-            }
+        let Some(r) = self.rx.get_mut(pos) else {
+            return;
+        };
+        // A record rewritten keeps its key.
+        if r.key == 0 {
+            r.key = self.journal.key();
+        }
+        if !r.dirty {
+            r.dirty = true;
+            self.journal.rx_dirty += 1;
         }
     }
 

@@ -556,10 +556,7 @@ impl<C> Engine<C> {
                     }
                     // Without identifiers (MQTT 3.x, a plain subscribe, or a broker that lost
                     // them in a restart) every matching route gets it: better twice than never.
-                    let wait = message
-                        .packet_id
-                        .is_some_and(|id| self.session.rx_record_pending(id));
-                    if wait || !self.held.is_empty() {
+                    if self.waits_for_record(&message) || !self.held.is_empty() {
                         self.held.push_back(Output::Message { message, routes });
                     } else {
                         out.push(Output::Message { message, routes });
@@ -622,12 +619,16 @@ impl<C> Engine<C> {
         }
     }
 
+    /// Whether `message` may not reach the application yet: its record is not durable.
+    fn waits_for_record(&self, message: &Message) -> bool {
+        message
+            .packet_id
+            .is_some_and(|id| self.session.rx_record_pending(id))
+    }
+
     fn drain_notices(&mut self, out: &mut Vec<Output<C>>) {
         while let Some(Output::Message { message, .. }) = self.held.front() {
-            if message
-                .packet_id
-                .is_some_and(|id| self.session.rx_record_pending(id))
-            {
+            if self.waits_for_record(message) {
                 break;
             }
             out.extend(self.held.pop_front());
