@@ -638,7 +638,7 @@ impl Broker {
                 break;
             }
             self.holds.pop();
-            let wait = Duration::from_millis(u64::from(self.cfg.limits.backpressure_ms));
+            let wait = self.backpressure_wait();
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
@@ -2305,13 +2305,15 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
-        let presses = out.qos != QoS::AtMostOnce && l.backpressure_ms > 0;
+        let acknowledged = out.qos != QoS::AtMostOnce;
         s.queue.push_back(out);
-        let presses = presses
+        if acknowledged
+            && l.backpressure_ms > 0
             && s.conn.is_some()
             && !s.stalled
-            && s.above(2, l.session_messages, l.session_bytes);
-        if presses && !self.pressing.contains(&sid) {
+            && s.above(2, l.session_messages, l.session_bytes)
+            && !self.pressing.contains(&sid)
+        {
             self.pressing.push(sid);
         }
         if let Some(c) = s.conn {
@@ -2327,6 +2329,7 @@ impl Broker {
             return;
         }
         let pressing = core::mem::take(&mut self.pressing);
+        let end = now + self.backpressure_wait();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -2335,8 +2338,7 @@ impl Broker {
             // One entry per connection at most: an earlier one still queued comes up first
             // and moves itself to this hold's end.
             if !c.hold_armed {
-                let wait = Duration::from_millis(u64::from(self.cfg.limits.backpressure_ms));
-                self.holds.push(Reverse((now + wait, conn)));
+                self.holds.push(Reverse((end, conn)));
                 c.hold_armed = true;
             }
         }
@@ -2359,6 +2361,11 @@ impl Broker {
         self.pressing.clear();
     }
 
+    /// How long back-pressure holds a publisher at most.
+    fn backpressure_wait(&self) -> Duration {
+        Duration::from_millis(u64::from(self.cfg.limits.backpressure_ms))
+    }
+
     /// Lets the publishers that session `sid` holds go, once it drained below a quarter of its
     /// limits or went offline.
     fn relieve(&mut self, sid: u32, now: Instant) {
@@ -2367,7 +2374,9 @@ impl Broker {
         let Some(s) = self.session_mut(sid) else {
             return;
         };
-        if s.conn.is_some() && s.above(4, messages, bytes) {
+        // (Called for every acknowledgment: most sessions hold no one and never stalled.)
+        if (s.waiters.is_empty() && !s.stalled) || (s.conn.is_some() && s.above(4, messages, bytes))
+        {
             return;
         }
         s.stalled = false;
@@ -2481,9 +2490,6 @@ fn drop_front(
     }
 }
 
-/// Moves a connection's held acks that may go out, in order, to its control queue: those
-/// whose records are durable, and those of QoS 1 messages that every persistent subscriber
-/// has acknowledged. Whether any moved.
 /// Puts connection `id` in the list of those that wait for the disk, once.
 fn list(waiting: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
     if !c.listed {
@@ -2496,6 +2502,9 @@ fn list(waiting: &mut Vec<ConnId>, c: &mut Conn, id: ConnId) {
 /// connection, and whether one went to an offline session.
 type Outstanding = (u32, Option<ConnId>, bool);
 
+/// Moves a connection's held acks that may go out, in order, to its control queue: those
+/// whose records are durable, and those of QoS 1 messages that every persistent subscriber
+/// has acknowledged. Whether any moved.
 fn release_held(c: &mut Conn, durable: u64, outstanding: &mut BTreeMap<u64, Outstanding>) -> bool {
     let mut moved = false;
     while let Some((seq, through, _)) = c.held.front() {
