@@ -39,6 +39,7 @@
 pub mod bench;
 pub mod broker;
 pub mod codec;
+mod signal;
 
 pub use broker::{Broker, BrokerConfig};
 pub use codec::MqttCodec;

@@ -7,16 +7,16 @@
 //! condition variable (a futex with a high-resolution timeout) until the earliest due time
 //! and wakes the publishers that are due, tens of microseconds late instead.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{self, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::task::AtomicWaker;
+use crate::signal::Signal;
 
 /// The timer thread's handle; the thread ends when the last handle is dropped.
 pub struct Pacer {
@@ -30,44 +30,52 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// (due, entry): an entry whose due time changed since it was pushed is stale, skipped.
-    due: BinaryHeap<Reverse<(Instant, u64, Arc<Entry>)>>,
+    /// Earliest first; an entry replaced by a later reset of its sleep is stale, skipped.
+    due: BinaryHeap<Reverse<Due>>,
+    /// The number of the next reset (from 1: 0 is "never armed").
     next: u64,
     stop: bool,
 }
 
-/// One waiting task: when it is due, and who to wake.
-struct Entry {
-    /// Nanoseconds after `base` (0: nothing armed).
-    at_ns: AtomicU64,
-    fired: AtomicBool,
-    waker: AtomicWaker,
-    base: Instant,
+/// A sleep's due time, from one of its resets.
+struct Due {
+    at: Instant,
+    /// The reset it comes from; it orders entries due at the same time too.
+    seq: u64,
+    entry: Arc<Entry>,
 }
 
-// The heap orders by (due, sequence); the entry itself never decides.
-impl PartialEq for Entry {
-    fn eq(&self, _: &Entry) -> bool {
-        true
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Entry) -> Option<std::cmp::Ordering> {
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Entry {
-    fn cmp(&self, _: &Entry) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
+impl Ord for Due {
+    fn cmp(&self, other: &Due) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
     }
+}
+
+/// One waiting task: its latest reset, and the signal that wakes it.
+struct Entry {
+    armed: AtomicU64,
+    fired: Signal,
 }
 
 impl Pacer {
     /// Starts the timer thread.
     pub fn start() -> std::io::Result<Pacer> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                next: 1,
+                ..State::default()
+            }),
             changed: Condvar::new(),
         });
         let s = shared.clone();
@@ -82,10 +90,8 @@ impl Pacer {
         Sleep {
             shared: self.shared.clone(),
             entry: Arc::new(Entry {
-                at_ns: AtomicU64::new(0),
-                fired: AtomicBool::new(false),
-                waker: AtomicWaker::new(),
-                base: Instant::now(),
+                armed: AtomicU64::new(0),
+                fired: Signal::default(),
             }),
         }
     }
@@ -111,22 +117,21 @@ impl Shared {
                 return;
             }
             let now = Instant::now();
-            while let Some(Reverse((at, _, _))) = state.due.peek() {
-                if *at > now {
+            while let Some(Reverse(due)) = state.due.peek() {
+                if due.at > now {
                     break;
                 }
-                let Some(Reverse((at, _, entry))) = state.due.pop() else {
+                let Some(Reverse(due)) = state.due.pop() else {
                     break;
                 };
-                let armed = entry.at_ns.load(Ordering::Acquire);
-                if armed != 0 && entry.base + Duration::from_nanos(armed) == at {
-                    entry.fired.store(true, Ordering::Release);
-                    entry.waker.wake();
+                // Resets happen under the lock, so this is the latest one or stale.
+                if due.entry.armed.load(atomic::Ordering::Relaxed) == due.seq {
+                    due.entry.fired.raise();
                 }
             }
             state = match state.due.peek() {
-                Some(Reverse((at, _, _))) => {
-                    let wait = at.saturating_duration_since(now);
+                Some(Reverse(due)) => {
+                    let wait = due.at.saturating_duration_since(now);
                     self.changed
                         .wait_timeout(state, wait)
                         .unwrap_or_else(PoisonError::into_inner)
@@ -150,22 +155,14 @@ pub struct Sleep {
 impl Sleep {
     /// Arms it for `at` (replacing what it was armed for).
     pub fn reset(&mut self, at: Instant) {
-        let e = &self.entry;
-        // 0 means "not armed": a deadline at the base itself is a nanosecond later.
-        let ns = u64::try_from(at.saturating_duration_since(e.base).as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let at = e.base + Duration::from_nanos(ns);
-        e.fired.store(false, Ordering::Release);
-        e.at_ns.store(ns, Ordering::Release);
         let mut state = self.shared.lock();
-        let earliest = state
-            .due
-            .peek()
-            .is_none_or(|Reverse((first, _, _))| at < *first);
         let seq = state.next;
         state.next += 1;
-        state.due.push(Reverse((at, seq, e.clone())));
+        self.entry.armed.store(seq, atomic::Ordering::Relaxed);
+        self.entry.fired.clear();
+        let earliest = state.due.peek().is_none_or(|Reverse(first)| at < first.at);
+        let entry = self.entry.clone();
+        state.due.push(Reverse(Due { at, seq, entry }));
         drop(state);
         if earliest {
             self.shared.changed.notify_one();
@@ -177,21 +174,14 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let e = &self.entry;
-        if e.fired.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        e.waker.register(cx.waker());
-        if e.fired.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        self.entry.fired.poll(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]

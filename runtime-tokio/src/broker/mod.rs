@@ -41,8 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
-
+use crate::signal::Signal;
 use mqtt_proto::ReasonCode;
 use mqtt_session::Instant;
 use mqtt_session::broker::acl::{Access, AclFile};
@@ -115,13 +114,10 @@ pub struct LockStats {
 }
 
 /// What one connection's task is told by the others (through the core's lock).
-///
-/// The wake-up is a flag and an `AtomicWaker` rather than a `Notify`: waiting on it needs no
-/// waiter node in the task (memory per idle connection).
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
-    woken: AtomicBool,
-    waker: AtomicWaker,
+    /// The core has work for the connection's task.
+    pub woken: Signal,
     pub state: Mutex<SlotState>,
 }
 
@@ -135,26 +131,6 @@ pub(crate) struct SlotState {
 }
 
 impl Slot {
-    /// Tells the connection's task that the core has work for it.
-    pub fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Ready once [`Slot::wake`] was called since the last time it was ready.
-    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return std::task::Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        // A wake between the check and the registration would be missed otherwise.
-        if self.woken.swap(false, Ordering::AcqRel) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-
     pub fn take(&self) -> SlotState {
         std::mem::take(&mut *self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -189,7 +165,7 @@ impl Core {
             if id != me
                 && let Some(s) = self.slots.get(&id)
             {
-                s.wake();
+                s.woken.raise();
                 woke = true;
             }
         }
@@ -208,7 +184,7 @@ impl Core {
                 _ => {}
             });
             if conn != me {
-                s.wake();
+                s.woken.raise();
             }
         }
         match self.ledger.as_mut() {
