@@ -1512,15 +1512,7 @@ fn extended_authentication_exchange() {
     let r = net.raw(V5);
     let props = [Property::AuthenticationMethod("CHALLENGE")];
     net.send(r, &connect_v5("x", true, &props));
-    let f = net.take_frames(r);
-    let Packet::Auth(a) = packet(&f[0], V5) else {
-        panic!("{f:?}")
-    };
-    assert_eq!(a.reason_code, ReasonCode::ContinueAuthentication);
-    assert_eq!(
-        a.properties.get(mqtt_proto::PropertyId::AuthenticationData),
-        Some(Property::AuthenticationData(b"nonce"))
-    );
+    expect_auth(&mut net, r, ReasonCode::ContinueAuthentication, b"nonce");
     let props = [
         Property::AuthenticationMethod("CHALLENGE"),
         Property::AuthenticationData(b"response"),
@@ -1549,6 +1541,65 @@ fn extended_authentication_exchange() {
     assert_eq!(
         connack(&f[0], V5).reason_code,
         ReasonCode::BadAuthenticationMethod
+    );
+}
+
+/// Takes the one AUTH packet the broker wrote to `r` and checks its reason code and data.
+fn expect_auth(net: &mut Net, r: usize, code: ReasonCode, data: &[u8]) {
+    let f = net.take_frames(r);
+    let Packet::Auth(a) = packet(&f[0], V5) else {
+        panic!("{f:?}")
+    };
+    assert_eq!(a.reason_code, code);
+    assert_eq!(
+        a.properties.get(mqtt_proto::PropertyId::AuthenticationData),
+        Some(Property::AuthenticationData(data))
+    );
+}
+
+#[test]
+fn an_exchange_can_end_with_server_data_in_connack_and_in_auth() {
+    use mqtt_session::broker::Answer;
+    let mut net = Net::new(Config {
+        authenticate: true,
+        ..Config::default()
+    });
+    net.answer = Some(Box::new(|q| {
+        Some(match q {
+            mqtt_session::broker::Question::Connect { .. } => Answer::Complete(b"signed".to_vec()),
+            _ => Answer::Complete(b"again".to_vec()),
+        })
+    }));
+    let r = net.raw(V5);
+    let props = [Property::AuthenticationMethod("SCRAM-SHA-256")];
+    net.send(r, &connect_v5("x", true, &props));
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        ack.properties
+            .get(mqtt_proto::PropertyId::AuthenticationData),
+        Some(Property::AuthenticationData(b"signed"))
+    );
+    // Re-authentication ends with AUTH 0x00 carrying the data.
+    net.send(
+        r,
+        &Packet::Auth(mqtt_proto::Auth::new(
+            ReasonCode::ReAuthenticate,
+            mqtt_proto::Properties::new(&props),
+        )),
+    );
+    expect_auth(&mut net, r, ReasonCode::Success, b"again");
+    // Without a method there is no exchange to end: the CONNACK carries no data.
+    let r = net.raw(V5);
+    net.send(r, &connect_v5("y", true, &[]));
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        ack.properties
+            .get(mqtt_proto::PropertyId::AuthenticationData),
+        None
     );
 }
 

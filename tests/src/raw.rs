@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mqtt_proto::{
-    Ack, Connect, Filters, Packet, PacketId, Properties, Property, ProtocolVersion, Publish, QoS,
-    ReasonCode, Status, Subscribe, SubscriptionOptions, TopicFilter, decode,
+    Ack, Connect, Filters, Packet, PacketId, Properties, Property, PropertyId, ProtocolVersion,
+    Publish, QoS, ReasonCode, Status, Subscribe, SubscriptionOptions, TopicFilter, decode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +23,11 @@ pub enum Got {
         present: bool,
         /// Reason code (3.x return codes mapped to their 5.0 names).
         code: ReasonCode,
+        /// Authentication Data (MQTT 5 extended authentication).
+        auth_data: Option<Vec<u8>>,
     },
+    /// AUTH: reason code and Authentication Data.
+    Auth(ReasonCode, Option<Vec<u8>>),
     /// PUBLISH.
     Publish {
         /// Topic.
@@ -112,6 +116,7 @@ impl Raw {
             Some(Got::ConnAck {
                 present,
                 code: ReasonCode::Success,
+                ..
             }) => (raw, present),
             other => panic!("{id}: {other:?}"),
         }
@@ -190,12 +195,21 @@ impl Raw {
     }
 }
 
+fn auth_data(p: &Properties<'_>) -> Option<Vec<u8>> {
+    match p.get(PropertyId::AuthenticationData) {
+        Some(Property::AuthenticationData(d)) => Some(d.to_vec()),
+        _ => None,
+    }
+}
+
 fn own(p: Packet<'_>) -> Got {
     match p {
         Packet::ConnAck(a) => Got::ConnAck {
             present: a.session_present,
             code: a.reason_code,
+            auth_data: auth_data(&a.properties),
         },
+        Packet::Auth(a) => Got::Auth(a.reason_code, auth_data(&a.properties)),
         Packet::Publish(p) => Got::Publish {
             topic: p.topic.to_owned(),
             payload: p.payload.to_vec(),

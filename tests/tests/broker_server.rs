@@ -840,3 +840,201 @@ async fn messages_acknowledged_by_the_application_with_message_ack() {
     })
     .await;
 }
+
+/// The test's extended method `REVERSE`: the broker sends a nonce, the client answers with it
+/// reversed. Without a method, the user `hooked` is accepted and anyone else is left to the
+/// configuration.
+struct Reverse {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl mqtt_tokio::broker::Authenticate for Reverse {
+    fn authenticate<'a>(
+        &'a self,
+        r: &'a mut mqtt_tokio::broker::AuthRequest,
+    ) -> mqtt_tokio::broker::AuthFuture<'a> {
+        use mqtt_tokio::broker::{Answer, AuthStep};
+        Box::pin(async move {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // A slow answer (an HTTP call, say) only delays this connection.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match r.method.as_deref() {
+                None if r.username.as_deref() == Some("hooked") => Some(Answer::Accept),
+                Some("REVERSE") => match r.state.take() {
+                    // A CONNECT, or a connected client that starts again.
+                    None => {
+                        assert_ne!(r.step, AuthStep::Continue, "{r:?}");
+                        let nonce = format!("nonce-{}-{:?}", r.client_id, r.step).into_bytes();
+                        r.state = Some(Box::new(nonce.clone()));
+                        Some(Answer::Continue(nonce))
+                    }
+                    Some(nonce) => {
+                        let nonce = nonce.downcast::<Vec<u8>>().expect("our state");
+                        let want: Vec<u8> = nonce.iter().rev().copied().collect();
+                        Some(if r.data.as_deref() == Some(&want[..]) {
+                            Answer::Complete(format!("welcome {:?}", r.step).into_bytes())
+                        } else {
+                            Answer::Refuse(ReasonCode::NotAuthorized)
+                        })
+                    }
+                },
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Sends AUTH with the `REVERSE` method and `data`.
+async fn send_auth(raw: &mut Raw, code: ReasonCode, data: Option<&[u8]>) {
+    use mqtt_proto::{Auth, Packet, Properties, Property};
+    let mut props = vec![Property::AuthenticationMethod("REVERSE")];
+    props.extend(data.map(Property::AuthenticationData));
+    raw.send(&Packet::Auth(Auth::new(code, Properties::new(&props))))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_hooks_authenticate_with_an_extended_exchange_and_authorize() {
+    use mqtt_proto::{Properties, Property};
+    use mqtt_tokio::broker::{Action, Hooks};
+    use std::sync::Arc;
+    bounded(async {
+        let hook = Arc::new(Reverse {
+            asked: Default::default(),
+        });
+        let hooks = Hooks {
+            authenticate: Some(hook.clone()),
+            authorize: Some(Arc::new(|_, topic: &str, action| {
+                !(action == Action::Subscribe && topic.starts_with("private/")
+                    || action == Action::Publish && topic.starts_with("ro/"))
+            })),
+        };
+        let cfg = BrokerConfig {
+            allow_anonymous: false,
+            ..local()
+        };
+        let broker = Broker::start_with(cfg, hooks).await.expect("starts");
+        let addr = broker.local_addr();
+        let method = [Property::AuthenticationMethod("REVERSE")];
+        let reversed = |nonce: &[u8]| nonce.iter().rev().copied().collect::<Vec<u8>>();
+
+        // The exchange: a nonce in AUTH 0x18, the answer, CONNACK with the server's data.
+        let mut a = Raw::open(addr, V5).await;
+        let connect = Connect {
+            properties: Properties::new(&method),
+            ..Connect::new(V5, "ext", 60)
+        };
+        let nonce = match a.connect_with(connect).await {
+            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(n))) => n,
+            other => panic!("no challenge: {other:?}"),
+        };
+        assert_eq!(nonce, b"nonce-ext-Connect");
+        send_auth(&mut a, ReasonCode::ContinueAuthentication, Some(&reversed(&nonce))).await;
+        assert_eq!(
+            a.recv().await,
+            Some(Got::ConnAck {
+                present: false,
+                code: ReasonCode::Success,
+                auth_data: Some(b"welcome Continue".to_vec()),
+            })
+        );
+        // Re-authentication: a new round, ended by AUTH 0x00 with the server's data.
+        send_auth(&mut a, ReasonCode::ReAuthenticate, None).await;
+        let nonce = match a.recv().await {
+            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(n))) => n,
+            other => panic!("no challenge: {other:?}"),
+        };
+        assert_eq!(nonce, b"nonce-ext-Reauthenticate");
+        send_auth(&mut a, ReasonCode::ContinueAuthentication, Some(&reversed(&nonce))).await;
+        assert_eq!(
+            a.recv().await,
+            Some(Got::Auth(
+                ReasonCode::Success,
+                Some(b"welcome Reauthenticate".to_vec())
+            ))
+        );
+
+        // A wrong answer is refused.
+        let mut b = Raw::open(addr, V5).await;
+        let connect = Connect {
+            properties: Properties::new(&method),
+            ..Connect::new(V5, "wrong", 60)
+        };
+        assert!(matches!(
+            b.connect_with(connect).await,
+            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(_)))
+        ));
+        send_auth(&mut b, ReasonCode::ContinueAuthentication, Some(b"guess")).await;
+        assert!(matches!(
+            b.recv().await,
+            Some(Got::ConnAck {
+                code: ReasonCode::NotAuthorized,
+                ..
+            })
+        ));
+
+        // The hook leaves these to the configuration: anonymous clients are refused, and an
+        // unknown method is 0x8C.
+        for (id, props, want) in [
+            ("anon", &[][..], ReasonCode::NotAuthorized),
+            (
+                "scram",
+                &[Property::AuthenticationMethod("SCRAM-SHA-256")][..],
+                ReasonCode::BadAuthenticationMethod,
+            ),
+        ] {
+            let mut c = Raw::open(addr, V5).await;
+            let connect = Connect {
+                properties: Properties::new(props),
+                ..Connect::new(V5, id, 60)
+            };
+            match c.connect_with(connect).await {
+                Some(Got::ConnAck { code, .. }) => assert_eq!(code, want, "{id}"),
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+
+        // The user the hook accepts, and the authorization hook's decisions.
+        let mut d = Raw::open(addr, V5).await;
+        let connect = Connect {
+            username: Some("hooked"),
+            ..Connect::new(V5, "plain", 60)
+        };
+        assert!(matches!(
+            d.connect_with(connect).await,
+            Some(Got::ConnAck {
+                code: ReasonCode::Success,
+                auth_data: None,
+                ..
+            })
+        ));
+        assert_eq!(
+            d.subscribe("private/x", QoS::AtLeastOnce).await,
+            [ReasonCode::NotAuthorized]
+        );
+        assert_eq!(
+            d.subscribe("open/#", QoS::AtLeastOnce).await,
+            [ReasonCode::GrantedQoS1]
+        );
+        d.publish("ro/x", b"no", QoS::AtLeastOnce, 7).await;
+        assert_eq!(
+            d.recv().await,
+            Some(Got::PubAck(7, ReasonCode::NotAuthorized))
+        );
+        d.publish("open/a", b"yes", QoS::AtLeastOnce, 8).await;
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(d.recv().await);
+        }
+        assert!(got.contains(&Some(Got::PubAck(8, ReasonCode::Success))), "{got:?}");
+        assert!(
+            got.iter().any(|g| matches!(g,
+                Some(Got::Publish { topic, payload, .. }) if topic == "open/a" && payload == b"yes")),
+            "{got:?}"
+        );
+        // CONNECT, AUTH, re-auth AUTH 0x19, AUTH; CONNECT, AUTH; anon, scram; hooked.
+        assert_eq!(hook.asked.load(std::sync::atomic::Ordering::SeqCst), 9);
+        broker.stop().await;
+    })
+    .await;
+}

@@ -486,17 +486,26 @@ impl Broker {
         let state = c.state;
         let method = c.auth_method.clone();
         match (state, answer) {
-            (ConnState::Authenticating, Answer::Accept) => self.finish_connect(conn, now),
+            (ConnState::Authenticating, Answer::Accept) => self.finish_connect(conn, now, None),
             (ConnState::Authenticating, Answer::AcceptAs(user)) => {
                 if let Some(p) = c.pending.as_mut() {
                     p.username = Some(user);
                 }
-                self.finish_connect(conn, now);
+                self.finish_connect(conn, now, None);
+            }
+            (ConnState::Authenticating, Answer::Complete(data)) => {
+                let data = method.is_some().then(|| data.into_boxed_slice());
+                self.finish_connect(conn, now, data);
             }
             (ConnState::Authenticating, Answer::Refuse(rc)) => self.refuse(conn, rc),
             (ConnState::Open, Answer::Accept | Answer::AcceptAs(_)) => {
                 let method = method.unwrap_or_default();
                 self.push_control(conn, Control::Auth(ReasonCode::Success, method, None));
+            }
+            (ConnState::Open, Answer::Complete(data)) => {
+                let method = method.unwrap_or_default();
+                let data = Some(data.into_boxed_slice());
+                self.push_control(conn, Control::Auth(ReasonCode::Success, method, data));
             }
             (ConnState::Open, Answer::Refuse(rc)) => self.end_conn(
                 conn,
@@ -1114,7 +1123,7 @@ impl Broker {
                 self.refuse(conn, ReasonCode::BadAuthenticationMethod);
                 return;
             }
-            self.finish_connect(conn, now);
+            self.finish_connect(conn, now, None);
             return;
         }
         c.state = ConnState::Authenticating;
@@ -1197,7 +1206,9 @@ impl Broker {
         });
     }
 
-    fn finish_connect(&mut self, conn: ConnId, now: Instant) {
+    /// Accepts the CONNECT `conn` waits with; `auth_data` goes in the CONNACK beside the
+    /// method of an extended exchange.
+    fn finish_connect(&mut self, conn: ConnId, now: Instant, auth_data: Option<Box<[u8]>>) {
         let Some(pending) = self.conns.get_mut(&conn).and_then(|c| c.pending.take()) else {
             return;
         };
@@ -1296,7 +1307,7 @@ impl Broker {
             assigned: (v5 && pending.assigned).then(|| pending.client_id.clone()),
             keep_alive: pending.server_keep_alive,
             expiry: (v5 && pending.expiry_capped).then_some(pending.expiry),
-            auth: c.auth_method.clone().map(|m| (m, None)),
+            auth: c.auth_method.clone().map(|m| (m, auth_data)),
             response_info: pending.response_info,
         });
         self.wake(conn);

@@ -219,6 +219,10 @@ pub enum Answer {
     /// Continue an extended exchange: send AUTH 0x18 with this data. Only a CONNECT with an
     /// Authentication Method (MQTT 5) can continue; any other is refused with 0x87.
     Continue(Vec<u8>),
+    /// Authenticated, ending an extended exchange with this Authentication Data (a SCRAM
+    /// server signature, say), carried by the CONNACK or, on re-authentication, by AUTH 0x00.
+    /// Without a method (no extended exchange) it is [`Answer::Accept`].
+    Complete(Vec<u8>),
 }
 
 /// Why the broker ended a connection.

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::either::Either;
 
 use super::config::ListenKind;
-use super::{Core, Shared, Slot};
+use super::{AuthRequest, AuthStep, Core, Shared, Slot};
 
 /// What a listener's connections need for their handshake.
 pub(crate) struct ListenerCtx {
@@ -202,6 +202,7 @@ pub(crate) async fn serve(
         gone: false,
         quiet: false,
         woke: false,
+        auth: None,
         identity,
         peer,
     };
@@ -231,6 +232,8 @@ struct Conn {
     quiet: bool,
     /// The last service woke another connection's task.
     woke: bool,
+    /// What an extended authentication's later steps need (with an authentication hook).
+    auth: Option<Box<AuthRequest>>,
     identity: Option<String>,
     peer: SocketAddr,
 }
@@ -429,60 +432,122 @@ impl Conn {
         }
     }
 
-    /// Answers an authentication question (the password check runs off the workers).
+    /// The configuration's answer to a CONNECT: the certificate's name, the password file or
+    /// `allow_anonymous`; an extended method is unknown to it (0x8C).
+    async fn configured_answer(
+        &self,
+        method: bool,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Answer {
+        let shared = &self.shared;
+        let cfg = &shared.cfg;
+        if method {
+            Answer::Refuse(ReasonCode::BadAuthenticationMethod)
+        } else if cfg.tls.use_identity_as_username {
+            // The certificate's common name becomes the session's user name, which the ACL
+            // then sees for as long as the session lives (offline too).
+            match &self.identity {
+                Some(cn) => Answer::AcceptAs(cn.as_str().into()),
+                None => Answer::Refuse(ReasonCode::NotAuthorized),
+            }
+        } else {
+            match (username, shared.passwords.is_some()) {
+                (None, _) if cfg.allow_anonymous => Answer::Accept,
+                (None, _) | (Some(_), false) => Answer::Refuse(ReasonCode::NotAuthorized),
+                (Some(user), true) => {
+                    let s = shared.clone();
+                    let user = user.to_owned();
+                    let password = password.unwrap_or_default().to_vec();
+                    // PBKDF2 takes milliseconds: not on a worker thread.
+                    let ok = tokio::task::spawn_blocking(move || {
+                        s.passwords
+                            .as_ref()
+                            .is_some_and(|p| p.verify(&user, &password))
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if ok {
+                        Answer::Accept
+                    } else {
+                        Answer::Refuse(ReasonCode::BadUserNameOrPassword)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers an authentication question: the application's hook first, then the
+    /// configuration (the password check runs off the workers).
     async fn answer(&mut self, q: Question) {
         let shared = self.shared.clone();
-        let cfg = &shared.cfg;
+        let hook = shared.hooks.authenticate.as_deref();
         let (answer, who) = match q {
             Question::Connect {
                 client_id,
                 username,
                 password,
                 method,
+                data,
                 ..
             } => {
                 let who = (client_id.clone(), username.clone());
-                let answer = if method.is_some() {
-                    Answer::Refuse(ReasonCode::BadAuthenticationMethod)
-                } else if cfg.tls.use_identity_as_username {
-                    // The certificate's common name becomes the session's user name, which
-                    // the ACL then sees for as long as the session lives (offline too).
-                    match &self.identity {
-                        Some(cn) => Answer::AcceptAs(cn.as_str().into()),
-                        None => Answer::Refuse(ReasonCode::NotAuthorized),
-                    }
-                } else {
-                    match (username, shared.passwords.is_some()) {
-                        (None, _) if cfg.allow_anonymous => Answer::Accept,
-                        (None, _) | (Some(_), false) => Answer::Refuse(ReasonCode::NotAuthorized),
-                        (Some(user), true) => {
-                            let s = shared.clone();
-                            let password = password.unwrap_or_default();
-                            // PBKDF2 takes milliseconds: not on a worker thread.
-                            let ok = tokio::task::spawn_blocking(move || {
-                                s.passwords
-                                    .as_ref()
-                                    .is_some_and(|p| p.verify(&user, &password))
-                            })
+                let mut request = Box::new(AuthRequest {
+                    step: AuthStep::Connect,
+                    peer: self.peer,
+                    certificate_name: self.identity.clone(),
+                    client_id,
+                    username,
+                    password,
+                    method,
+                    data,
+                    state: None,
+                });
+                let answer = match hook {
+                    Some(h) => h.authenticate(&mut request).await,
+                    None => None,
+                };
+                let answer = match answer {
+                    Some(a) => a,
+                    None => {
+                        let r = &request;
+                        let (user, password) = (r.username.as_deref(), r.password.as_deref());
+                        self.configured_answer(r.method.is_some(), user, password)
                             .await
-                            .unwrap_or(false);
-                            if ok {
-                                Answer::Accept
-                            } else {
-                                Answer::Refuse(ReasonCode::BadUserNameOrPassword)
-                            }
-                        }
                     }
                 };
+                // Kept for the exchange's next steps and a re-authentication (only those
+                // with a method have any), without the password.
+                request.password = None;
+                self.auth = (hook.is_some() && request.method.is_some()).then_some(request);
                 (answer, Some(who))
             }
-            Question::Auth { .. } => (Answer::Refuse(ReasonCode::BadAuthenticationMethod), None),
+            Question::Auth {
+                data,
+                reauthenticate,
+                ..
+            } => {
+                let answer = match (hook, self.auth.as_deref_mut()) {
+                    (Some(h), Some(request)) => {
+                        request.step = if reauthenticate {
+                            AuthStep::Reauthenticate
+                        } else {
+                            AuthStep::Continue
+                        };
+                        request.data = data;
+                        h.authenticate(request).await
+                    }
+                    _ => None,
+                };
+                let answer = answer.unwrap_or(Answer::Refuse(ReasonCode::BadAuthenticationMethod));
+                (answer, None)
+            }
             _ => return,
         };
         if let Some((client_id, username)) = who {
             let user = self.identity.as_deref().or(username.as_deref());
             match &answer {
-                Answer::Accept | Answer::AcceptAs(_) => {
+                Answer::Accept | Answer::AcceptAs(_) | Answer::Complete(_) => {
                     tracing::info!(conn = %self.id, peer = %self.peer, %client_id, username = user, "authenticated");
                 }
                 Answer::Refuse(rc) => {

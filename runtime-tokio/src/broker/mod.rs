@@ -9,7 +9,7 @@
 //! held only for a `handle_read` (decode and route what one socket read brought) and the drain
 //! of the wakes, events and the task's own `poll_transmit` that follows, never across I/O, a
 //! TLS handshake or a password check. A delivery to another connection is a name from
-//! `poll_wake` handed to that connection's task (a `Notify`), which takes the lock itself to
+//! `poll_wake` handed to that connection's task (a flag and a waker), which takes the lock itself to
 //! pull its packets into its own write buffer, and writes them without the lock. A client that
 //! does not read only stops its own task (its session queue is bounded by the core's limits).
 //!
@@ -28,6 +28,7 @@
 
 mod config;
 mod conn;
+mod hooks;
 mod http;
 mod store;
 mod tls;
@@ -46,15 +47,15 @@ use mqtt_proto::ReasonCode;
 use mqtt_session::Instant;
 use mqtt_session::broker::acl::{Access, AclFile};
 use mqtt_session::broker::password::PasswordFile;
-use mqtt_session::broker::{
-    Action, Broker as Core0, ClientInfo, CloseReason, ConnId, Event, Question, Stats,
-};
+use mqtt_session::broker::{Broker as Core0, CloseReason, ConnId, Event, Question, Stats};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{BrokerConfig, ConfigError, Listen, ListenKind, TlsConfig};
+pub use hooks::{AuthFuture, AuthRequest, AuthStep, Authenticate, Authorizer, Hooks};
+pub use mqtt_session::broker::{Action, Answer, ClientInfo};
 pub use store::{Durability, STORE_FILE, StoreReport};
 
 /// Why the broker could not start.
@@ -216,6 +217,7 @@ pub(crate) struct Shared {
     pub durable: Option<store::Durable>,
     pub cfg: BrokerConfig,
     pub passwords: Option<PasswordFile>,
+    pub hooks: Hooks,
     pub counters: Counters,
     pub stopping: AtomicBool,
     /// Ends the accept loops, the HTTP endpoint and the timer.
@@ -320,6 +322,11 @@ impl Broker {
     /// Binds the listeners, loads the password and ACL files and starts serving on the
     /// current tokio runtime (a multi-threaded one spreads connections over its workers).
     pub async fn start(cfg: BrokerConfig) -> Result<Broker, StartError> {
+        Broker::start_with(cfg, Hooks::default()).await
+    }
+
+    /// [`Broker::start`], with the application's authentication and authorization hooks.
+    pub async fn start_with(cfg: BrokerConfig, hooks: Hooks) -> Result<Broker, StartError> {
         cfg.validate()?;
         let passwords = match &cfg.password_file {
             Some(p) => Some(
@@ -343,8 +350,10 @@ impl Broker {
         } else {
             None
         };
-        let authenticate =
-            passwords.is_some() || !cfg.allow_anonymous || cfg.tls.use_identity_as_username;
+        let authenticate = passwords.is_some()
+            || !cfg.allow_anonymous
+            || cfg.tls.use_identity_as_username
+            || hooks.authenticate.is_some();
         let mut core_cfg = cfg.core(authenticate);
         let opened = cfg.persistence_dir.as_ref().map(|dir| {
             let durability = cfg.durability.unwrap_or(Durability::Ack);
@@ -363,7 +372,8 @@ impl Broker {
             }
             None => (Core0::new(core_cfg), None, None, 0),
         };
-        if let Some(acl) = acl {
+        let hook = hooks.authorize.clone();
+        if acl.is_some() || hook.is_some() {
             // With `use_identity_as_username` the user name is the certificate's common name
             // (the connection answers `AcceptAs`), never the one the client claimed.
             core.set_authorizer(Box::new(
@@ -373,7 +383,9 @@ impl Broker {
                         Action::Subscribe => Access::Subscribe,
                         _ => Access::Read,
                     };
-                    acl.check(c.client_id, c.username, topic, access)
+                    acl.as_ref()
+                        .is_none_or(|acl| acl.check(c.client_id, c.username, topic, access))
+                        && hook.as_ref().is_none_or(|h| h(c, topic, action))
                 },
             ));
         }
@@ -424,6 +436,7 @@ impl Broker {
             clock_base,
             durable,
             passwords,
+            hooks,
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
