@@ -1812,6 +1812,11 @@ fn shrinking_a_connections_queues_between_packets_loses_nothing() {
 /// acknowledged), then a publisher that queued 30 QoS 1 messages at once. Gives the peers'
 /// indices, the publisher last.
 fn held(backpressure_ms: u32, subscribers: &[&str]) -> (Net, Vec<usize>) {
+    held_at(backpressure_ms, subscribers, QoS::AtLeastOnce)
+}
+
+/// [`held`], with the subscriptions and the messages at `qos`.
+fn held_at(backpressure_ms: u32, subscribers: &[&str], qos: QoS) -> (Net, Vec<usize>) {
     let mut net = Net::new(Config {
         limits: Limits {
             session_messages: 8,
@@ -1824,7 +1829,7 @@ fn held(backpressure_ms: u32, subscribers: &[&str]) -> (Net, Vec<usize>) {
     for name in subscribers {
         let s = net.client(ccfg(V311));
         net.connect_id(s, name);
-        subscribe(&mut net, s, "bp", opts(QoS::AtLeastOnce));
+        subscribe(&mut net, s, "bp", opts(qos));
         peers.push(s);
     }
     let p = net.client(ccfg(V311));
@@ -1833,7 +1838,7 @@ fn held(backpressure_ms: u32, subscribers: &[&str]) -> (Net, Vec<usize>) {
     let now = net.now;
     for i in 0..30u8 {
         let msg = Publish {
-            qos: QoS::AtLeastOnce,
+            qos,
             ..Publish::new("bp", std::slice::from_ref(&i))
         };
         net.cl(p).publish(now, &msg, 5).expect("publish");
@@ -1877,6 +1882,29 @@ fn a_slow_subscriber_holds_its_publisher_instead_of_dropping() {
     let (net, _) = held(0, &["slow"]);
     assert_eq!(net.broker.stats().dropped.session_full, 22);
     assert_eq!(net.broker.stats().publishers_held, 0);
+}
+
+#[test]
+fn a_qos_0_publisher_is_held_until_what_went_out_makes_room() {
+    // Routing the burst fills the session before anything is written: the publisher waits,
+    // and each QoS 0 message written (no acknowledgment to wait for) makes the room.
+    let (mut net, peers) = held_at(500, &["s"], QoS::AtMostOnce);
+    let (s, p) = (peers[0], peers[1]);
+    assert!(
+        net.peers[p].up.is_empty(),
+        "read to the end, with no time passing"
+    );
+    net.pause(s, false, false);
+    let got: Vec<u8> = net.messages(s).into_iter().map(|m| m.payload[0]).collect();
+    assert_eq!(got, (0..30).collect::<Vec<u8>>(), "every message, in order");
+    let st = net.broker.stats();
+    assert_eq!(st.dropped, Drops::default());
+    assert!(st.publishers_held >= 1, "{st:?}");
+    // Without back-pressure what does not fit is dropped (fewer than at QoS 1: the writes
+    // between the publisher's reads make room).
+    let (net, _) = held_at(0, &["s"], QoS::AtMostOnce);
+    let dropped = net.broker.stats().dropped.session_full;
+    assert!(dropped > 0 && dropped < 22, "{dropped}");
 }
 
 #[test]

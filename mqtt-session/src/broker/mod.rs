@@ -12,7 +12,8 @@
 //!    it is waiting for bytes; if the connection owes many packets it stops early until they
 //!    are written (so a client that does not read cannot make it buffer without bound).
 //! 3. Drain [`Broker::poll_wake`]: each connection it names has packets to write; drain
-//!    [`Broker::poll_transmit`] for it until `None`, writing each packet.
+//!    [`Broker::poll_transmit`] for it until `None`, writing each packet (what goes out may
+//!    wake a held publisher: drain `poll_wake` again after).
 //! 4. Drain [`Broker::poll_event`]: answer [`Event::Ask`] with [`Broker::handle_auth_answer`]
 //!    (now or later, from another task); on [`Event::Close`] flush the connection, close the
 //!    socket and call [`Broker::handle_close`].
@@ -140,8 +141,11 @@
 //! to bound.
 //!
 //! Before a limit drops anything, back-pressure ([`Limits::backpressure_ms`]): a publish whose
-//! QoS 1/2 copy leaves a connected subscriber's session more than half full holds its
-//! publisher (its connection is not read from) until that session drains below a quarter. A
+//! copy leaves a connected subscriber's session more than half full holds its publisher (its
+//! connection is not read from) until that session drains below a quarter (as QoS 1/2
+//! messages are acknowledged and QoS 0 ones written: so drain [`Broker::poll_wake`] after
+//! [`Broker::poll_transmit`] too). QoS 0 is held as well: a publisher faster than its
+//! subscriber otherwise has most of its messages dropped, work spent for nothing. A
 //! subscriber that makes no such room within the time counts as stalled and holds no one
 //! until it has drained, so a subscriber that stopped reading costs each publisher one wait,
 //! while one that is merely slower than its publishers loses nothing. Offline sessions never
@@ -904,6 +908,11 @@ impl Broker {
                         continue;
                     }
                 }
+            }
+            // A QoS 0 message leaves the session once written: that may be the room a held
+            // publisher waits for.
+            if packet_id.is_none() && (s.stalled || !s.waiters.is_empty()) {
+                self.relieve(sid, now);
             }
             return Ok(Some(n));
         }
@@ -2316,10 +2325,8 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
-        let acknowledged = out.qos != QoS::AtMostOnce;
         s.queue.push_back(out);
-        if acknowledged
-            && l.backpressure_ms > 0
+        if l.backpressure_ms > 0
             && s.conn.is_some()
             && !s.stalled
             && s.above(2, l.session_messages, l.session_bytes)

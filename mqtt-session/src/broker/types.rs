@@ -40,8 +40,8 @@ pub struct Limits {
     /// Bytes all retained messages together may hold; a retained publish past it is still
     /// delivered but not retained, and counted.
     pub retained_bytes: usize,
-    /// Back-pressure, in milliseconds: a publisher whose QoS 1/2 message leaves a connected
-    /// subscriber's session more than half full (in messages or bytes) is not read from until
+    /// Back-pressure, in milliseconds: a publisher whose message (of any QoS) leaves a
+    /// connected subscriber's session more than half full (in messages or bytes) is not read from until
     /// that session drains below a quarter, for at most this long. A subscriber that makes no
     /// such room in time counts as stalled and holds no publisher until it has (what does not
     /// fit is then dropped at the limits and counted). So nothing is dropped for a subscriber

@@ -421,7 +421,7 @@ impl Conn {
         loop {
             if self.filled >= WRITE_BATCH {
                 self.more = true;
-                return;
+                break;
             }
             if self.out.len() < self.filled + 256 {
                 let len = (self.filled + 512).max(self.out.len() * 2);
@@ -434,17 +434,19 @@ impl Conn {
                     if self.keeps_nothing() {
                         core.broker.shrink(self.id);
                     }
-                    return;
+                    break;
                 }
                 Err(CoreError::BufferTooSmall { needed }) => {
                     self.out.resize(self.filled + needed, 0);
                 }
                 Err(_) => {
                     self.gone = true;
-                    return;
+                    break;
                 }
             }
         }
+        // What went out may have made the room a held publisher waits for.
+        self.woke |= core.dispatch(self.id);
     }
 
     /// The configuration's answer to a CONNECT: the certificate's name, the password file or

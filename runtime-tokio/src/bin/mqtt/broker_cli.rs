@@ -63,8 +63,8 @@ pub struct BrokerArgs {
     /// Bytes all sessions together may hold.
     #[arg(long)]
     max_queued_bytes_total: Option<usize>,
-    /// Milliseconds a publisher is held while a connected subscriber of its QoS 1/2
-    /// messages is more than half full (default 1000; 0: drop at the limits instead).
+    /// Milliseconds a publisher is held while a connected subscriber of its messages is
+    /// more than half full (default 1000; 0: drop at the limits instead).
     #[arg(long)]
     backpressure_ms: Option<u32>,
     /// Highest topic alias accepted from clients (0: none).
