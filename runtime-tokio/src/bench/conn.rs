@@ -140,6 +140,8 @@ struct Link {
     s: Core,
     rx: BytesMut,
     tx: Vec<u8>,
+    /// Bytes of `tx` encoded and not written yet.
+    staged: usize,
 }
 
 /// A publisher's progress.
@@ -263,6 +265,7 @@ async fn open(ctx: &Ctx, plan: &Plan) -> Result<Box<Link>, Failure> {
         t,
         s: Core::with_backing(ctx.config, Heap::new(slots, bytes)),
         rx: BytesMut::with_capacity(256),
+        staged: 0,
         tx: vec![
             0u8;
             if plan.publish.is_some() {
@@ -583,30 +586,37 @@ fn publish_due(ctx: &Ctx, s: &mut Core, p: &mut Publishing<'_>) -> Result<Option
     result
 }
 
+/// Bytes encoded before they are written even in the middle of a read batch.
+const STAGE_MAX: usize = 64 * 1024;
+
 impl Link {
-    /// Writes everything the core has to send, and acts on its notices.
-    async fn flush(
+    /// Encodes what the core has to send after what waits in `tx`, and acts on its notices;
+    /// gives whether anything was added.
+    fn stage(
         &mut self,
         ctx: &Ctx,
         publishing: &mut Option<Publishing<'_>>,
-    ) -> Result<(), Failure> {
-        loop {
-            let now = ctx.clock.session_now();
-            let mut filled = 0;
-            while let Some(dst) = self.tx.get_mut(filled..) {
+    ) -> Result<bool, Failure> {
+        let now = ctx.clock.session_now();
+        let before = self.staged;
+        // Round again while notices were taken: a full notice queue stops the core's output.
+        let mut noticed = true;
+        while noticed {
+            loop {
+                let dst = self.tx.get_mut(self.staged..).unwrap_or_default();
                 match self.s.poll_transmit(now, dst) {
-                    Ok(Some(n)) => filled += n,
+                    Ok(Some(n)) => self.staged += n,
                     Ok(None) => break,
                     Err(Error::Encode(EncodeError::BufferTooSmall { needed })) => {
-                        if filled > 0 {
-                            break;
-                        }
-                        self.tx.resize(needed, 0);
+                        let len = (self.staged + needed).max(self.tx.len() * 2);
+                        self.tx.resize(len, 0);
                     }
                     Err(e) => return Err(Failure::Lost(format!("cannot encode: {e}"))),
                 }
             }
+            noticed = false;
             while let Some(n) = self.s.poll_notice() {
+                noticed = true;
                 match n {
                     Notice::Sent { .. } => completed(publishing, true),
                     Notice::Dropped { reason_code, .. } => {
@@ -619,14 +629,26 @@ impl Link {
                     _ => {}
                 }
             }
-            if filled == 0 {
-                return Ok(());
-            }
-            let data = self.tx.get(..filled).unwrap_or_default();
-            if let Err(e) = self.t.write_all(data).await {
-                return Err(Failure::Lost(e.to_string()));
-            }
         }
+        Ok(self.staged > before)
+    }
+
+    /// Writes everything the core has to send, and acts on its notices.
+    async fn flush(
+        &mut self,
+        ctx: &Ctx,
+        publishing: &mut Option<Publishing<'_>>,
+    ) -> Result<(), Failure> {
+        self.stage(ctx, publishing)?;
+        if self.staged == 0 {
+            return Ok(());
+        }
+        let data = self.tx.get(..self.staged).unwrap_or_default();
+        if let Err(e) = self.t.write_all(data).await {
+            return Err(Failure::Lost(e.to_string()));
+        }
+        self.staged = 0;
+        Ok(())
     }
 
     /// Consumes every whole packet read.
@@ -666,7 +688,11 @@ impl Link {
                     return Ok(());
                 }
                 Read::TransmitFirst => {
-                    self.flush(ctx, publishing).await?;
+                    // The acknowledgments of a batch go out together after it (one write,
+                    // not one per few packets), unless they pile up or nothing moved.
+                    if !self.stage(ctx, publishing)? || self.staged >= STAGE_MAX {
+                        self.flush(ctx, publishing).await?;
+                    }
                     continue;
                 }
                 Read::Closed => {
