@@ -629,6 +629,8 @@ impl Broker {
             .and_then(Option::as_mut)
         {
             s.queue.shrink_to_fit();
+            // The in-flight table too: a hash table keeps its size after a burst.
+            s.inflight.shrink_to_fit();
         }
     }
 

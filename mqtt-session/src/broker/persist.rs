@@ -319,6 +319,13 @@ impl Broker {
                     .map(|sub: &Sub| (sub.filter.clone(), sub.options, sub.id))
                     .collect();
                 subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+                // By packet id: the map's own order is arbitrary.
+                let mut inflight: Vec<(u16, u64, bool)> = s
+                    .inflight
+                    .iter()
+                    .map(|(id, i)| (id.get(), i.out.msg.id, i.state == OutState::AwaitComp))
+                    .collect();
+                inflight.sort_unstable();
                 SessionSnapshot {
                     client_id: s.client_id.clone(),
                     expiry: s.expiry,
@@ -329,11 +336,7 @@ impl Broker {
                         .filter(|o| o.qos != QoS::AtMostOnce)
                         .map(|o| (o.msg.id, o.qos))
                         .collect(),
-                    inflight: s
-                        .inflight
-                        .iter()
-                        .map(|(id, i)| (id.get(), i.out.msg.id, i.state == OutState::AwaitComp))
-                        .collect(),
+                    inflight,
                     inbound_qos2: s.rx_qos2.iter().map(|id: &PacketId| id.get()).collect(),
                     pending_will: s.pending_will.as_ref().map(|(m, _)| m.id),
                 }

@@ -1,7 +1,7 @@
 //! The state the broker keeps per session and per connection.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use mqtt_proto::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
@@ -67,6 +67,12 @@ pub(crate) struct Will {
     pub(crate) expiry: Option<u32>,
 }
 
+/// A session's in-flight messages by packet id: looked up, added and removed once per message
+/// (a B-tree's node moves of these entries were about a sixth of a QoS 1 fan-out's time).
+/// The hash is fixed: the ids are the broker's own, not chosen by a client. Iteration order is
+/// arbitrary; whoever needs one sorts.
+pub(crate) type InflightMap = hashbrown::HashMap<PacketId, Inflight, foldhash::fast::FixedState>;
+
 /// The session of one client identifier: what outlives its connections.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -81,7 +87,7 @@ pub(crate) struct Session {
     pub(crate) expires_at: Option<Instant>,
     pub(crate) subs: Vec<Option<Sub>>,
     pub(crate) queue: VecDeque<Outgoing>,
-    pub(crate) inflight: BTreeMap<PacketId, Inflight>,
+    pub(crate) inflight: InflightMap,
     pub(crate) ids: PacketIds,
     pub(crate) order: u64,
     /// Bytes of `queue` and `inflight`.
@@ -109,7 +115,7 @@ impl Session {
             expires_at: None,
             subs: Vec::new(),
             queue: VecDeque::new(),
-            inflight: BTreeMap::new(),
+            inflight: InflightMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
             ids: PacketIds::new(),
             order: 0,
             bytes: 0,
