@@ -1271,6 +1271,45 @@ fn persistent_client(net: &mut Net, id: &str) -> usize {
 }
 
 #[test]
+fn without_records_a_persistent_session_makes_no_per_message_records() {
+    use mqtt_session::broker::Change;
+    let per_message = |c: &Change| {
+        matches!(
+            c,
+            Change::Queued { .. } | Change::Sent { .. } | Change::Acked { .. }
+        )
+    };
+    for records in [true, false] {
+        let mut net = Net::new(Config {
+            records,
+            ..Config::default()
+        });
+        let s = persistent_client(&mut net, "sub");
+        subscribe(&mut net, s, "r", opts(QoS::AtLeastOnce));
+        let p = net.client(ccfg(V5));
+        net.connect_id(p, "pub");
+        let now = net.now;
+        for i in 0..5u8 {
+            let msg = Publish {
+                qos: QoS::AtLeastOnce,
+                ..Publish::new("r", std::slice::from_ref(&i))
+            };
+            net.cl(p).publish(now, &msg, 5).expect("publish");
+        }
+        net.run();
+        assert_eq!(net.messages(s).len(), 5, "records {records}");
+        let made = net
+            .records
+            .iter()
+            .filter(|r| per_message(&r.change))
+            .count();
+        // Queued, sent and acknowledged, per message; none without records.
+        assert_eq!(made, if records { 15 } else { 0 }, "records {records}");
+        assert_eq!(net.broker.stats().queued_messages, 0);
+    }
+}
+
+#[test]
 fn acks_wait_until_the_records_are_durable() {
     let mut net = held_for_the_disk(Config::default());
     let s = persistent_client(&mut net, "durable-sub");

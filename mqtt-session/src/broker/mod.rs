@@ -237,6 +237,8 @@ pub struct Broker {
     scratch: Vec<SubKey>,
     /// Sessions the publish being routed left more than half full (back-pressure).
     pressing: Vec<u32>,
+    /// Per-message records are made ([`Config::records`]).
+    recording: bool,
     /// When held publishers stop waiting, earliest first: one entry per connection at most,
     /// at or before its hold's end (it moves when it comes up early).
     holds: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -270,6 +272,7 @@ impl Broker {
     pub fn new(cfg: Config) -> Self {
         Broker {
             next_sys: cfg.sys_interval.map(|_| Instant::ZERO),
+            recording: cfg.records || cfg.hold_acks_until_durable,
             cfg,
             conns: Conns::default(),
             sessions: Vec::new(),
@@ -837,7 +840,7 @@ impl Broker {
                 return Ok(None);
             };
             let size = out.msg.size();
-            let persisted = s.persistent && out.qos != QoS::AtMostOnce;
+            let persisted = self.recording && s.persistent && out.qos != QoS::AtMostOnce;
             if out.msg.expired(now) {
                 self.stats.dropped.expired += 1;
                 drop_front(s, &mut self.records, &mut self.seq, &mut self.queued_bytes);
@@ -1514,7 +1517,7 @@ impl Broker {
         }
         if let Some(i) = s.inflight.remove(&pid) {
             release(&mut s.bytes, &mut self.queued_bytes, i.out.msg.size());
-            if s.persistent {
+            if self.recording && s.persistent {
                 let change = Change::Acked {
                     client_id: s.client_id.clone(),
                     packet_id: pid,
@@ -1550,7 +1553,7 @@ impl Broker {
                 self.complete(conn, now, pid, |_| true);
             }
             Some(OutState::AwaitAck) => {
-                if s.persistent {
+                if self.recording && s.persistent {
                     let change = Change::Received {
                         client_id: s.client_id.clone(),
                         packet_id: pid,
@@ -2309,7 +2312,7 @@ impl Broker {
         }
         s.bytes += size;
         self.queued_bytes += size;
-        if s.persistent && out.qos != QoS::AtMostOnce {
+        if self.recording && s.persistent && out.qos != QoS::AtMostOnce {
             if self.tracking == Some(out.msg.id) {
                 let e = self
                     .outstanding

@@ -86,6 +86,13 @@ pub struct Config {
     ///
     /// [`Broker::handle_durable`]: super::Broker::handle_durable
     pub hold_acks_until_durable: bool,
+    /// Whether every change is reported for a store ([`Broker::poll_record`]). A runtime
+    /// without one turns it off: a persistent session's per-message records (queued, sent,
+    /// acknowledged, received) are then not made, and what `poll_record` gives is incomplete
+    /// (only good for dropping). [`Config::hold_acks_until_durable`] keeps them on.
+    ///
+    /// [`Broker::poll_record`]: super::Broker::poll_record
+    pub records: bool,
     /// Queue bounds.
     pub limits: Limits,
     /// Publish `$SYS/broker/...` counters (retained) at this interval.
@@ -120,6 +127,7 @@ impl Default for Config {
             max_session_expiry: u32::MAX,
             authenticate: false,
             hold_acks_until_durable: false,
+            records: true,
             limits: Limits::default(),
             sys_interval: None,
             // A 3.1.1 client cannot announce a Receive Maximum: a window this size keeps a

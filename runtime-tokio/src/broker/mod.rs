@@ -47,7 +47,9 @@ use mqtt_proto::ReasonCode;
 use mqtt_session::Instant;
 use mqtt_session::broker::acl::{Access, AclFile};
 use mqtt_session::broker::password::PasswordFile;
-use mqtt_session::broker::{Broker as Core0, CloseReason, ConnId, Event, Question, Stats};
+use mqtt_session::broker::{
+    Broker as Core0, CloseReason, Config as CoreConfig, ConnId, Event, Question, Stats,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -365,12 +367,22 @@ impl Broker {
                 let writable = o.durable.store.is_some();
                 core_cfg.hold_acks_until_durable =
                     writable && o.durable.report.durability == Durability::Ack;
+                core_cfg.records = writable;
                 let now = Instant::from_millis(o.clock_ms);
                 let core = Core0::restore(core_cfg, now, o.records);
                 let ledger = writable.then_some(o.ledger);
                 (core, ledger, Some(o.durable), o.clock_ms)
             }
-            None => (Core0::new(core_cfg), None, None, 0),
+            // No store: the per-message records of persistent sessions would be dropped.
+            None => (
+                Core0::new(CoreConfig {
+                    records: false,
+                    ..core_cfg
+                }),
+                None,
+                None,
+                0,
+            ),
         };
         let hook = hooks.authorize.clone();
         if acl.is_some() || hook.is_some() {
