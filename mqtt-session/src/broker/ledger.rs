@@ -81,7 +81,7 @@ struct SessionEntry {
 /// Folds broker records into store writes; see the [module docs](self).
 #[derive(Debug, Default)]
 pub struct Ledger {
-    sessions: BTreeMap<Box<str>, SessionEntry>,
+    sessions: BTreeMap<Shared<str>, SessionEntry>,
     /// Message id to the number of entries that name it, and of those the retained
     /// messages and wills (which are never held back, nor then is the body they name).
     refs: BTreeMap<u64, (u32, u32)>,
@@ -709,7 +709,7 @@ impl Ledger {
         }
         // Session number to client id, and the change lists per session in the order a
         // broker applies them.
-        let mut names: BTreeMap<u64, Box<str>> = BTreeMap::new();
+        let mut names: BTreeMap<u64, Shared<str>> = BTreeMap::new();
         let mut ledger = Ledger::new();
         let mut changes = Vec::new();
         let mut disconnects = Vec::new();
@@ -719,6 +719,7 @@ impl Ledger {
                 invalid.push(key(kind::SESSION, n));
                 continue;
             };
+            let client_id = Shared::<str>::from(client_id);
             names.insert(n, client_id.clone());
             changes.push(Change::SessionCreated {
                 client_id: client_id.clone(),
@@ -738,7 +739,7 @@ impl Ledger {
             };
             ledger.sessions.insert(client_id, s);
         }
-        let session_of = |sn: u64| -> Option<Box<str>> { names.get(&sn).cloned() };
+        let session_of = |sn: u64| -> Option<Shared<str>> { names.get(&sn).cloned() };
         for (n, v) in take(kind::SUBSCRIPTION) {
             next = next.max(n);
             let Some((sn, filter, options, identifier)) = decode_subscription(v) else {

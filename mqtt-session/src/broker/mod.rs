@@ -207,7 +207,7 @@ pub struct Broker {
     conns: Conns,
     sessions: Vec<Option<session::Session>>,
     free: Vec<u32>,
-    by_id: BTreeMap<Box<str>, u32>,
+    by_id: BTreeMap<Shared<str>, u32>,
     index: Router<SubKey>,
     share_cursor: BTreeMap<Box<str>, usize>,
     retained: Retained,
@@ -1017,7 +1017,7 @@ impl Broker {
                     client_id =
                         format!("{}{}", self.cfg.assigned_id_prefix, self.next_assigned).into();
                     self.next_assigned += 1;
-                    if !self.by_id.contains_key(&client_id) {
+                    if !self.by_id.contains_key(&*client_id) {
                         break;
                     }
                 }
@@ -1238,7 +1238,7 @@ impl Broker {
             }
         }
         // Takeover: the session's current connection ends first [MQTT-3.1.4-3].
-        if let Some(&sid) = self.by_id.get(&pending.client_id) {
+        if let Some(&sid) = self.by_id.get(&*pending.client_id) {
             let old = self.session(sid).and_then(|s| s.conn);
             if let Some(old) = old.filter(|o| *o != conn) {
                 self.end_conn(
@@ -1252,7 +1252,7 @@ impl Broker {
                 );
             }
         }
-        let existing = self.by_id.get(&pending.client_id).copied();
+        let existing = self.by_id.get(&*pending.client_id).copied();
         let (sid, present) = match existing {
             Some(sid) if !pending.clean_start => (sid, true),
             Some(sid) => {
@@ -1957,10 +1957,10 @@ impl Broker {
     }
 
     fn create_session(&mut self, client_id: &str, expiry: u32) -> u32 {
-        let s = session::Session::new(Box::from(client_id), expiry);
+        let s = session::Session::new(Shared::from(client_id), expiry);
         if s.persistent {
             self.record(Change::SessionCreated {
-                client_id: Box::from(client_id),
+                client_id: s.client_id.clone(),
                 expiry,
             });
         }

@@ -327,7 +327,7 @@ impl Broker {
                     .collect();
                 inflight.sort_unstable();
                 SessionSnapshot {
-                    client_id: s.client_id.clone(),
+                    client_id: Box::from(&*s.client_id),
                     expiry: s.expiry,
                     subscriptions,
                     queued: s

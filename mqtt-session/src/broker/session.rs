@@ -76,7 +76,8 @@ pub(crate) type InflightMap = hashbrown::HashMap<PacketId, Inflight, foldhash::f
 /// The session of one client identifier: what outlives its connections.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) client_id: Box<str>,
+    /// Shared with every record that names the session (a clone is a count, not a copy).
+    pub(crate) client_id: Shared<str>,
     pub(crate) username: Option<Box<str>>,
     pub(crate) conn: Option<ConnId>,
     /// Session expiry interval in seconds (`u32::MAX`: never).
@@ -105,7 +106,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(client_id: Box<str>, expiry: u32) -> Self {
+    pub(crate) fn new(client_id: Shared<str>, expiry: u32) -> Self {
         Session {
             client_id,
             username: None,

@@ -280,7 +280,7 @@ pub enum Change {
     /// A persistent session (expiry above 0) was created.
     SessionCreated {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// Session expiry interval in seconds (`u32::MAX`: never).
         expiry: u32,
     },
@@ -288,26 +288,26 @@ pub enum Change {
     /// reconnect), or changed it (DISCONNECT).
     SessionExpiry {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The new interval.
         expiry: u32,
     },
     /// The session's client disconnected at `at`: it expires at `at` + expiry.
     SessionDisconnected {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// When.
         at: Instant,
     },
     /// The session ended (clean start, expiry, or expiry 0 at disconnect).
     SessionEnded {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
     },
     /// A subscription was added or replaced.
     Subscribed {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The filter, `$share/{group}/` prefix included.
         filter: Box<str>,
         /// Its options.
@@ -318,7 +318,7 @@ pub enum Change {
     /// A subscription was removed.
     Unsubscribed {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The filter.
         filter: Box<str>,
     },
@@ -327,7 +327,7 @@ pub enum Change {
     /// retained entry names it.
     Queued {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The message.
         message: Shared<Message>,
         /// The QoS it is delivered with.
@@ -340,7 +340,7 @@ pub enum Change {
     /// The queued message `message_id` was sent with `packet_id` and awaits its ack.
     Sent {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The message.
         message_id: u64,
         /// The packet id it was sent with (kept for redelivery).
@@ -349,35 +349,35 @@ pub enum Change {
     /// PUBREC arrived for `packet_id`: the message is delivered, PUBREL is owed.
     Received {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The packet id.
         packet_id: PacketId,
     },
     /// PUBACK or PUBCOMP (or a PUBREC refusal) completed `packet_id`.
     Acked {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The packet id.
         packet_id: PacketId,
     },
     /// A queued message was dropped before it was sent (expired, too large for the client).
     Dropped {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The message.
         message_id: u64,
     },
     /// A QoS 2 publish from the client was received: a resend is a duplicate until PUBREL.
     InboundQoS2 {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The client's packet id.
         packet_id: PacketId,
     },
     /// PUBREL released the client's QoS 2 packet id.
     InboundReleased {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The client's packet id.
         packet_id: PacketId,
     },
@@ -395,7 +395,7 @@ pub enum Change {
     /// ended.
     WillPending {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
         /// The will message.
         message: Shared<Message>,
         /// When it is published.
@@ -404,7 +404,7 @@ pub enum Change {
     /// The pending will was published or cancelled.
     WillCleared {
         /// Client identifier.
-        client_id: Box<str>,
+        client_id: Shared<str>,
     },
 }
 
