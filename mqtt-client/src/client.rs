@@ -375,6 +375,8 @@ struct Buffers {
     rx: BytesMut,
     scratch: Vec<u8>,
     tx: Vec<u8>,
+    /// Bytes of `tx` encoded and not written yet.
+    staged: usize,
     out: Outs,
 }
 
@@ -417,6 +419,7 @@ impl<R: Runtime> Driver<R> {
             rx: BytesMut::with_capacity(BUFFER),
             scratch: vec![0; BUFFER],
             tx: vec![0; BUFFER],
+            staged: 0,
             out: Outs::default(),
         };
         loop {
@@ -473,6 +476,8 @@ impl<R: Runtime> Driver<R> {
             let error = self.connection(&mut transport, &mut b).await;
             let _ = runtime::timeout::<R, _>(Duration::from_secs(1), transport.shutdown()).await;
             b.rx.clear();
+            // What was staged for the lost connection: the session resends what matters.
+            b.staged = 0;
             let delay = self.closed(&mut b);
             if let Some(e) = error {
                 if !core.lock().engine.is_closed() {
@@ -526,8 +531,12 @@ impl<R: Runtime> Driver<R> {
 
     /// Fills the transmit buffer with what is due and acts on what that gives; returns the
     /// bytes to write and the connection's end, if it came.
+    /// Encodes what is due after the staged bytes; gives where the bytes to write end.
     fn transmit(&self, b: &mut Buffers) -> (usize, Option<ConnectionError>) {
-        let n = self.engine(&mut b.out, |e, now, outs| e.transmit(now, &mut b.tx, outs));
+        let from = b.staged;
+        let n = self.engine(&mut b.out, |e, now, outs| {
+            e.transmit_after(now, &mut b.tx, from, outs)
+        });
         (n, self.dispatch(&mut b.out))
     }
 
@@ -550,6 +559,7 @@ impl<R: Runtime> Driver<R> {
                 if n == 0 {
                     break;
                 }
+                b.staged = 0;
                 if t.write_all(b.tx.get(..n).unwrap_or_default())
                     .await
                     .is_err()
@@ -617,11 +627,14 @@ impl<R: Runtime> Driver<R> {
                         }
                         ReadStatus::Closed => break,
                         ReadStatus::TransmitFirst => {
+                            // The acknowledgments of a read go out together after it (one
+                            // write, not one per few packets), unless they pile up.
+                            let before = b.staged;
                             let (n, end) = self.transmit(b);
                             lost = lost.or(end);
-                            if n == 0 {
-                                // Twice nothing to write: what is owed waits for the store;
-                                // read on once a commit wakes us.
+                            if n == before {
+                                // Twice nothing new: what is owed waits for the store; read
+                                // on once a commit wakes us (what is staged goes out first).
                                 if stalled {
                                     break;
                                 }
@@ -629,11 +642,15 @@ impl<R: Runtime> Driver<R> {
                                 continue;
                             }
                             stalled = false;
-                            if t.write_all(b.tx.get(..n).unwrap_or_default())
-                                .await
-                                .is_err()
-                            {
-                                return Some(ConnectionError::TransportClosed);
+                            b.staged = n;
+                            if n >= BUFFER / 2 {
+                                b.staged = 0;
+                                if t.write_all(b.tx.get(..n).unwrap_or_default())
+                                    .await
+                                    .is_err()
+                                {
+                                    return Some(ConnectionError::TransportClosed);
+                                }
                             }
                         }
                     }

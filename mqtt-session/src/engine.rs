@@ -671,17 +671,29 @@ impl<C> Engine<C> {
     /// Writes the packets due into `buf` from its start, growing it for a packet larger than
     /// it; returns how many bytes to send (0: nothing).
     pub fn transmit(&mut self, now: Instant, buf: &mut Vec<u8>, out: &mut Vec<Output<C>>) -> usize {
-        if buf.len() < 1024 {
-            buf.resize(1024, 0);
+        self.transmit_after(now, buf, 0, out)
+    }
+
+    /// [`Engine::transmit`] after the first `from` bytes of `buf` (encoded earlier and not
+    /// written yet, so that one write carries both); returns where the bytes to send end.
+    pub fn transmit_after(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        from: usize,
+        out: &mut Vec<Output<C>>,
+    ) -> usize {
+        if buf.len() < from + 1024 {
+            buf.resize(from + 1024, 0);
         }
-        let mut filled = 0;
+        let mut filled = from;
         while let Some(dst) = buf.get_mut(filled..) {
             self.feed_acks();
             match self.session.poll_transmit(now, dst) {
                 Ok(Some(n)) => filled += n,
                 Ok(None) => break,
-                Err(Error::Encode(EncodeError::BufferTooSmall { needed })) if filled == 0 => {
-                    buf.resize(needed, 0);
+                Err(Error::Encode(EncodeError::BufferTooSmall { needed })) if filled == from => {
+                    buf.resize(from + needed, 0);
                 }
                 // Send what is written; the next call starts with the larger packet.
                 Err(_) => break,
