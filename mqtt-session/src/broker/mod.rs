@@ -237,8 +237,6 @@ pub struct Broker {
     scratch: Vec<SubKey>,
     /// Sessions the publish being routed left more than half full (back-pressure).
     pressing: Vec<u32>,
-    /// Per-message records are made ([`Config::records`]).
-    recording: bool,
     /// When held publishers stop waiting, earliest first: one entry per connection at most,
     /// at or before its hold's end (it moves when it comes up early).
     holds: BinaryHeap<Reverse<(Instant, ConnId)>>,
@@ -269,10 +267,11 @@ fn after_secs(now: Instant, secs: u32) -> Option<Instant> {
 
 impl Broker {
     /// An empty broker.
-    pub fn new(cfg: Config) -> Self {
+    pub fn new(mut cfg: Config) -> Self {
+        // Held acknowledgments wait for the records: they are made.
+        cfg.records |= cfg.hold_acks_until_durable;
         Broker {
             next_sys: cfg.sys_interval.map(|_| Instant::ZERO),
-            recording: cfg.records || cfg.hold_acks_until_durable,
             cfg,
             conns: Conns::default(),
             sessions: Vec::new(),
@@ -840,7 +839,7 @@ impl Broker {
                 return Ok(None);
             };
             let size = out.msg.size();
-            let persisted = self.recording && s.persistent && out.qos != QoS::AtMostOnce;
+            let persisted = self.cfg.records && s.persistent && out.qos != QoS::AtMostOnce;
             if out.msg.expired(now) {
                 self.stats.dropped.expired += 1;
                 drop_front(s, &mut self.records, &mut self.seq, &mut self.queued_bytes);
@@ -1511,24 +1510,26 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut) else {
             return;
         };
-        if !s.inflight.get(&pid).is_some_and(done) {
-            // An ack for nothing in flight is ignored (a late duplicate).
+        // An ack for nothing in flight is ignored (a late duplicate).
+        let hashbrown::hash_map::Entry::Occupied(entry) = s.inflight.entry(pid) else {
+            return;
+        };
+        if !done(entry.get()) {
             return;
         }
-        if let Some(i) = s.inflight.remove(&pid) {
-            release(&mut s.bytes, &mut self.queued_bytes, i.out.msg.size());
-            if self.recording && s.persistent {
-                let change = Change::Acked {
-                    client_id: s.client_id.clone(),
-                    packet_id: pid,
-                };
-                push_record(&mut self.records, &mut self.seq, change);
-                self.settle(i.out.msg.id);
-            }
-            // The window opened: more may go out.
-            self.wake(conn);
-            self.relieve(sid, now);
+        let i = entry.remove();
+        release(&mut s.bytes, &mut self.queued_bytes, i.out.msg.size());
+        if self.cfg.records && s.persistent {
+            let change = Change::Acked {
+                client_id: s.client_id.clone(),
+                packet_id: pid,
+            };
+            push_record(&mut self.records, &mut self.seq, change);
+            self.settle(i.out.msg.id);
         }
+        // The window opened: more may go out.
+        self.wake(conn);
+        self.relieve(sid, now);
     }
 
     fn on_pubrec(&mut self, conn: ConnId, now: Instant, a: &Ack<'_>) {
@@ -1553,7 +1554,7 @@ impl Broker {
                 self.complete(conn, now, pid, |_| true);
             }
             Some(OutState::AwaitAck) => {
-                if self.recording && s.persistent {
+                if self.cfg.records && s.persistent {
                     let change = Change::Received {
                         client_id: s.client_id.clone(),
                         packet_id: pid,
@@ -2312,7 +2313,7 @@ impl Broker {
         }
         s.bytes += size;
         self.queued_bytes += size;
-        if self.recording && s.persistent && out.qos != QoS::AtMostOnce {
+        if self.cfg.records && s.persistent && out.qos != QoS::AtMostOnce {
             if self.tracking == Some(out.msg.id) {
                 let e = self
                     .outstanding

@@ -116,7 +116,7 @@ impl Session {
             expires_at: None,
             subs: Vec::new(),
             queue: VecDeque::new(),
-            inflight: InflightMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+            inflight: InflightMap::default(),
             ids: PacketIds::new(),
             order: 0,
             bytes: 0,
