@@ -529,9 +529,9 @@ impl<R: Runtime> Driver<R> {
         value
     }
 
-    /// Fills the transmit buffer with what is due and acts on what that gives; returns the
-    /// bytes to write and the connection's end, if it came.
-    /// Encodes what is due after the staged bytes; gives where the bytes to write end.
+    /// Encodes what is due into the transmit buffer, after the bytes staged there, and acts on
+    /// what that gives; returns where the bytes to write end and the connection's end, if it
+    /// came.
     fn transmit(&self, b: &mut Buffers) -> (usize, Option<ConnectionError>) {
         let from = b.staged;
         let n = self.engine(&mut b.out, |e, now, outs| {

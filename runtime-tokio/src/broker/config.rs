@@ -164,7 +164,7 @@ pub struct BrokerConfig {
     /// Bytes all sessions together may hold.
     pub max_queued_bytes_total: usize,
     /// How long a publisher is held, in milliseconds, while a connected subscriber it sends
-    /// QoS 1/2 messages to is more than half full (0: never; drop at the limits instead).
+    /// messages to is more than half full (0: never; drop at the limits instead).
     pub backpressure_ms: u32,
     /// Highest topic alias accepted from clients (0: none).
     pub topic_alias_maximum: u16,

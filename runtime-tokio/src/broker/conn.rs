@@ -416,7 +416,6 @@ impl Conn {
                 Err(_) => self.gone = true,
             }
         }
-        self.woke |= core.dispatch(self.id);
         self.more = false;
         loop {
             if self.filled >= WRITE_BATCH {
@@ -445,7 +444,8 @@ impl Conn {
                 }
             }
         }
-        // What went out may have made the room a held publisher waits for.
+        // Once, after the output: the read named connections to wake (a publish routed to
+        // them), and what went out may have made the room a held publisher waits for.
         self.woke |= core.dispatch(self.id);
     }
 
@@ -509,7 +509,7 @@ impl Conn {
                 ..
             } => {
                 let who = (client_id.clone(), username.clone());
-                let mut request = Box::new(AuthRequest {
+                let mut request = AuthRequest {
                     step: AuthStep::Connect,
                     peer: self.peer,
                     certificate_name: self.identity.clone(),
@@ -519,7 +519,7 @@ impl Conn {
                     method,
                     data,
                     state: None,
-                });
+                };
                 let answer = match hook {
                     Some(h) => h.authenticate(&mut request).await,
                     None => None,
@@ -536,7 +536,9 @@ impl Conn {
                 // Kept for the exchange's next steps and a re-authentication (only those
                 // with a method have any), without the password.
                 request.password = None;
-                self.auth = (hook.is_some() && request.method.is_some()).then_some(request);
+                if hook.is_some() && request.method.is_some() {
+                    self.auth = Some(Box::new(request));
+                }
                 (answer, Some(who))
             }
             Question::Auth {

@@ -9,9 +9,10 @@
 //! held only for a `handle_read` (decode and route what one socket read brought) and the drain
 //! of the wakes, events and the task's own `poll_transmit` that follows, never across I/O, a
 //! TLS handshake or a password check. A delivery to another connection is a name from
-//! `poll_wake` handed to that connection's task (a flag and a waker), which takes the lock itself to
-//! pull its packets into its own write buffer, and writes them without the lock. A client that
-//! does not read only stops its own task (its session queue is bounded by the core's limits).
+//! `poll_wake` handed to that connection's task (a flag and a waker), which takes the lock
+//! itself to pull its packets into its own write buffer, and writes them without the lock. A
+//! client that does not read only stops its own task (its session queue is bounded by the
+//! core's limits).
 //!
 //! The records a durable store must keep (`poll_record`) are drained in one place
 //! (`Core::dispatch`) and folded into the store's writes there; one writer task commits
@@ -47,9 +48,7 @@ use mqtt_proto::ReasonCode;
 use mqtt_session::Instant;
 use mqtt_session::broker::acl::{Access, AclFile};
 use mqtt_session::broker::password::PasswordFile;
-use mqtt_session::broker::{
-    Broker as Core0, CloseReason, Config as CoreConfig, ConnId, Event, Question, Stats,
-};
+use mqtt_session::broker::{Broker as Core0, CloseReason, ConnId, Event, Question, Stats};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -357,6 +356,8 @@ impl Broker {
             || cfg.tls.use_identity_as_username
             || hooks.authenticate.is_some();
         let mut core_cfg = cfg.core(authenticate);
+        // Without a store the per-message records of persistent sessions would be dropped.
+        core_cfg.records = false;
         let opened = cfg.persistence_dir.as_ref().map(|dir| {
             let durability = cfg.durability.unwrap_or(Durability::Ack);
             store::open(dir, durability, Duration::from_millis(cfg.relaxed_delay_ms))
@@ -373,16 +374,7 @@ impl Broker {
                 let ledger = writable.then_some(o.ledger);
                 (core, ledger, Some(o.durable), o.clock_ms)
             }
-            // No store: the per-message records of persistent sessions would be dropped.
-            None => (
-                Core0::new(CoreConfig {
-                    records: false,
-                    ..core_cfg
-                }),
-                None,
-                None,
-                0,
-            ),
+            None => (Core0::new(core_cfg), None, None, 0),
         };
         let hook = hooks.authorize.clone();
         if acl.is_some() || hook.is_some() {
