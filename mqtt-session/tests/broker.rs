@@ -1556,13 +1556,7 @@ fn extended_authentication_exchange() {
         Property::AuthenticationMethod("CHALLENGE"),
         Property::AuthenticationData(b"response"),
     ];
-    net.send(
-        r,
-        &Packet::Auth(mqtt_proto::Auth::new(
-            ReasonCode::ContinueAuthentication,
-            mqtt_proto::Properties::new(&props),
-        )),
-    );
+    send_auth(&mut net, r, ReasonCode::ContinueAuthentication, &props);
     let f = net.take_frames(r);
     let ack = connack(&f[0], V5);
     assert_eq!(ack.reason_code, ReasonCode::Success);
@@ -1580,6 +1574,17 @@ fn extended_authentication_exchange() {
     assert_eq!(
         connack(&f[0], V5).reason_code,
         ReasonCode::BadAuthenticationMethod
+    );
+}
+
+/// Sends AUTH with `code` and `props` from `r`.
+fn send_auth(net: &mut Net, r: usize, code: ReasonCode, props: &[Property<'_>]) {
+    net.send(
+        r,
+        &Packet::Auth(mqtt_proto::Auth::new(
+            code,
+            mqtt_proto::Properties::new(props),
+        )),
     );
 }
 
@@ -1621,13 +1626,7 @@ fn an_exchange_can_end_with_server_data_in_connack_and_in_auth() {
         Some(Property::AuthenticationData(b"signed"))
     );
     // Re-authentication ends with AUTH 0x00 carrying the data.
-    net.send(
-        r,
-        &Packet::Auth(mqtt_proto::Auth::new(
-            ReasonCode::ReAuthenticate,
-            mqtt_proto::Properties::new(&props),
-        )),
-    );
+    send_auth(&mut net, r, ReasonCode::ReAuthenticate, &props);
     expect_auth(&mut net, r, ReasonCode::Success, b"again");
     // Without a method there is no exchange to end: the CONNACK carries no data.
     let r = net.raw(V5);
