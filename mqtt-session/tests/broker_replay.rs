@@ -345,6 +345,90 @@ fn a_rebuilt_broker_keeps_session_expiry_and_will_delays() {
     assert!(!restarted.broker.has_session("mortal"), "expired on time");
 }
 
+/// The subscriber `sub` holds the QoS 2 packet id 1 (PUBREC sent, no PUBREL yet), and the
+/// broker is rebuilt from the records made before it sent that message (a store that lost
+/// its last writes), with `cfg`. The subscriber resumes; a publisher sends `q/2` at QoS 2.
+/// Gives what the subscriber receives.
+fn resume_after_lost_records(cfg: Config) -> Vec<Vec<u8>> {
+    let mut net = Net::new(Config::default());
+    let s = persistent_sub(&mut net, QoS::ExactlyOnce);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    net.take_frames(s);
+    let written = net.records.len();
+    publish(&mut net, p, "q/1", b"lost", QoS::ExactlyOnce, false);
+    let pubs = publishes(&net.take_frames(s), V5);
+    assert_eq!(
+        pubs,
+        [(
+            false,
+            QoS::ExactlyOnce,
+            Some(1),
+            "q/1".into(),
+            b"lost".to_vec()
+        )]
+    );
+    net.send(s, &Packet::PubRec(mqtt_proto::Ack::new(pid(1))));
+    assert!(net.records.len() > written, "the delivery made records");
+
+    let broker = Broker::restore(cfg, net.now, net.records[..written].iter().cloned());
+    let mut net = Net::with_broker(broker);
+    let s = net.raw(V5);
+    let props = [Property::SessionExpiryInterval(3_600)];
+    net.send(s, &connect_v5("sub", false, &props));
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    publish(&mut net, p, "q/2", b"new", QoS::ExactlyOnce, false);
+    let frames = net.take_frames(s);
+    assert!(connack(&frames[0], V5).session_present);
+    frames
+}
+
+/// The new message as it reaches the subscriber: with the packet id 1 of the lost one.
+fn new_with_id_1() -> Pub {
+    (
+        false,
+        QoS::ExactlyOnce,
+        Some(1),
+        "q/2".into(),
+        b"new".to_vec(),
+    )
+}
+
+#[test]
+fn after_a_restore_that_may_have_lost_records_every_qos2_id_is_released_before_reuse() {
+    let cfg = Config {
+        lossy_records: true,
+        ..Config::default()
+    };
+    let max = cfg.max_inflight;
+    let frames = resume_after_lost_records(cfg);
+    // Every id a QoS 2 message may have used is released first (the client answers PUBCOMP,
+    // 0x92 for those it does not hold), and only then does the new message reuse id 1.
+    let released: Vec<u16> = frames[1..]
+        .iter()
+        .map_while(|f| match packet(f, V5) {
+            Packet::PubRel(a) => Some(a.packet_id.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, (1..=max).collect::<Vec<_>>());
+    let rest = &frames[1 + released.len()..];
+    let pubs = publishes(rest, V5);
+    assert_eq!(pubs, [new_with_id_1()]);
+    assert_eq!(pubs.len(), rest.len());
+}
+
+#[test]
+fn after_a_lossless_restore_nothing_is_released_and_the_id_is_reused_at_once() {
+    // What the release prevents: the new message goes out with id 1, which this client
+    // still holds, so it would drop it as a duplicate.
+    let frames = resume_after_lost_records(Config::default());
+    let pubs = publishes(&frames[1..], V5);
+    assert_eq!(pubs, [new_with_id_1()]);
+    assert_eq!(frames.len(), 2, "CONNACK and the PUBLISH, no PUBREL");
+}
+
 /// A raw MQTT 5 subscriber `sub` with an hour's session, subscribed to `q/#` at `qos`.
 fn persistent_sub(net: &mut Net, qos: QoS) -> usize {
     let props = [Property::SessionExpiryInterval(3_600)];

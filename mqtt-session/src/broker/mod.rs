@@ -126,8 +126,12 @@
 //! record of the packet id it goes out with is durable (so that a restart resends it with that
 //! id, which the subscriber recognises, and exactly once holds). A QoS 1 PUBACK also goes
 //! out, in order, once every persistent subscriber has acknowledged the message: it is
-//! delivered, which is what its records were for. [`ledger::Ledger`] folds the records into
-//! the live entries of a key/value store and loads them back.
+//! delivered, which is what its records were for. Without it, a restore may read records
+//! that miss the last ones made: [`Config::lossy_records`] then has each restored session
+//! with a QoS 2 subscription release every id its QoS 2 messages may have used (they are
+//! kept within `1..=`[`Config::max_inflight`] for this) before it sends anything new.
+//! [`ledger::Ledger`] folds the records into the live entries of a key/value store and loads
+//! them back.
 //!
 //! # Limits
 //! Each session holds at most [`Limits::session_messages`] messages and
@@ -789,12 +793,7 @@ impl Broker {
             }
             let result = match inf.state {
                 OutState::AwaitAck => encode_publish(&inf.out, version, Some(pid), true, now, buf),
-                OutState::AwaitComp => encode_control(
-                    &Control::PubRel(pid, ReasonCode::Success),
-                    version,
-                    &self.cfg,
-                    buf,
-                ),
+                OutState::AwaitComp => encode_pubrel(pid, version, &self.cfg, buf),
             };
             if let Err(Enc::Small(needed)) = result {
                 return Err(Error::BufferTooSmall { needed });
@@ -804,6 +803,25 @@ impl Broker {
                 if inf.state == OutState::AwaitAck {
                     self.stats.messages_sent += 1;
                 }
+                return Ok(Some(n));
+            }
+        }
+        // After a restore that may have lost records: every id a QoS 2 message may have gone
+        // out with is released, before a new message could reuse one the client still holds
+        // (it would take that message for a duplicate). Ids in flight are the resend's.
+        let range = self.cfg.max_inflight.max(1);
+        while let Some(pid) = PacketId::new(s.retire) {
+            let next = if s.retire >= range { 0 } else { s.retire + 1 };
+            if s.inflight.contains_key(&pid) {
+                s.retire = next;
+                continue;
+            }
+            let result = encode_pubrel(pid, version, &self.cfg, buf);
+            if let Err(Enc::Small(needed)) = result {
+                return Err(Error::BufferTooSmall { needed });
+            }
+            s.retire = next;
+            if let Ok(n) = result {
                 return Ok(Some(n));
             }
         }
@@ -847,12 +865,17 @@ impl Broker {
             }
             // The id is committed only once the packet is written: a message dropped as too
             // large, or a buffer too small, leaves the allocator as it was.
-            let mut ids = s.ids;
+            let qos2 = out.qos == QoS::ExactlyOnce;
+            let (mut ids, range) = if qos2 {
+                (s.qos2_ids, self.cfg.max_inflight)
+            } else {
+                (s.ids, u16::MAX)
+            };
             let packet_id = if out.qos == QoS::AtMostOnce {
                 None
             } else {
                 let inflight = &s.inflight;
-                match ids.allocate(inflight.len(), |id| inflight.contains_key(&id)) {
+                match ids.allocate_within(range, inflight.len(), |id| inflight.contains_key(&id)) {
                     Some(id) => Some(id),
                     None => return Ok(None),
                 }
@@ -872,7 +895,11 @@ impl Broker {
                     continue;
                 }
             };
-            s.ids = ids;
+            if qos2 {
+                s.qos2_ids = ids;
+            } else {
+                s.ids = ids;
+            }
             self.stats.messages_sent += 1;
             let Some(out) = s.queue.pop_front() else {
                 return Ok(Some(n));
@@ -2625,6 +2652,21 @@ fn encode(packet: &Packet<'_>, version: ProtocolVersion, buf: &mut [u8]) -> Resu
         mqtt_proto::EncodeError::BufferTooSmall { needed } => Enc::Small(needed),
         _ => Enc::Invalid,
     })
+}
+
+/// A PUBREL (success) for `pid`.
+fn encode_pubrel(
+    pid: PacketId,
+    version: ProtocolVersion,
+    cfg: &Config,
+    buf: &mut [u8],
+) -> Result<usize, Enc> {
+    encode_control(
+        &Control::PubRel(pid, ReasonCode::Success),
+        version,
+        cfg,
+        buf,
+    )
 }
 
 fn encode_control(

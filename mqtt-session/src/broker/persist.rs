@@ -53,9 +53,18 @@ impl Broker {
             b.seq = r.seq;
         }
         b.durable = b.seq;
+        let lossy = b.cfg.lossy_records;
         for s in b.sessions.iter_mut().flatten() {
             if s.expires_at.is_none() {
                 s.expires_at = after_secs(now, s.expiry);
+            }
+            let qos2 = s.subs.iter().flatten();
+            if lossy
+                && qos2
+                    .into_iter()
+                    .any(|sub| sub.options.qos == QoS::ExactlyOnce)
+            {
+                s.retire = 1;
             }
         }
         let timers: Vec<_> = b
@@ -166,6 +175,7 @@ impl Broker {
                 message_id,
                 packet_id,
             } => {
+                let range = self.cfg.max_inflight.max(1);
                 let Some(s) = self.sid_of(&client_id).and_then(|i| self.session_mut(i)) else {
                     return;
                 };
@@ -176,12 +186,21 @@ impl Broker {
                     return;
                 };
                 let order = s.next_order();
-                // The allocator continues after the ids already used, as the live one did.
-                while s
-                    .ids
-                    .allocate(0, |_| false)
-                    .is_some_and(|id| id != packet_id)
-                {}
+                // The allocator continues after the ids already used, as the live one did
+                // (a QoS 2 id beyond the range, from another configuration, moves nothing).
+                if out.qos != QoS::ExactlyOnce {
+                    while s
+                        .ids
+                        .allocate(0, |_| false)
+                        .is_some_and(|id| id != packet_id)
+                    {}
+                } else if packet_id.get() <= range {
+                    while s
+                        .qos2_ids
+                        .allocate_within(range, 0, |_| false)
+                        .is_some_and(|id| id != packet_id)
+                    {}
+                }
                 s.inflight.insert(
                     packet_id,
                     Inflight {

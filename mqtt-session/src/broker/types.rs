@@ -93,6 +93,14 @@ pub struct Config {
     ///
     /// [`Broker::poll_record`]: super::Broker::poll_record
     pub records: bool,
+    /// Whether the records [`Broker::restore`] reads may miss the last ones made (a store
+    /// that syncs in the background). A client may then hold, awaiting PUBREL, the packet id
+    /// of a QoS 2 message whose record was lost, and would take a new message sent with that
+    /// id for a duplicate: so a restored session with a QoS 2 subscription first releases
+    /// (PUBREL) every id its QoS 2 messages may have used, before anything new goes out.
+    ///
+    /// [`Broker::restore`]: super::Broker::restore
+    pub lossy_records: bool,
     /// Queue bounds.
     pub limits: Limits,
     /// Publish `$SYS/broker/...` counters (retained) at this interval.
@@ -128,6 +136,7 @@ impl Default for Config {
             authenticate: false,
             hold_acks_until_durable: false,
             records: true,
+            lossy_records: false,
             limits: Limits::default(),
             sys_interval: None,
             // A 3.1.1 client cannot announce a Receive Maximum: a window this size keeps a

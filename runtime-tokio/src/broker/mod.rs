@@ -369,6 +369,8 @@ impl Broker {
                 core_cfg.hold_acks_until_durable =
                     writable && o.durable.report.durability == Durability::Ack;
                 core_cfg.records = writable;
+                // A relaxed store may have lost its last writes before a crash.
+                core_cfg.lossy_records = o.durable.report.durability == Durability::Relaxed;
                 let now = Instant::from_millis(o.clock_ms);
                 let core = Core0::restore(core_cfg, now, o.records);
                 let ledger = writable.then_some(o.ledger);
