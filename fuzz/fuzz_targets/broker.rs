@@ -99,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
         max_packet_size: 2048,
         receive_maximum: 4,
         topic_alias_maximum: 4,
+        outgoing_topic_aliases: if cfg_byte & 32 != 0 { 2 } else { 0 },
         authenticate: cfg_byte & 1 != 0,
         hold_acks_until_durable: cfg_byte & 2 != 0,
         max_keep_alive: if cfg_byte & 4 != 0 { 3 } else { 0 },

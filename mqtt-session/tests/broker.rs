@@ -750,6 +750,115 @@ fn topic_aliases_from_the_client() {
 }
 
 #[test]
+fn topic_aliases_towards_the_client_within_both_maximums() {
+    let cfg = Config {
+        outgoing_topic_aliases: 8,
+        ..Config::default()
+    };
+    let mut net = Net::new(cfg);
+    // A raw subscriber that takes two aliases, and our client (which takes 16).
+    let r = net.raw(V5);
+    net.send(
+        r,
+        &connect_v5("raw", true, &[Property::TopicAliasMaximum(2)]),
+    );
+    net.send(
+        r,
+        &raw_subscribe(1, &[(filter("t/#"), opts(QoS::ExactlyOnce))], &[]),
+    );
+    let s = net.client(ccfg(V5));
+    net.connect_id(s, "lib");
+    subscribe(&mut net, s, "t/#", opts(QoS::AtLeastOnce));
+    // A 3.1.1 subscriber never gets an alias.
+    let old = net.raw(V311);
+    net.send(old, &Packet::Connect(Connect::new(V311, "old", 0)));
+    net.send(
+        old,
+        &raw_subscribe(1, &[(filter("t/#"), opts(QoS::AtMostOnce))], &[]),
+    );
+    net.take_frames(r);
+    net.take_frames(old);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    let topics = ["t/a", "t/a", "t/b", "t/c", "t/a", "t/c", "t/a"];
+    for (i, t) in topics.iter().enumerate() {
+        // The last at QoS 2.
+        let qos = if i == 6 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        publish(&mut net, p, t, &[b'0' + i as u8], qos, false);
+    }
+    let sent: Vec<(String, Option<u16>)> = net
+        .take_frames(r)
+        .iter()
+        .filter_map(|f| match packet(f, V5) {
+            Packet::Publish(p) => {
+                let alias = p.properties.iter().find_map(|q| match q {
+                    Property::TopicAlias(a) => Some(a),
+                    _ => None,
+                });
+                Some((p.topic.to_string(), alias))
+            }
+            _ => None,
+        })
+        .collect();
+    // First come, first aliased; past the client's two, a topic goes out whole. A QoS 2
+    // message keeps its topic beside its alias (for MQTT.js: see `OutAliases::alias`).
+    let expected = [
+        ("t/a", Some(1)),
+        ("", Some(1)),
+        ("t/b", Some(2)),
+        ("t/c", None),
+        ("", Some(1)),
+        ("t/c", None),
+        ("t/a", Some(1)),
+    ];
+    let expected: Vec<(String, Option<u16>)> =
+        expected.iter().map(|(t, a)| ((*t).into(), *a)).collect();
+    assert_eq!(sent, expected);
+    // Our client resolves them: every message arrives with its topic.
+    let got: Vec<String> = net.messages(s).into_iter().map(|m| m.topic).collect();
+    assert_eq!(got, topics);
+    let plain = publishes(&net.take_frames(old), V311);
+    let plain: Vec<&str> = plain.iter().map(|p| p.3.as_str()).collect();
+    assert_eq!(plain, topics);
+}
+
+#[test]
+fn without_outgoing_aliases_configured_none_are_used() {
+    let mut net = Net::new(Config::default());
+    let r = net.raw(V5);
+    net.send(
+        r,
+        &connect_v5("raw", true, &[Property::TopicAliasMaximum(10)]),
+    );
+    net.send(
+        r,
+        &raw_subscribe(1, &[(filter("t/#"), opts(QoS::AtMostOnce))], &[]),
+    );
+    net.take_frames(r);
+    let p = net.client(ccfg(V5));
+    net.connect_id(p, "pub");
+    publish(&mut net, p, "t/a", b"1", QoS::AtMostOnce, false);
+    publish(&mut net, p, "t/a", b"2", QoS::AtMostOnce, false);
+    let frames = net.take_frames(r);
+    assert_eq!(frames.len(), 2);
+    for f in &frames {
+        let Packet::Publish(p) = packet(f, V5) else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(p.topic, "t/a");
+        assert!(
+            p.properties
+                .iter()
+                .all(|q| !matches!(q, Property::TopicAlias(_)))
+        );
+    }
+}
+
+#[test]
 fn keep_alive_expires_at_one_and_a_half_times() {
     let mut net = Net::new(Config::default());
     let w = net.client(ccfg(V5));

@@ -1,6 +1,7 @@
 // MQTT.js against a broker: `node mqttjs_broker.js URL VERSION` (VERSION 4 = 3.1.1, 5).
 // A subscriber at QoS 2 and a publisher send 20 messages at each QoS 0/1/2 and one retained
-// message; prints one JSON line: what the subscriber got per QoS and the retained one.
+// message; prints one JSON line: what the subscriber got per QoS, how many of those came with
+// a topic alias (the subscriber takes 4 at MQTT 5), and the retained one.
 'use strict';
 const mqtt = require('mqtt');
 
@@ -10,8 +11,8 @@ const opts = (id) => ({ clientId: id, protocolVersion: version, reconnectPeriod:
 const fail = (e) => { console.log(JSON.stringify({ error: String(e) })); process.exit(1); };
 setTimeout(() => fail('timed out'), 15000).unref();
 
-const connect = (id) => new Promise((resolve, reject) => {
-  const c = mqtt.connect(url, opts(id));
+const connect = (id, extra = {}) => new Promise((resolve, reject) => {
+  const c = mqtt.connect(url, { ...opts(id), ...extra });
   c.once('connect', () => resolve(c));
   c.once('error', reject);
 });
@@ -19,8 +20,11 @@ const connect = (id) => new Promise((resolve, reject) => {
 (async () => {
   const tag = `js${version}-${url.split(':')[0]}`;
   const got = { 0: [], 1: [], 2: [] };
-  const sub = await connect(`${tag}-sub`);
+  const aliases = version === 5 ? { properties: { topicAliasMaximum: 4 } } : {};
+  const sub = await connect(`${tag}-sub`, aliases);
+  let aliased = 0;
   sub.on('message', (topic, payload, packet) => {
+    if (packet.properties && packet.properties.topicAlias) aliased++;
     const q = topic.split('/').pop();
     if (q in got) got[q].push({ payload: payload.toString(), qos: packet.qos });
   });
@@ -41,6 +45,6 @@ const connect = (id) => new Promise((resolve, reject) => {
     late.subscribe(`${tag}-retained`, { qos: 1 });
     setTimeout(() => resolve(null), 3000);
   });
-  console.log(JSON.stringify({ got, retained }));
+  console.log(JSON.stringify({ got, aliased, retained }));
   await Promise.all([sub.endAsync(), pub.endAsync(), late.endAsync()]);
 })().catch(fail);

@@ -16,6 +16,8 @@ use tests::skip_or_fail;
 async fn broker() -> Broker {
     let mut cfg = BrokerConfig::new("mqtt://127.0.0.1:0");
     cfg.listen.push("ws://127.0.0.1:0/mqtt".into());
+    // Clients that take topic aliases get them (MQTT.js's subscriber at 5.0).
+    cfg.outgoing_topic_aliases = 4;
     Broker::start(cfg).await.expect("the broker starts")
 }
 
@@ -105,6 +107,10 @@ async fn mqttjs_over_tcp_and_websocket_at_311_and_5() {
                     "{url} v{version}"
                 );
             }
+            // The subscriber's three topics each get an alias; all but their first message
+            // carry it alone, which MQTT.js resolves (the topics above are what it resolved).
+            let aliased = if version == "5" { 3 * 20 } else { 0 };
+            assert_eq!(v["aliased"], aliased, "{url} v{version}: {v}");
             assert_eq!(v["retained"]["payload"], "kept", "{url} v{version}: {v}");
             assert_eq!(v["retained"]["retain"], true);
         }

@@ -188,8 +188,8 @@ pub use types::{
 
 use retained::Retained;
 use session::{
-    Conn, ConnState, Conns, Control, Inflight, OutState, Outgoing, PendingConnect, Sub, SubKey,
-    Will,
+    Alias, Conn, ConnState, Conns, Control, Inflight, OutAliases, OutState, Outgoing,
+    PendingConnect, Sub, SubKey, Will,
 };
 
 use crate::{Instant, Router};
@@ -792,7 +792,18 @@ impl Broker {
                 return Ok(None);
             }
             let result = match inf.state {
-                OutState::AwaitAck => encode_publish(&inf.out, version, Some(pid), true, now, buf),
+                OutState::AwaitAck => {
+                    let alias = OutAliases::alias(
+                        c.out_aliases.as_deref(),
+                        &inf.out.msg.topic,
+                        inf.out.qos,
+                    );
+                    let r = encode_publish(&inf.out, version, Some(pid), true, alias, now, buf);
+                    if r.is_ok() {
+                        assign(c, alias, &inf.out.msg.topic);
+                    }
+                    r
+                }
                 OutState::AwaitComp => encode_pubrel(pid, version, &self.cfg, buf),
             };
             if let Err(Enc::Small(needed)) = result {
@@ -840,9 +851,14 @@ impl Broker {
                 list(&mut self.waiting, c, conn);
                 return Ok(None);
             }
-            let result = encode_publish(&inf.out, version, Some(pid), false, now, buf);
+            let alias =
+                OutAliases::alias(c.out_aliases.as_deref(), &inf.out.msg.topic, inf.out.qos);
+            let result = encode_publish(&inf.out, version, Some(pid), false, alias, now, buf);
             if let Err(Enc::Small(needed)) = result {
                 return Err(Error::BufferTooSmall { needed });
+            }
+            if result.is_ok() {
+                assign(c, alias, &inf.out.msg.topic);
             }
             c.unsent.pop_front();
             if let Ok(n) = result {
@@ -880,7 +896,8 @@ impl Broker {
                     None => return Ok(None),
                 }
             };
-            let result = encode_publish(out, version, packet_id, false, now, buf);
+            let alias = OutAliases::alias(c.out_aliases.as_deref(), &out.msg.topic, out.qos);
+            let result = encode_publish(out, version, packet_id, false, alias, now, buf);
             let max = c.client_max_packet;
             let n = match result {
                 Ok(n) if n <= max => n,
@@ -900,6 +917,7 @@ impl Broker {
             } else {
                 s.ids = ids;
             }
+            assign(c, alias, &out.msg.topic);
             self.stats.messages_sent += 1;
             let Some(out) = s.queue.pop_front() else {
                 return Ok(Some(n));
@@ -1064,6 +1082,7 @@ impl Broker {
         };
         let mut receive_max = u16::MAX;
         let mut max_packet = u32::MAX;
+        let mut client_aliases = 0;
         let mut method = None;
         let mut data = None;
         let mut response_info = false;
@@ -1072,6 +1091,7 @@ impl Broker {
                 Property::SessionExpiryInterval(e) => expiry = e,
                 Property::ReceiveMaximum(r) => receive_max = r,
                 Property::MaximumPacketSize(m) => max_packet = m,
+                Property::TopicAliasMaximum(t) => client_aliases = t,
                 Property::AuthenticationMethod(m) => method = Some(Box::<str>::from(m)),
                 Property::AuthenticationData(d) => data = Some(Box::<[u8]>::from(d)),
                 Property::RequestResponseInformation(r) => response_info = r,
@@ -1145,6 +1165,13 @@ impl Broker {
         c.keep_alive_ms = u64::from(keep_alive) * 1500;
         c.client_receive_max = receive_max.min(self.cfg.max_inflight.max(1));
         c.client_max_packet = usize::try_from(max_packet).unwrap_or(usize::MAX);
+        let aliases = client_aliases.min(self.cfg.outgoing_topic_aliases);
+        c.out_aliases = (v.is_v5() && aliases > 0).then(|| {
+            Box::new(OutAliases {
+                max: aliases,
+                ..OutAliases::default()
+            })
+        });
         c.connect_expiry_zero = connect_expiry_zero;
         c.auth_method = method.clone();
         c.pending = Some(Box::new(PendingConnect {
@@ -2605,13 +2632,19 @@ fn publish_packet<'a>(
     version: ProtocolVersion,
     packet_id: Option<PacketId>,
     dup: bool,
+    alias: Alias,
     props: &'a [Property<'a>],
 ) -> Packet<'a> {
     Packet::Publish(Publish {
         dup,
         qos: out.qos,
         retain: out.retain,
-        topic: &out.msg.topic,
+        // An alias the client has stands for the topic: the name is left empty.
+        topic: if matches!(alias, Alias::Known(_)) {
+            ""
+        } else {
+            &out.msg.topic
+        },
         packet_id,
         properties: if version.is_v5() {
             Properties::new(props)
@@ -2627,15 +2660,26 @@ fn encode_publish(
     version: ProtocolVersion,
     packet_id: Option<PacketId>,
     dup: bool,
+    alias: Alias,
     now: Instant,
     buf: &mut [u8],
 ) -> Result<usize, Enc> {
-    let props = publish_properties(out, now);
+    let mut props = publish_properties(out, now);
+    if let Alias::Set(n) | Alias::Known(n) = alias {
+        props.push(Property::TopicAlias(n));
+    }
     encode(
-        &publish_packet(out, version, packet_id, dup, &props),
+        &publish_packet(out, version, packet_id, dup, alias, &props),
         version,
         buf,
     )
+}
+
+/// A PUBLISH of `topic` went out with `alias`.
+fn assign(c: &mut Conn, alias: Alias, topic: &str) {
+    if let Some(a) = c.out_aliases.as_deref_mut() {
+        a.assign(topic, alias);
+    }
 }
 
 /// Why a packet was not encoded.

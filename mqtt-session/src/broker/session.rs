@@ -1,7 +1,7 @@
 //! The state the broker keeps per session and per connection.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use mqtt_proto::{PacketId, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
@@ -245,6 +245,8 @@ pub(crate) struct Conn {
     pub(crate) client_receive_max: u16,
     pub(crate) client_max_packet: usize,
     pub(crate) aliases: Vec<Option<Box<str>>>,
+    /// The topic aliases we use towards the client (MQTT 5, when both sides allow some).
+    pub(crate) out_aliases: Option<Box<OutAliases>>,
     pub(crate) control: VecDeque<Control>,
     /// Acks held until the records before them are durable: (record seq, ack).
     /// With the message id of a QoS 1 publish whose ack may go out before the records are
@@ -273,6 +275,63 @@ pub(crate) struct Conn {
     pub(crate) hold_armed: bool,
 }
 
+/// Topic bytes one connection's outgoing aliases may keep: what a client announcing a large
+/// Topic Alias Maximum can make the broker hold.
+const ALIAS_BYTES: usize = 16 * 1024;
+
+/// The topic aliases the broker assigned on one connection, first come, never replaced.
+#[derive(Debug, Default)]
+pub(crate) struct OutAliases {
+    /// Aliases 1..=max may be used.
+    pub(crate) max: u16,
+    pub(crate) by_topic: BTreeMap<Box<str>, u16>,
+    /// Bytes of the topics in `by_topic`.
+    pub(crate) bytes: usize,
+}
+
+/// How a PUBLISH names its topic towards a client that takes aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alias {
+    /// The topic, no alias.
+    None,
+    /// The topic and its alias (a new one is assigned once the packet is written).
+    Set(u16),
+    /// The alias alone: the client has it.
+    Known(u16),
+}
+
+impl OutAliases {
+    /// How `topic` goes out at `qos`.
+    pub(crate) fn alias(aliases: Option<&Self>, topic: &str, qos: QoS) -> Alias {
+        let Some(a) = aliases else {
+            return Alias::None;
+        };
+        if let Some(&n) = a.by_topic.get(topic) {
+            // A QoS 2 message keeps its topic too: MQTT.js (5.x) keeps the packet it received
+            // until PUBREL and hands it over with the topic it came with, empty for an alias.
+            return if qos == QoS::ExactlyOnce {
+                Alias::Set(n)
+            } else {
+                Alias::Known(n)
+            };
+        }
+        match u16::try_from(a.by_topic.len() + 1) {
+            Ok(n) if n <= a.max && a.bytes + topic.len() <= ALIAS_BYTES => Alias::Set(n),
+            _ => Alias::None,
+        }
+    }
+
+    /// `topic` went out with `alias`: a new alias is the client's from now on.
+    pub(crate) fn assign(&mut self, topic: &str, alias: Alias) {
+        if let Alias::Set(n) = alias
+            && !self.by_topic.contains_key(topic)
+        {
+            self.bytes += topic.len();
+            self.by_topic.insert(topic.into(), n);
+        }
+    }
+}
+
 /// A publisher held by back-pressure.
 #[derive(Debug)]
 pub(crate) struct Hold {
@@ -293,6 +352,7 @@ impl Conn {
             client_receive_max: u16::MAX,
             client_max_packet: usize::MAX,
             aliases: Vec::new(),
+            out_aliases: None,
             control: VecDeque::new(),
             held: VecDeque::new(),
             pending: None,

@@ -72,6 +72,10 @@ pub struct Config {
     pub receive_maximum: u16,
     /// Highest topic alias accepted from clients (0x94 past it; 0: none).
     pub topic_alias_maximum: u16,
+    /// Topic aliases the broker uses towards an MQTT 5 client, at most (and at most the
+    /// client's own Topic Alias Maximum; 0: none). The first topics sent get them, up to
+    /// 16 KiB of topic per connection; a topic sent again then goes out as its alias alone.
+    pub outgoing_topic_aliases: u16,
     /// Highest keep-alive allowed, in seconds (0: any); lower client values are kept, higher
     /// ones (and 0) are replaced by a Server Keep Alive at MQTT 5.
     pub max_keep_alive: u16,
@@ -130,6 +134,7 @@ impl Default for Config {
             max_packet_size: 1 << 20,
             receive_maximum: 64,
             topic_alias_maximum: 16,
+            outgoing_topic_aliases: 0,
             max_keep_alive: 0,
             connect_timeout: Duration::from_secs(10),
             max_session_expiry: u32::MAX,

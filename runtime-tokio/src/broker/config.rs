@@ -168,6 +168,9 @@ pub struct BrokerConfig {
     pub backpressure_ms: u32,
     /// Highest topic alias accepted from clients (0: none).
     pub topic_alias_maximum: u16,
+    /// Topic aliases the broker uses towards an MQTT 5 client, at most (within the client's
+    /// Topic Alias Maximum; 0: none, the default).
+    pub outgoing_topic_aliases: u16,
     /// Upper bound on session expiry, in seconds.
     pub max_session_expiry: u32,
     /// Whether clients may publish retained messages.
@@ -213,6 +216,7 @@ impl Default for BrokerConfig {
             max_queued_bytes_total: core.limits.total_bytes,
             backpressure_ms: core.limits.backpressure_ms,
             topic_alias_maximum: core.topic_alias_maximum,
+            outgoing_topic_aliases: core.outgoing_topic_aliases,
             max_session_expiry: core.max_session_expiry,
             retain_available: core.retain_available,
             wildcard_subscription_available: core.wildcard_subscriptions,
@@ -341,6 +345,7 @@ impl BrokerConfig {
             max_packet_size: self.max_packet_size,
             receive_maximum: self.receive_maximum,
             topic_alias_maximum: self.topic_alias_maximum,
+            outgoing_topic_aliases: self.outgoing_topic_aliases,
             max_keep_alive: self.max_keep_alive,
             connect_timeout: Duration::from_secs(self.connect_timeout),
             max_session_expiry: self.max_session_expiry,
@@ -388,9 +393,11 @@ mod tests {
         assert!(e.to_string().contains("cert"), "{e}");
         let c = BrokerConfig::from_toml_str(
             "listen = [\"mqtt://127.0.0.1:0\"]\nallow_anonymous = false\nmax_keep_alive = 60\n\
-             retain_available = false\n",
+             retain_available = false\noutgoing_topic_aliases = 8\n",
         )
         .unwrap();
+        assert_eq!(c.core(false).outgoing_topic_aliases, 8);
+        assert_eq!(CoreConfig::default().outgoing_topic_aliases, 0);
         assert!(!c.allow_anonymous);
         assert!(!c.core(false).retain_available);
         assert!(c.core(false).shared_subscriptions);

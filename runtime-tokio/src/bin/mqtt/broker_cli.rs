@@ -70,6 +70,10 @@ pub struct BrokerArgs {
     /// Highest topic alias accepted from clients (0: none).
     #[arg(long)]
     topic_alias_maximum: Option<u16>,
+    /// Topic aliases used towards an MQTT 5 client, at most (within its own maximum;
+    /// default 0: none).
+    #[arg(long)]
+    outgoing_topic_aliases: Option<u16>,
     /// Whether clients may publish retained messages (default true).
     #[arg(long)]
     retain_available: Option<bool>,
@@ -150,6 +154,7 @@ impl BrokerArgs {
             max_queued_bytes_total,
             backpressure_ms,
             topic_alias_maximum,
+            outgoing_topic_aliases,
             sys_interval,
             retain_available,
             wildcard_subscription_available,
