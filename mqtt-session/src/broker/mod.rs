@@ -872,7 +872,7 @@ impl Broker {
             let Some(out) = s.queue.front() else {
                 return Ok(None);
             };
-            let size = out.msg.size();
+            let size = out.size();
             let persisted = self.cfg.records && s.persistent && out.qos != QoS::AtMostOnce;
             if out.msg.expired(now) {
                 self.stats.dropped.expired += 1;
@@ -1572,7 +1572,7 @@ impl Broker {
             return;
         }
         let i = entry.remove();
-        release(&mut s.bytes, &mut self.queued_bytes, i.out.msg.size());
+        release(&mut s.bytes, &mut self.queued_bytes, i.out.size());
         if self.cfg.records && s.persistent {
             let change = Change::Acked {
                 client_id: s.client_id.clone(),
@@ -1756,12 +1756,7 @@ impl Broker {
                 continue;
             }
             let qos = m.qos.min(max_qos);
-            let out = Outgoing {
-                msg: m,
-                qos,
-                retain: true,
-                ids: ids.clone(),
-            };
+            let out = Outgoing::new(m, qos, true, ids.clone());
             self.deliver(sid, out);
         }
     }
@@ -2242,15 +2237,19 @@ impl Broker {
                     Some(o) => {
                         o.qos = o.qos.max(qos);
                         o.retain |= retain;
-                        o.ids.extend(sub.id);
+                        if let Some(id) = sub.id {
+                            let mut ids = core::mem::take(&mut o.ids).into_vec();
+                            ids.push(id);
+                            o.ids = ids.into_boxed_slice();
+                        }
                     }
                     None => {
-                        out = Some(Outgoing {
-                            msg: msg.clone(),
+                        out = Some(Outgoing::new(
+                            msg.clone(),
                             qos,
                             retain,
-                            ids: sub.id.into_iter().collect(),
-                        });
+                            sub.id.into_iter().collect(),
+                        ));
                     }
                 }
             }
@@ -2311,12 +2310,12 @@ impl Broker {
                     continue;
                 }
                 let Some(sub) = self.sub(k) else { continue };
-                let out = Outgoing {
-                    msg: msg.clone(),
-                    qos: msg.qos.min(sub.options.qos),
-                    retain: sub.options.retain_as_published && msg.retain,
-                    ids: sub.id.into_iter().collect(),
-                };
+                let out = Outgoing::new(
+                    msg.clone(),
+                    msg.qos.min(sub.options.qos),
+                    sub.options.retain_as_published && msg.retain,
+                    sub.id.into_iter().collect(),
+                );
                 self.share_cursor.insert(Box::from(filter), idx + 1);
                 return self.deliver(k.session, out);
             }
@@ -2355,7 +2354,7 @@ impl Broker {
             self.stats.dropped.offline_qos0 += 1;
             return false;
         }
-        let size = out.msg.size();
+        let size = out.size();
         let l = &self.cfg.limits;
         if s.held() >= l.session_messages || s.bytes + size > l.session_bytes {
             self.stats.dropped.session_full += 1;
@@ -2381,7 +2380,7 @@ impl Broker {
                 message: out.msg.clone(),
                 qos: out.qos,
                 retain: out.retain,
-                identifiers: out.ids.clone(),
+                identifiers: out.ids.to_vec(),
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
@@ -2558,7 +2557,7 @@ fn drop_front(
     let Some(out) = s.queue.pop_front() else {
         return;
     };
-    release(&mut s.bytes, queued_bytes, out.msg.size());
+    release(&mut s.bytes, queued_bytes, out.size());
     if s.persistent && out.qos != QoS::AtMostOnce {
         let change = Change::Dropped {
             client_id: s.client_id.clone(),

@@ -163,12 +163,8 @@ impl Broker {
                 };
                 s.bytes += size;
                 self.queued_bytes += size;
-                s.queue.push_back(Outgoing {
-                    msg: message,
-                    qos,
-                    retain,
-                    ids: identifiers,
-                });
+                s.queue
+                    .push_back(Outgoing::new(message, qos, retain, identifiers));
             }
             Change::Sent {
                 client_id,
@@ -232,7 +228,7 @@ impl Broker {
                     return;
                 };
                 if let Some(i) = s.inflight.remove(&packet_id) {
-                    super::release(&mut s.bytes, &mut self.queued_bytes, i.out.msg.size());
+                    super::release(&mut s.bytes, &mut self.queued_bytes, i.out.size());
                 }
             }
             Change::Dropped {
@@ -248,7 +244,7 @@ impl Broker {
                 if let Some(pos) = s.queue.iter().position(|o| o.msg.id == message_id)
                     && let Some(o) = s.queue.remove(pos)
                 {
-                    super::release(&mut s.bytes, &mut self.queued_bytes, o.msg.size());
+                    super::release(&mut s.bytes, &mut self.queued_bytes, o.size());
                 }
             }
             Change::InboundQoS2 {

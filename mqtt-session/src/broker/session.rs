@@ -34,7 +34,30 @@ pub(crate) struct Outgoing {
     pub(crate) msg: Shared<Message>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) ids: Vec<u32>,
+    /// The message's [`Message::size`], kept here: an acknowledgment then releases the bytes
+    /// without reading the message (cold by then, and shared with other cores).
+    size: u32,
+    /// Its subscription identifiers (boxed: most have none, and in-flight entries are
+    /// looked up once per acknowledgment, so their size is cache misses).
+    pub(crate) ids: Box<[u32]>,
+}
+
+impl Outgoing {
+    pub(crate) fn new(msg: Shared<Message>, qos: QoS, retain: bool, ids: Vec<u32>) -> Self {
+        let size = u32::try_from(msg.size()).unwrap_or(u32::MAX);
+        Outgoing {
+            msg,
+            qos,
+            retain,
+            size,
+            ids: ids.into_boxed_slice(),
+        }
+    }
+
+    /// The bytes it costs its session's limits.
+    pub(crate) fn size(&self) -> usize {
+        self.size as usize
+    }
 }
 
 /// Where a sent QoS 1/2 message stands.
