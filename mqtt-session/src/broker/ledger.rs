@@ -73,10 +73,14 @@ struct SessionEntry {
     /// queued twice, and is sent in number order.
     queued: BTreeSet<(u64, u64)>,
     /// Sent deliveries by packet id: (delivery number, message id).
-    inflight: BTreeMap<u16, (u64, u64)>,
+    inflight: Fixed<u16, (u64, u64)>,
     inbound: BTreeMap<u16, u64>,
     will: Option<u64>,
 }
+
+/// A hash map keyed by the broker's own numbers (message and packet ids, never a client's
+/// choice, so a fixed hash is safe): a record's look-ups were B-tree walks.
+type Fixed<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Folds broker records into store writes; see the [module docs](self).
 #[derive(Debug, Default)]
@@ -84,12 +88,12 @@ pub struct Ledger {
     sessions: BTreeMap<Shared<str>, SessionEntry>,
     /// Message id to the number of entries that name it, and of those the retained
     /// messages and wills (which are never held back, nor then is the body they name).
-    refs: BTreeMap<u64, (u32, u32)>,
+    refs: Fixed<u64, (u32, u32)>,
     /// Retained topic to (entry number, message id).
     retained: BTreeMap<Box<str>, (u64, u64)>,
     /// Each message's queued and in-flight deliveries, by number, encoded; a message's
     /// deliveries share one entry, so a fan-out of N makes one write per batch, not N.
-    fans: BTreeMap<u64, Fan>,
+    fans: Fixed<u64, Fan>,
     next: u64,
     /// The writes not taken yet, by key.
     pending: BTreeMap<u64, Pending>,
@@ -971,7 +975,7 @@ impl Ledger {
         }
         let unreferenced = own
             .iter()
-            .filter(|id| !ledger.refs.contains_key(id))
+            .filter(|id| !ledger.refs.contains_key(*id))
             .map(|id| key(kind::MESSAGE, *id))
             .collect();
         changes.extend(after);
