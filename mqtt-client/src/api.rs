@@ -421,12 +421,12 @@ impl Core {
     pub(crate) fn subscribe(
         &self,
         now: Instant,
-        filters: &[(&str, QoS)],
+        filters: &[(&str, SubscriptionOptions)],
         completion: Done,
     ) -> Result<(), ClientError> {
         let parsed = filters
             .iter()
-            .map(|(f, qos)| parse_filter(f).map(|f| (f, SubscriptionOptions::new(*qos))))
+            .map(|(f, options)| parse_filter(f).map(|f| (f, *options)))
             .collect::<Result<Vec<_>, _>>()?;
         self.lock()
             .engine
@@ -456,16 +456,13 @@ impl Core {
         &self,
         now: Instant,
         filter: &str,
-        qos: QoS,
+        options: SubscriptionOptions,
         handler: Handler,
     ) -> Result<RouteId, ClientError> {
         let parsed = parse_filter(filter)?;
         // Lock order: handlers, then engine (the driver never holds both).
         let mut handlers = self.handlers();
-        let key = self
-            .lock()
-            .engine
-            .route(now, parsed, SubscriptionOptions::new(qos))?;
+        let key = self.lock().engine.route(now, parsed, options)?;
         handlers.insert(key, handler);
         Ok(RouteId(key))
     }

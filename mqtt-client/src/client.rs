@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqtt_proto::{PacketId, Publish, QoS, ReasonCode};
+use mqtt_proto::{PacketId, Publish, QoS, ReasonCode, SubscriptionOptions};
 use mqtt_session::engine::Engine;
 use mqtt_session::engine::{Acker, Failure, Message, Output, ReadStatus, Stats};
 use mqtt_session::{ConnectionError, Instant};
@@ -197,6 +197,19 @@ impl<R: Runtime> Client<R> {
         &self,
         filters: &[(&str, QoS)],
     ) -> Result<Vec<ReasonCode>, ClientError> {
+        let filters: Vec<(&str, SubscriptionOptions)> = filters
+            .iter()
+            .map(|(f, qos)| (*f, SubscriptionOptions::new(*qos)))
+            .collect();
+        self.subscribe_with(&filters).await
+    }
+
+    /// [`Client::subscribe_many`] with every subscription option (MQTT 5: no local, retain
+    /// as published, retain handling).
+    pub async fn subscribe_with(
+        &self,
+        filters: &[(&str, SubscriptionOptions)],
+    ) -> Result<Vec<ReasonCode>, ClientError> {
         let (done, rx): (Done, Acks) = Done::request();
         self.core.subscribe(self.core.now(), filters, done)?;
         self.core.wake.wake();
@@ -248,11 +261,27 @@ impl<R: Runtime> Client<R> {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerResult,
     {
+        self.route_with_options(filter, SubscriptionOptions::new(qos), handler)
+    }
+
+    /// [`Client::route`] with every subscription option (MQTT 5: no local, retain as
+    /// published, retain handling).
+    pub fn route_with_options<F, Fut>(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+        handler: F,
+    ) -> Result<RouteId, ClientError>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerResult,
+    {
         let handler: Handler = Arc::new(move |m| {
             let fut = handler(m);
             Box::pin(async move { fut.await.into_result() })
         });
-        let id = self.core.route(self.core.now(), filter, qos, handler)?;
+        let id = self.core.route(self.core.now(), filter, options, handler)?;
         self.core.wake.wake();
         Ok(id)
     }

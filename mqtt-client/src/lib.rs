@@ -63,7 +63,7 @@ pub mod transport;
 pub use api::{ClientError, ConnectError, DEFAULT_PRIORITY, Event, HandlerResult, RouteId};
 pub use client::{Client, Driver};
 pub use delivery::Delivery;
-pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode};
+pub use mqtt_proto::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 pub use mqtt_session::ConnectionError;
 pub use mqtt_session::engine::{Failure, Message, MessageProperties, Stats};
 #[cfg(feature = "config")]

@@ -194,6 +194,8 @@ pub struct BrokerConfig {
     pub durability: Option<super::Durability>,
     /// With `durability = "relaxed"`: how far behind the disk may be, in milliseconds.
     pub relaxed_delay_ms: u64,
+    /// Bridges to other brokers (`[[bridges]]`).
+    pub bridges: Vec<super::BridgeConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -222,6 +224,7 @@ impl Default for BrokerConfig {
             wildcard_subscription_available: core.wildcard_subscriptions,
             shared_subscription_available: core.shared_subscriptions,
             http_listen: None,
+            bridges: Vec::new(),
             sys_interval: 0,
             maximum_qos: 2,
             response_information: None,
@@ -332,6 +335,15 @@ impl BrokerConfig {
         if self.relaxed_delay_ms == 0 {
             return Err(ConfigError::new("relaxed_delay_ms must be at least 1"));
         }
+        for b in &self.bridges {
+            b.validate()?;
+        }
+        if !self.bridges.is_empty() && !self.listeners()?.iter().any(|l| l.kind == ListenKind::Tcp)
+        {
+            return Err(ConfigError::new(
+                "a bridge connects to this broker through a plain mqtt:// listener: add one",
+            ));
+        }
         if let Some(h) = &self.http_listen {
             h.parse::<SocketAddr>()
                 .map_err(|_| ConfigError::new(format!("http_listen {h:?}: expected ip:port")))?;
@@ -419,6 +431,27 @@ mod tests {
         let c = BrokerConfig::from_toml_str("durability = \"ack\"\n").unwrap();
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("persistence_dir"), "{e}");
+    }
+
+    #[test]
+    fn bridges_parse_and_need_a_plain_listener() {
+        let toml = "listen = [\"mqtt://127.0.0.1:0\"]\n\
+                    [[bridges]]\nname = \"hq\"\nremote = \"mqtts://hq.example:8883\"\n\
+                    [[bridges.topics]]\nfilter = \"sensors/#\"\nremote_prefix = \"site1/\"\n\
+                    [[bridges.topics]]\nfilter = \"cmd/#\"\ndirection = \"in\"\nqos = 2\n";
+        let c = BrokerConfig::from_toml_str(toml).unwrap();
+        c.validate().unwrap();
+        let b = &c.bridges[0];
+        assert_eq!((b.name.as_str(), b.protocol, b.topics.len()), ("hq", 5, 2));
+        assert_eq!(b.topics[0].direction, super::super::Direction::Out);
+        assert_eq!(b.topics[0].qos, 1);
+        assert_eq!(b.topics[1].direction, super::super::Direction::In);
+        let ws_only = toml.replace("mqtt://127.0.0.1:0", "ws://127.0.0.1:0/mqtt");
+        let e = BrokerConfig::from_toml_str(&ws_only)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("plain mqtt:// listener"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bridge;
 mod config;
 mod conn;
 mod hooks;
@@ -54,6 +55,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use bridge::{BridgeConfig, BridgeTopic, Direction};
 pub use config::{BrokerConfig, ConfigError, Listen, ListenKind, TlsConfig};
 pub use hooks::{AuthFuture, AuthRequest, AuthStep, Authenticate, Authorizer, Hooks};
 pub use mqtt_session::broker::{Action, Answer, ClientInfo};
@@ -303,6 +305,7 @@ pub struct Broker {
     http: Option<SocketAddr>,
     /// The store's writer task.
     writer: Option<tokio::task::JoinHandle<()>>,
+    bridges: Vec<bridge::Bridge>,
 }
 
 impl fmt::Debug for Broker {
@@ -470,11 +473,21 @@ impl Broker {
             .as_ref()
             .is_some_and(|d| d.store.is_some())
             .then(|| tokio::spawn(store::writer(shared.clone())));
-        Ok(Broker {
+        let mut broker = Broker {
             shared,
             http: http_addr,
             writer,
-        })
+            bridges: Vec::new(),
+        };
+        if let Some(local) = broker.addr_of(ListenKind::Tcp) {
+            // Loopback, whatever the listener's address: the bridge is this machine's.
+            let local = SocketAddr::new(loopback(local), local.port());
+            for b in &broker.shared.cfg.bridges {
+                let started = bridge::Bridge::start(b, local)?;
+                broker.bridges.push(started);
+            }
+        }
+        Ok(broker)
     }
 
     /// The bound address of the first listener.
@@ -537,6 +550,10 @@ impl Broker {
     /// Stops gracefully: stops accepting, sends DISCONNECT 0x8B to MQTT 5 clients, flushes
     /// every connection and returns when they are closed (at most 5 s).
     pub async fn stop(mut self) {
+        // The bridges first: their local half is one of the connections about to end.
+        for b in self.bridges.drain(..) {
+            b.stop().await;
+        }
         self.shared.disconnect_all();
         self.shared.tracker.close();
         if tokio::time::timeout(Duration::from_secs(5), self.shared.tracker.wait())
@@ -567,6 +584,12 @@ impl Drop for Broker {
         }
         if let Some(d) = &self.shared.durable {
             d.stop.cancel();
+        }
+        // A bridge's clients would otherwise go on reconnecting to a broker that is gone.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for b in self.bridges.drain(..) {
+                rt.spawn(async move { b.stop().await });
+            }
         }
     }
 }
@@ -623,5 +646,14 @@ async fn timer(shared: Arc<Shared>) {
             core.broker.handle_timeout(now);
             let _ = core.dispatch(ConnId(0));
         }
+    }
+}
+
+/// The loopback address of `addr`'s family (a listener on `0.0.0.0` is reached on
+/// `127.0.0.1`).
+fn loopback(addr: SocketAddr) -> std::net::IpAddr {
+    match addr {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
     }
 }
