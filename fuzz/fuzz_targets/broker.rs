@@ -177,7 +177,8 @@ fuzz_target!(|data: &[u8]| {
                     let answer = match op & 0x18 {
                         0 => Answer::Refuse(mqtt_proto::ReasonCode::NotAuthorized),
                         8 => Answer::Continue(vec![op]),
-                        0x10 => Answer::Complete(vec![op]),
+                        0x10 if op & 1 == 0 => Answer::Complete(vec![op]),
+                        0x10 => Answer::CompleteAs(vec![op], "proved".into()),
                         _ => Answer::Accept,
                     };
                     let _ = broker.handle_auth_answer(conn, now, answer);

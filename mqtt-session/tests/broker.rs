@@ -1141,10 +1141,7 @@ fn maximum_packet_size_both_ways() {
 
 #[test]
 fn authentication_question_and_answers() {
-    let mut net = Net::new(Config {
-        authenticate: true,
-        ..Config::default()
-    });
+    let mut net = asking();
     // A password check as a password file would answer it.
     net.answer = Some(Box::new(|q| match q {
         mqtt_session::broker::Question::Connect {
@@ -1182,10 +1179,7 @@ fn authentication_question_and_answers() {
 
 #[test]
 fn a_pending_authentication_holds_the_connection() {
-    let mut net = Net::new(Config {
-        authenticate: true,
-        ..Config::default()
-    });
+    let mut net = asking();
     let r = net.raw(V311);
     net.send(r, &Packet::Connect(Connect::new(V311, "slow", 0)));
     net.send(r, &Packet::PingReq);
@@ -1635,10 +1629,7 @@ fn sys_counters_are_published() {
 
 #[test]
 fn extended_authentication_exchange() {
-    let mut net = Net::new(Config {
-        authenticate: true,
-        ..Config::default()
-    });
+    let mut net = asking();
     let mut round = 0;
     net.answer = Some(Box::new(move |q| {
         round += 1;
@@ -1697,6 +1688,26 @@ fn send_auth(net: &mut Net, r: usize, code: ReasonCode, props: &[Property<'_>]) 
     );
 }
 
+/// Takes the CONNACK the broker wrote to `r`: a success, with this Authentication Data.
+fn expect_connack(net: &mut Net, r: usize, data: Option<&[u8]>) {
+    let f = net.take_frames(r);
+    let ack = connack(&f[0], V5);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        ack.properties
+            .get(mqtt_proto::PropertyId::AuthenticationData),
+        data.map(Property::AuthenticationData)
+    );
+}
+
+/// A broker that asks the test's `answer` about every CONNECT.
+fn asking() -> Net {
+    Net::new(Config {
+        authenticate: true,
+        ..Config::default()
+    })
+}
+
 /// Takes the one AUTH packet the broker wrote to `r` and checks its reason code and data.
 fn expect_auth(net: &mut Net, r: usize, code: ReasonCode, data: &[u8]) {
     let f = net.take_frames(r);
@@ -1713,10 +1724,7 @@ fn expect_auth(net: &mut Net, r: usize, code: ReasonCode, data: &[u8]) {
 #[test]
 fn an_exchange_can_end_with_server_data_in_connack_and_in_auth() {
     use mqtt_session::broker::Answer;
-    let mut net = Net::new(Config {
-        authenticate: true,
-        ..Config::default()
-    });
+    let mut net = asking();
     net.answer = Some(Box::new(|q| {
         Some(match q {
             mqtt_session::broker::Question::Connect { .. } => Answer::Complete(b"signed".to_vec()),
@@ -1726,37 +1734,58 @@ fn an_exchange_can_end_with_server_data_in_connack_and_in_auth() {
     let r = net.raw(V5);
     let props = [Property::AuthenticationMethod("SCRAM-SHA-256")];
     net.send(r, &connect_v5("x", true, &props));
-    let f = net.take_frames(r);
-    let ack = connack(&f[0], V5);
-    assert_eq!(ack.reason_code, ReasonCode::Success);
-    assert_eq!(
-        ack.properties
-            .get(mqtt_proto::PropertyId::AuthenticationData),
-        Some(Property::AuthenticationData(b"signed"))
-    );
+    expect_connack(&mut net, r, Some(b"signed"));
     // Re-authentication ends with AUTH 0x00 carrying the data.
     send_auth(&mut net, r, ReasonCode::ReAuthenticate, &props);
     expect_auth(&mut net, r, ReasonCode::Success, b"again");
     // Without a method there is no exchange to end: the CONNACK carries no data.
     let r = net.raw(V5);
     net.send(r, &connect_v5("y", true, &[]));
+    expect_connack(&mut net, r, None);
+}
+
+#[test]
+fn an_exchange_can_end_as_the_user_it_proved() {
+    use mqtt_session::broker::{Action, Answer, ClientInfo};
+    let mut net = asking();
+    net.answer = Some(Box::new(|_| {
+        Some(Answer::CompleteAs(b"v=ok".to_vec(), "proved".into()))
+    }));
+    // Only the proved user may publish: the CONNECT named another one.
+    net.broker
+        .set_authorizer(Box::new(|c: ClientInfo<'_>, _: &str, a: Action| {
+            a != Action::Publish || c.username == Some("proved")
+        }));
+    let r = net.raw(V5);
+    let props = [Property::AuthenticationMethod("SCRAM-SHA-512")];
+    net.send(
+        r,
+        &Packet::Connect(Connect {
+            username: Some("claimed"),
+            properties: mqtt_proto::Properties::new(&props),
+            ..Connect::new(V5, "x", 0)
+        }),
+    );
+    expect_connack(&mut net, r, Some(b"v=ok"));
+    let msg = Publish {
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(pid(1)),
+        ..Publish::new("t", b"1")
+    };
+    net.send(r, &Packet::Publish(msg));
     let f = net.take_frames(r);
-    let ack = connack(&f[0], V5);
-    assert_eq!(ack.reason_code, ReasonCode::Success);
-    assert_eq!(
-        ack.properties
-            .get(mqtt_proto::PropertyId::AuthenticationData),
-        None
+    let got = packet(&f[0], V5);
+    // 0x10 (no subscribers) is a success; as "claimed" it would be 0x87.
+    assert!(
+        matches!(got, Packet::PubAck(a) if !a.reason_code.is_error()),
+        "{got:?}"
     );
 }
 
 #[test]
 fn continuing_an_exchange_without_a_method_refuses() {
     for version in [V311, V5] {
-        let mut net = Net::new(Config {
-            authenticate: true,
-            ..Config::default()
-        });
+        let mut net = asking();
         net.answer = Some(Box::new(|_| {
             Some(mqtt_session::broker::Answer::Continue(b"more".to_vec()))
         }));

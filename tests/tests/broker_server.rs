@@ -893,6 +893,153 @@ async fn send_auth(raw: &mut Raw, code: ReasonCode, data: Option<&[u8]>) {
         .await;
 }
 
+/// SCRAM-SHA-512's client side (RFC 5802): the client-final message for `server_first` and
+/// the server signature it must then get.
+fn scram_client(password: &str, first_bare: &str, server_first: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha512};
+    let mac = |key: &[u8], data: &[u8]| {
+        let mut m = <Hmac<Sha512> as Mac>::new_from_slice(key).unwrap();
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    let first = std::str::from_utf8(server_first).unwrap();
+    let f: Vec<&str> = first.split(',').collect();
+    let nonce = f[0].strip_prefix("r=").unwrap();
+    let salt = B64.decode(f[1].strip_prefix("s=").unwrap()).unwrap();
+    let iterations: u32 = f[2].strip_prefix("i=").unwrap().parse().unwrap();
+    let salted = pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password.as_bytes(), &salt, iterations);
+    let without = format!("c=biws,r={nonce}");
+    let auth = format!("{first_bare},{first},{without}");
+    let client_key = mac(&salted, b"Client Key");
+    let signature = mac(&Sha512::digest(&client_key), auth.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(k, s)| k ^ s)
+        .collect();
+    let verifier = mac(&mac(&salted, b"Server Key"), auth.as_bytes());
+    (
+        format!("{without},p={}", B64.encode(proof)).into_bytes(),
+        format!("v={}", B64.encode(verifier)).into_bytes(),
+    )
+}
+
+async fn send_scram(raw: &mut Raw, code: ReasonCode, data: &[u8]) {
+    use mqtt_proto::{Auth, Packet, Properties, Property};
+    let props = [
+        Property::AuthenticationMethod("SCRAM-SHA-512"),
+        Property::AuthenticationData(data),
+    ];
+    raw.send(&Packet::Auth(Auth::new(code, Properties::new(&props))))
+        .await;
+}
+
+/// The built-in SCRAM-SHA-512 over the password file: the client proves its password without
+/// sending it, the broker proves it holds the entry, the ACL sees the proved user; a wrong
+/// password, and a user the file does not have, are refused with 0x87 after a first answer
+/// of the same shape; re-authentication runs the exchange again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_512_over_the_password_file() {
+    use mqtt_proto::{Properties, Property};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("passwd");
+        let entry = hash_entry("alice", b"wonder", b"salt-salt-12", DEFAULT_ITERATIONS).unwrap();
+        std::fs::write(&pw, entry).unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").unwrap();
+        let mut cfg = local();
+        cfg.allow_anonymous = false;
+        cfg.password_file = Some(pw);
+        cfg.acl_file = Some(acl);
+        let broker = start(cfg).await;
+        let addr = broker.local_addr();
+
+        // Returns the raw connection, CONNACK's code and data, and the expected signature.
+        let exchange = |user: &'static str, password: &'static str, id: &'static str| async move {
+            let bare = format!("n={user},r=client-nonce-{id}");
+            let first = format!("n,,{bare}");
+            let props = [
+                Property::AuthenticationMethod("SCRAM-SHA-512"),
+                Property::AuthenticationData(first.as_bytes()),
+            ];
+            let mut raw = Raw::open(addr, V5).await;
+            let connect = Connect {
+                properties: Properties::new(&props),
+                ..Connect::new(V5, id, 60)
+            };
+            let server_first = match raw.connect_with(connect).await {
+                Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(d))) => d,
+                other => panic!("no server-first: {other:?}"),
+            };
+            let prefix = format!("r=client-nonce-{id}");
+            assert!(server_first.starts_with(prefix.as_bytes()));
+            assert!(server_first.ends_with(format!(",i={DEFAULT_ITERATIONS}").as_bytes()));
+            let (last, verifier) = scram_client(password, &bare, &server_first);
+            send_scram(&mut raw, ReasonCode::ContinueAuthentication, &last).await;
+            let got = raw.recv().await;
+            (raw, got, verifier)
+        };
+
+        let (mut ok, got, verifier) = exchange("alice", "wonder", "s1").await;
+        assert_eq!(
+            got,
+            Some(Got::ConnAck {
+                present: false,
+                code: ReasonCode::Success,
+                auth_data: Some(verifier),
+            })
+        );
+        // The ACL sees the proved user (the CONNECT named none).
+        assert_eq!(
+            ok.subscribe("alice/#", QoS::AtLeastOnce).await,
+            [ReasonCode::GrantedQoS1]
+        );
+        assert_eq!(
+            ok.subscribe("bob/#", QoS::AtLeastOnce).await,
+            [ReasonCode::NotAuthorized]
+        );
+
+        // Re-authentication: the exchange again, ending in AUTH 0x00 with the signature.
+        let bare = "n=alice,r=again";
+        send_scram(
+            &mut ok,
+            ReasonCode::ReAuthenticate,
+            format!("n,,{bare}").as_bytes(),
+        )
+        .await;
+        let server_first = match ok.recv().await {
+            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(d))) => d,
+            other => panic!("no server-first: {other:?}"),
+        };
+        let (last, verifier) = scram_client("wonder", bare, &server_first);
+        send_scram(&mut ok, ReasonCode::ContinueAuthentication, &last).await;
+        assert_eq!(
+            ok.recv().await,
+            Some(Got::Auth(ReasonCode::Success, Some(verifier)))
+        );
+
+        for (user, password, id) in [("alice", "wrong", "s2"), ("mallory", "wonder", "s3")] {
+            let (_raw, got, _) = exchange(user, password, id).await;
+            assert!(
+                matches!(
+                    got,
+                    Some(Got::ConnAck {
+                        code: ReasonCode::NotAuthorized,
+                        ..
+                    })
+                ),
+                "{user}: {got:?}"
+            );
+        }
+        broker.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_hooks_authenticate_with_an_extended_exchange_and_authorize() {
     use mqtt_proto::{Properties, Property};

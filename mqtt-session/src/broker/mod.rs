@@ -112,7 +112,10 @@
 //! answer [`Question::Connect`] with `Accept` when the file verifies the user name and
 //! password (else `Refuse(0x86)`), and set an authorizer that maps [`Action::Publish`],
 //! [`Action::Subscribe`] and [`Action::Receive`] to the ACL's write, subscribe and read access
-//! for the [`ClientInfo`]'s client id and user name.
+//! for the [`ClientInfo`]'s client id and user name. The same file answers an MQTT 5
+//! SCRAM-SHA-512 exchange ([`scram`]): [`Answer::Continue`] with
+//! [`PasswordFile::scram_start`](password::PasswordFile::scram_start)'s server-first message,
+//! then [`Answer::CompleteAs`] with [`scram::ScramServer::finish`]'s signature and the user.
 //!
 //! # Persistence
 //! Every change a store must keep is a [`Record`] (a numbered [`Change`]): sessions created,
@@ -161,6 +164,7 @@ mod message;
 pub mod password;
 mod persist;
 mod retained;
+pub mod scram;
 mod session;
 mod types;
 
@@ -507,12 +511,19 @@ impl Broker {
                 let data = method.is_some().then(|| data.into_boxed_slice());
                 self.finish_connect(conn, now, data);
             }
+            (ConnState::Authenticating, Answer::CompleteAs(data, user)) => {
+                if let Some(p) = c.pending.as_mut() {
+                    p.username = Some(user);
+                }
+                let data = method.is_some().then(|| data.into_boxed_slice());
+                self.finish_connect(conn, now, data);
+            }
             (ConnState::Authenticating, Answer::Refuse(rc)) => self.refuse(conn, rc),
             (ConnState::Open, Answer::Accept | Answer::AcceptAs(_)) => {
                 let method = method.unwrap_or_default();
                 self.push_control(conn, Control::Auth(ReasonCode::Success, method, None));
             }
-            (ConnState::Open, Answer::Complete(data)) => {
+            (ConnState::Open, Answer::Complete(data) | Answer::CompleteAs(data, _)) => {
                 let method = method.unwrap_or_default();
                 let data = Some(data.into_boxed_slice());
                 self.push_control(conn, Control::Auth(ReasonCode::Success, method, data));

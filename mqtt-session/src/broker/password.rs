@@ -191,6 +191,16 @@ impl PasswordFile {
         }
     }
 
+    /// The salt, iteration count and PBKDF2 digest of `user`'s `$7$` entry (SCRAM's salted
+    /// password).
+    pub(crate) fn pbkdf2_entry(&self, user: &str) -> Option<(&[u8], u32, &[u8; HASH_LEN])> {
+        let e = self.users.get(user)?;
+        match e.hash {
+            Hash::Pbkdf2 { iterations } => Some((&e.salt, iterations, &e.digest)),
+            Hash::Sha512 => None,
+        }
+    }
+
     /// Whether the file has an entry for `user`.
     #[must_use]
     pub fn contains(&self, user: &str) -> bool {

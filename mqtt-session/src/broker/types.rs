@@ -222,7 +222,8 @@ pub enum Question {
         method: Box<str>,
         /// Authentication Data.
         data: Option<Box<[u8]>>,
-        /// Whether the client is already connected (re-authentication, 0x19).
+        /// Whether the client is already connected: a re-authentication (its AUTH 0x19, and
+        /// the 0x18 steps after it).
         reauthenticate: bool,
     },
 }
@@ -245,6 +246,9 @@ pub enum Answer {
     /// server signature, say), carried by the CONNACK or, on re-authentication, by AUTH 0x00.
     /// Without a method (no extended exchange) it is [`Answer::Accept`].
     Complete(Vec<u8>),
+    /// [`Answer::Complete`] as this user name (the one the exchange proved, e.g. SCRAM's),
+    /// which replaces the one CONNECT gave, as with [`Answer::AcceptAs`].
+    CompleteAs(Vec<u8>, Box<str>),
 }
 
 /// Why the broker ended a connection.

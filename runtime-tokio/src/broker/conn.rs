@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use mqtt_proto::ReasonCode;
+use mqtt_session::broker::scram::{self, ScramServer};
 use mqtt_session::broker::{Answer, ConnId, Error as CoreError, Question};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -204,6 +205,7 @@ pub(crate) async fn serve(
         woke: false,
         read_room: MIN_READ,
         auth: None,
+        scram: None,
         identity,
         peer,
     };
@@ -239,6 +241,8 @@ struct Conn {
     read_room: usize,
     /// What an extended authentication's later steps need (with an authentication hook).
     auth: Option<Box<AuthRequest>>,
+    /// The built-in SCRAM-SHA-512 exchange between its two steps.
+    scram: Option<Box<ScramServer>>,
     identity: Option<String>,
     peer: SocketAddr,
 }
@@ -494,6 +498,47 @@ impl Conn {
         }
     }
 
+    /// The built-in SCRAM-SHA-512's first step over the password file: the server-first
+    /// message, or a refusal (0x8C without a password file, 0x87 for a malformed message).
+    fn scram_first(&mut self, client_first: Option<&[u8]>) -> Answer {
+        let Some(passwords) = self.shared.passwords.as_ref() else {
+            return Answer::Refuse(ReasonCode::BadAuthenticationMethod);
+        };
+        let mut random = [0u8; 18];
+        if getrandom::fill(&mut random).is_err() {
+            return Answer::Refuse(ReasonCode::UnspecifiedError);
+        }
+        let nonce: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        match passwords.scram_start(client_first.unwrap_or_default(), nonce.as_bytes()) {
+            Ok((server, first)) => {
+                self.scram = Some(Box::new(server));
+                Answer::Continue(first)
+            }
+            Err(e) => {
+                tracing::warn!(conn = %self.id, peer = %self.peer, error = %e, "SCRAM refused");
+                Answer::Refuse(ReasonCode::NotAuthorized)
+            }
+        }
+    }
+
+    /// The built-in SCRAM-SHA-512's last step: the server's signature, as the user it proved.
+    fn scram_final(&mut self, client_final: Option<&[u8]>) -> Answer {
+        let Some(server) = self.scram.take() else {
+            return Answer::Refuse(ReasonCode::ProtocolError);
+        };
+        let user: Box<str> = server.user().into();
+        match server.finish(client_final.unwrap_or_default()) {
+            Ok(last) => {
+                tracing::info!(conn = %self.id, peer = %self.peer, username = %user, "authenticated (SCRAM-SHA-512)");
+                Answer::CompleteAs(last, user)
+            }
+            Err(e) => {
+                tracing::warn!(conn = %self.id, peer = %self.peer, username = %user, error = %e, "SCRAM refused");
+                Answer::Refuse(ReasonCode::NotAuthorized)
+            }
+        }
+    }
+
     /// Answers an authentication question: the application's hook first, then the
     /// configuration (the password check runs off the workers).
     async fn answer(&mut self, q: Question) {
@@ -526,6 +571,9 @@ impl Conn {
                 };
                 let answer = match answer {
                     Some(a) => a,
+                    None if request.method.as_deref() == Some(scram::METHOD) => {
+                        self.scram_first(request.data.as_deref())
+                    }
                     None => {
                         let r = &request;
                         let (user, password) = (r.username.as_deref(), r.password.as_deref());
@@ -536,7 +584,7 @@ impl Conn {
                 // Kept for the exchange's next steps and a re-authentication (only those
                 // with a method have any), without the password.
                 request.password = None;
-                if hook.is_some() && request.method.is_some() {
+                if hook.is_some() && request.method.is_some() && self.scram.is_none() {
                     self.auth = Some(Box::new(request));
                 }
                 (answer, Some(who))
@@ -544,8 +592,22 @@ impl Conn {
             Question::Auth {
                 data,
                 reauthenticate,
+                method,
                 ..
             } => {
+                // Mid-way through the built-in exchange, or starting it again.
+                let builtin = self.scram.is_some()
+                    || (reauthenticate && self.auth.is_none() && &*method == scram::METHOD);
+                if builtin {
+                    // The core calls every AUTH of a connected client a re-authentication:
+                    // the exchange's own state says which step this is.
+                    let answer = if self.scram.is_some() {
+                        self.scram_final(data.as_deref())
+                    } else {
+                        self.scram_first(data.as_deref())
+                    };
+                    return self.send_answer(answer);
+                }
                 let answer = match (hook, self.auth.as_deref_mut()) {
                     (Some(h), Some(request)) => {
                         request.step = if reauthenticate {
@@ -566,7 +628,10 @@ impl Conn {
         if let Some((client_id, username)) = who {
             let user = self.identity.as_deref().or(username.as_deref());
             match &answer {
-                Answer::Accept | Answer::AcceptAs(_) | Answer::Complete(_) => {
+                Answer::Accept
+                | Answer::AcceptAs(_)
+                | Answer::Complete(_)
+                | Answer::CompleteAs(..) => {
                     tracing::info!(conn = %self.id, peer = %self.peer, %client_id, username = user, "authenticated");
                 }
                 Answer::Refuse(rc) => {
@@ -575,6 +640,11 @@ impl Conn {
                 Answer::Continue(_) => {}
             }
         }
+        self.send_answer(answer);
+    }
+
+    /// Gives the core the answer to this connection's question.
+    fn send_answer(&mut self, answer: Answer) {
         let shared = self.shared.clone();
         let mut core = shared.lock();
         let _ = core
