@@ -1780,6 +1780,15 @@ fn an_exchange_can_end_as_the_user_it_proved() {
         matches!(got, Packet::PubAck(a) if !a.reason_code.is_error()),
         "{got:?}"
     );
+    // Re-authentication proving the same user succeeds; proving another ends the connection.
+    send_auth(&mut net, r, ReasonCode::ReAuthenticate, &props);
+    expect_auth(&mut net, r, ReasonCode::Success, b"v=ok");
+    net.answer = Some(Box::new(|_| {
+        Some(Answer::CompleteAs(b"v=ok".to_vec(), "someone else".into()))
+    }));
+    send_auth(&mut net, r, ReasonCode::ReAuthenticate, &props);
+    assert_eq!(net.take_frames(r), [vec![0xE0, 0x01, 0x87]]);
+    assert!(net.peers[r].closed);
 }
 
 #[test]

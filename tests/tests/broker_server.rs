@@ -947,8 +947,12 @@ async fn scram_sha_512_over_the_password_file() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("passwd");
-        let entry = hash_entry("alice", b"wonder", b"salt-salt-12", DEFAULT_ITERATIONS).unwrap();
-        std::fs::write(&pw, entry).unwrap();
+        let mut text = String::new();
+        for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
+            text += &hash_entry(u, p.as_bytes(), b"salt-salt-12", DEFAULT_ITERATIONS).unwrap();
+            text.push('\n');
+        }
+        std::fs::write(&pw, text).unwrap();
         let acl = dir.path().join("acl");
         std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").unwrap();
         let mut cfg = local();
@@ -1020,6 +1024,24 @@ async fn scram_sha_512_over_the_password_file() {
         assert_eq!(
             ok.recv().await,
             Some(Got::Auth(ReasonCode::Success, Some(verifier)))
+        );
+        // Re-authenticating as another user, even with its password, ends the connection.
+        let bare = "n=bob,r=switch";
+        send_scram(
+            &mut ok,
+            ReasonCode::ReAuthenticate,
+            format!("n,,{bare}").as_bytes(),
+        )
+        .await;
+        let server_first = match ok.recv().await {
+            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(d))) => d,
+            other => panic!("no server-first: {other:?}"),
+        };
+        let (last, _) = scram_client("builder", bare, &server_first);
+        send_scram(&mut ok, ReasonCode::ContinueAuthentication, &last).await;
+        assert_eq!(
+            ok.recv().await,
+            Some(Got::Disconnect(ReasonCode::NotAuthorized))
         );
 
         for (user, password, id) in [("alice", "wrong", "s2"), ("mallory", "wonder", "s3")] {

@@ -523,6 +523,20 @@ impl Broker {
                 let method = method.unwrap_or_default();
                 self.push_control(conn, Control::Auth(ReasonCode::Success, method, None));
             }
+            (ConnState::Open, Answer::CompleteAs(_, user))
+                if c.session
+                    .and_then(|sid| self.session(sid))
+                    .is_some_and(|s| s.username.as_deref() != Some(&*user)) =>
+            {
+                // Re-authentication proves the session's user again; it cannot change it.
+                let rc = ReasonCode::NotAuthorized;
+                let end = End {
+                    will: true,
+                    send: Some(rc),
+                    reason: CloseReason::Refused(rc),
+                };
+                self.end_conn(conn, now, end);
+            }
             (ConnState::Open, Answer::Complete(data) | Answer::CompleteAs(data, _)) => {
                 let method = method.unwrap_or_default();
                 let data = Some(data.into_boxed_slice());

@@ -247,7 +247,8 @@ pub enum Answer {
     /// Without a method (no extended exchange) it is [`Answer::Accept`].
     Complete(Vec<u8>),
     /// [`Answer::Complete`] as this user name (the one the exchange proved, e.g. SCRAM's),
-    /// which replaces the one CONNECT gave, as with [`Answer::AcceptAs`].
+    /// which replaces the one CONNECT gave, as with [`Answer::AcceptAs`]. A re-authentication
+    /// must prove the session's user again: another one ends the connection with 0x87.
     CompleteAs(Vec<u8>, Box<str>),
 }
 

@@ -366,26 +366,36 @@ async fn pump(
             continue;
         };
         let topic = retopic(&m.topic, &rule.from, &rule.to);
-        let delivery = match publish_copy(&target, &m, &topic, props).await {
+        if m.qos == QoS::AtMostOnce {
+            // At most once: dropped when the other side's queue is full, rather than held
+            // here (a QoS 0 stream faster than the other side would pile up without bound).
+            if let Err(e) = publish_copy(&target, &m, &topic, props, false).await {
+                tracing::debug!(bridge = %name, %topic, error = %e, "QoS 0 not forwarded");
+            }
+            continue;
+        }
+        let delivery = match publish_copy(&target, &m, &topic, props, true).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(bridge = %name, %topic, error = %e, "not forwarded");
                 continue;
             }
         };
-        let wait = (m.qos != QoS::AtMostOnce).then_some(delivery);
-        if acks.send((m, wait)).is_err() {
+        // QoS 1/2: at most a Receive Maximum of these wait for the other side.
+        if acks.send((m, Some(delivery))).is_err() {
             return;
         }
     }
 }
 
-/// Publishes a copy of `m` under `topic` through `target` (queued there, in order).
+/// Publishes a copy of `m` under `topic` through `target` (queued there, in order);
+/// `wait`: for room in `target`'s queue, else an error when it is full.
 async fn publish_copy(
     target: &Client<Tokio>,
     m: &Message,
     topic: &str,
     props: bool,
+    wait: bool,
 ) -> Result<Delivery, crate::ClientError> {
     let mut list = Vec::new();
     if props && let Some(p) = m.properties.as_deref() {
@@ -412,7 +422,11 @@ async fn publish_copy(
         properties: Properties::new(&list),
         ..Publish::new(topic, &m.payload)
     };
-    target.publish_with(&msg, DEFAULT_PRIORITY).await
+    if wait {
+        target.publish_with(&msg, DEFAULT_PRIORITY).await
+    } else {
+        target.try_publish_with(&msg, DEFAULT_PRIORITY)
+    }
 }
 
 #[cfg(test)]
