@@ -937,6 +937,25 @@ async fn send_scram(raw: &mut Raw, code: ReasonCode, data: &[u8]) {
         .await;
 }
 
+/// A SCRAM-SHA-512 re-authentication as `user`: what the broker answers the client-final
+/// message with, and the signature a success must carry.
+async fn reauthenticate(raw: &mut Raw, user: &str, password: &str) -> (Option<Got>, Vec<u8>) {
+    let bare = format!("n={user},r=again-{user}");
+    send_scram(
+        raw,
+        ReasonCode::ReAuthenticate,
+        format!("n,,{bare}").as_bytes(),
+    )
+    .await;
+    let server_first = match raw.recv().await {
+        Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(d))) => d,
+        other => panic!("no server-first: {other:?}"),
+    };
+    let (last, verifier) = scram_client(password, &bare, &server_first);
+    send_scram(raw, ReasonCode::ContinueAuthentication, &last).await;
+    (raw.recv().await, verifier)
+}
+
 /// The built-in SCRAM-SHA-512 over the password file: the client proves its password without
 /// sending it, the broker proves it holds the entry, the ACL sees the proved user; a wrong
 /// password, and a user the file does not have, are refused with 0x87 after a first answer
@@ -1008,41 +1027,11 @@ async fn scram_sha_512_over_the_password_file() {
         );
 
         // Re-authentication: the exchange again, ending in AUTH 0x00 with the signature.
-        let bare = "n=alice,r=again";
-        send_scram(
-            &mut ok,
-            ReasonCode::ReAuthenticate,
-            format!("n,,{bare}").as_bytes(),
-        )
-        .await;
-        let server_first = match ok.recv().await {
-            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(d))) => d,
-            other => panic!("no server-first: {other:?}"),
-        };
-        let (last, verifier) = scram_client("wonder", bare, &server_first);
-        send_scram(&mut ok, ReasonCode::ContinueAuthentication, &last).await;
-        assert_eq!(
-            ok.recv().await,
-            Some(Got::Auth(ReasonCode::Success, Some(verifier)))
-        );
+        let (got, verifier) = reauthenticate(&mut ok, "alice", "wonder").await;
+        assert_eq!(got, Some(Got::Auth(ReasonCode::Success, Some(verifier))));
         // Re-authenticating as another user, even with its password, ends the connection.
-        let bare = "n=bob,r=switch";
-        send_scram(
-            &mut ok,
-            ReasonCode::ReAuthenticate,
-            format!("n,,{bare}").as_bytes(),
-        )
-        .await;
-        let server_first = match ok.recv().await {
-            Some(Got::Auth(ReasonCode::ContinueAuthentication, Some(d))) => d,
-            other => panic!("no server-first: {other:?}"),
-        };
-        let (last, _) = scram_client("builder", bare, &server_first);
-        send_scram(&mut ok, ReasonCode::ContinueAuthentication, &last).await;
-        assert_eq!(
-            ok.recv().await,
-            Some(Got::Disconnect(ReasonCode::NotAuthorized))
-        );
+        let (got, _) = reauthenticate(&mut ok, "bob", "builder").await;
+        assert_eq!(got, Some(Got::Disconnect(ReasonCode::NotAuthorized)));
 
         for (user, password, id) in [("alice", "wrong", "s2"), ("mallory", "wonder", "s3")] {
             let (_raw, got, _) = exchange(user, password, id).await;
