@@ -61,6 +61,25 @@ pub struct BrokerNumbers {
     pub subscriptions: u64,
     /// Time since the broker started.
     pub uptime: Duration,
+    /// The bridges to other brokers.
+    pub bridges: Vec<BridgeNumbers>,
+}
+
+/// One bridge: whether both of its connections are up, and what it forwarded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BridgeNumbers {
+    /// The bridge's name.
+    pub name: String,
+    /// Whether its connection to this broker is up.
+    pub local_up: bool,
+    /// Whether its connection to the remote broker is up.
+    pub remote_up: bool,
+    /// Messages forwarded to the remote broker (acknowledged there, or written at QoS 0).
+    pub forwarded_out: u64,
+    /// Messages forwarded from the remote broker to this one.
+    pub forwarded_in: u64,
+    /// Times either connection was established again.
+    pub reconnects: u64,
 }
 
 /// What the durable store did since the start.
@@ -149,6 +168,17 @@ pub fn health(n: &BrokerNumbers, thresholds: &Thresholds) -> Health {
         "clients:connections",
         Check::new(Status::Pass, n.connections).unit("connections"),
     );
+    // A bridge that is down holds back what it forwards, and the broker still serves.
+    for b in &n.bridges {
+        let check = match (b.local_up, b.remote_up) {
+            (true, true) => Check::new(Status::Pass, true),
+            (true, false) => {
+                Check::new(Status::Warn, false).output("the remote broker is not connected")
+            }
+            (false, _) => Check::new(Status::Warn, false).output("not connected to this broker"),
+        };
+        h.check("bridge:up", check.of_type("component").id(b.name.clone()));
+    }
     h
 }
 
@@ -306,6 +336,37 @@ pub fn metrics(n: &BrokerNumbers) -> String {
         clamp(n.subscriptions),
     );
     seconds(&mut r, "uptime", "Time since the broker started", n.uptime);
+    if !n.bridges.is_empty() {
+        let up =
+            Family::<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>::default();
+        let forwarded = Family::<Vec<(String, String)>, Counter>::default();
+        let reconnects = Family::<Vec<(String, String)>, Counter>::default();
+        for b in &n.bridges {
+            let name = ("bridge".to_string(), b.name.clone());
+            up.get_or_create(&vec![name.clone()])
+                .set(i64::from(b.local_up && b.remote_up));
+            for (direction, count) in [("out", b.forwarded_out), ("in", b.forwarded_in)] {
+                let labels = vec![name.clone(), ("direction".into(), direction.into())];
+                forwarded.get_or_create(&labels).inc_by(count);
+            }
+            reconnects.get_or_create(&vec![name]).inc_by(b.reconnects);
+        }
+        r.register(
+            "bridge_up",
+            "1 while both connections of the bridge are up",
+            up,
+        );
+        r.register(
+            "bridge_forwarded",
+            "Messages the bridge forwarded",
+            forwarded,
+        );
+        r.register(
+            "bridge_reconnects",
+            "Times a connection of the bridge was made again",
+            reconnects,
+        );
+    }
     encode(&r)
 }
 
@@ -354,6 +415,37 @@ mod tests {
         let mut n = numbers();
         n.store_writable = Some(false);
         assert_eq!(health(&n, &t).status, Status::Fail);
+    }
+
+    #[test]
+    fn a_bridge_down_warns_and_is_in_the_metrics() {
+        let t = Thresholds::default();
+        let mut n = numbers();
+        n.bridges.push(BridgeNumbers {
+            name: "hq".into(),
+            local_up: true,
+            remote_up: true,
+            forwarded_out: 7,
+            forwarded_in: 2,
+            reconnects: 1,
+        });
+        assert_eq!(health(&n, &t).status, Status::Pass);
+        let text = metrics(&n);
+        assert!(
+            text.contains("mqtt_broker_bridge_up{bridge=\"hq\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mqtt_broker_bridge_forwarded_total{bridge=\"hq\",direction=\"out\"} 7\n"
+            ),
+            "{text}"
+        );
+        n.bridges[0].remote_up = false;
+        let h = health(&n, &t);
+        assert_eq!(h.status, Status::Warn);
+        assert_eq!(h.checks["bridge:up"].len(), 1);
+        assert!(metrics(&n).contains("mqtt_broker_bridge_up{bridge=\"hq\"} 0\n"));
     }
 
     #[test]

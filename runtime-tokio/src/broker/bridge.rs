@@ -172,6 +172,29 @@ pub(crate) struct Bridge {
     remote: Client<Tokio>,
 }
 
+/// A bridge's clients, for its numbers.
+pub(crate) struct View {
+    name: String,
+    local: Client<Tokio>,
+    remote: Client<Tokio>,
+}
+
+impl View {
+    /// Whether its connections are up, and what each client completed: the remote one
+    /// publishes only what goes out, the local one only what comes in.
+    pub(crate) fn numbers(&self) -> mqtt_health::broker::BridgeNumbers {
+        let (here, there) = (self.local.stats(), self.remote.stats());
+        mqtt_health::broker::BridgeNumbers {
+            name: self.name.clone(),
+            local_up: here.connected,
+            remote_up: there.connected,
+            forwarded_out: there.sent,
+            forwarded_in: here.sent,
+            reconnects: here.reconnects + there.reconnects,
+        }
+    }
+}
+
 /// How long a bridge's sessions outlive a lost connection.
 const SESSION: Duration = Duration::from_secs(24 * 3600);
 
@@ -281,6 +304,15 @@ impl Bridge {
             local,
             remote,
         })
+    }
+
+    /// What the HTTP endpoint reads of it.
+    pub(crate) fn view(&self) -> View {
+        View {
+            name: self.name.clone(),
+            local: self.local.clone(),
+            remote: self.remote.clone(),
+        }
     }
 
     /// Ends both connections (what is unacknowledged stays in the sessions).

@@ -60,6 +60,13 @@ impl BrokerEndpoint {
             retained: stats.retained as u64,
             subscriptions: stats.subscriptions as u64,
             uptime: s.epoch.elapsed(),
+            bridges: s
+                .bridges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(super::bridge::View::numbers)
+                .collect(),
         }
     }
 }

@@ -227,6 +227,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub listeners: Vec<(Listen, SocketAddr)>,
+    /// The bridges' clients, for the HTTP endpoint's numbers.
+    pub bridges: Mutex<Vec<bridge::View>>,
 }
 
 /// The core's lock, counting how long it is held.
@@ -451,6 +453,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             listeners: bound.iter().map(|(l, a, _)| (l.clone(), *a)).collect(),
+            bridges: Mutex::new(Vec::new()),
             cfg,
         });
         for (l, addr, listener) in bound {
@@ -484,6 +487,11 @@ impl Broker {
             let local = SocketAddr::new(loopback(local), local.port());
             for b in &broker.shared.cfg.bridges {
                 let started = bridge::Bridge::start(b, local)?;
+                let views = &broker.shared.bridges;
+                views
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(started.view());
                 broker.bridges.push(started);
             }
         }
