@@ -2688,7 +2688,13 @@ fn encode_publish(
     now: Instant,
     buf: &mut [u8],
 ) -> Result<usize, Enc> {
-    let mut props = publish_properties(out, now);
+    // Before 5.0 a PUBLISH has no properties: the message's are not even read (they sit on
+    // cache lines of their own, and a fan-out reads each message once per subscriber).
+    let mut props = if version.is_v5() {
+        publish_properties(out, now)
+    } else {
+        Vec::new()
+    };
     if let Alias::Set(n) | Alias::Known(n) = alias {
         props.push(Property::TopicAlias(n));
     }
