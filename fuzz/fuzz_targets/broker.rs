@@ -25,6 +25,7 @@ const LIMITS: Limits = Limits {
     retained_bytes: 4096,
     // Short, so that clock jumps reach both ends of a hold: drained, and stalled.
     backpressure_ms: 50,
+    publish_rate: 0,
 };
 
 /// A well-formed CONNECT chosen by one byte, so that most runs get past the handshake.
@@ -104,7 +105,10 @@ fuzz_target!(|data: &[u8]| {
         hold_acks_until_durable: cfg_byte & 2 != 0,
         max_keep_alive: if cfg_byte & 4 != 0 { 3 } else { 0 },
         sys_interval: (cfg_byte & 8 != 0).then(|| Duration::from_secs(7)),
-        limits: LIMITS,
+        limits: Limits {
+            publish_rate: if cfg_byte & 64 != 0 { 3 } else { 0 },
+            ..LIMITS
+        },
         ..Config::default()
     });
     let mut now = Instant::ZERO;

@@ -55,6 +55,8 @@ pub struct BrokerNumbers {
     pub publishers_held: u64,
     /// Times a subscriber made no room in time and stopped holding publishers.
     pub subscribers_stalled: u64,
+    /// Times a publisher went past its publish rate and was slowed.
+    pub publishers_throttled: u64,
     /// Retained messages.
     pub retained: u64,
     /// Subscriptions.
@@ -266,6 +268,12 @@ pub fn metrics(n: &BrokerNumbers) -> String {
         "publishers_held",
         "Times a publisher was held for a subscriber to make room",
         n.publishers_held,
+    );
+    counter(
+        &mut r,
+        "publishers_throttled",
+        "Times a publisher went past its publish rate and was slowed",
+        n.publishers_throttled,
     );
     counter(
         &mut r,

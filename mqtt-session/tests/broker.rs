@@ -2156,3 +2156,55 @@ fn a_held_publisher_is_still_read_up_to_its_next_publish() {
     );
     assert!(!net.peers[r].up.is_empty());
 }
+
+#[test]
+fn a_publisher_past_its_rate_is_read_more_slowly_and_loses_nothing() {
+    use mqtt_session::broker::Broker;
+    let mut broker = Broker::new(Config {
+        limits: Limits {
+            publish_rate: 5,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    let mut now = Instant::ZERO;
+    let conn = broker.handle_open(now);
+    let mut input = Vec::new();
+    let mut buf = [0u8; 256];
+    let n = connect_v5("fast", true, &[]).encode(V5, &mut buf).unwrap();
+    input.extend_from_slice(&buf[..n]);
+    for i in 0..12u8 {
+        let n = Packet::Publish(Publish::new("t", &[i]))
+            .encode(V5, &mut buf)
+            .unwrap();
+        input.extend_from_slice(&buf[..n]);
+    }
+    // Everything arrives at once; a second's worth (5) is read, the rest waits.
+    let used = broker.handle_read(conn, now, &input).unwrap();
+    input.drain(..used);
+    assert_eq!(broker.stats().messages_received, 5);
+    assert_eq!(broker.stats().publishers_throttled, 1);
+    // Then one every 200 ms: the broker names the connection when it may be read again.
+    let mut received_at = Vec::new();
+    while !input.is_empty() {
+        let due = broker
+            .poll_timeout()
+            .expect("a timer for the throttled publisher");
+        assert!(due > now, "{due:?}");
+        now = due;
+        broker.handle_timeout(now);
+        while let Some(c) = broker.poll_wake() {
+            if c == conn {
+                let used = broker.handle_read(conn, now, &input).unwrap();
+                input.drain(..used);
+                while broker.poll_transmit(conn, now, &mut buf).unwrap().is_some() {}
+            }
+        }
+        received_at.push((now.as_millis(), broker.stats().messages_received));
+    }
+    let expected: Vec<(u64, u64)> = (1..=7).map(|k| (200 * k, 5 + k)).collect();
+    assert_eq!(received_at, expected);
+    // Slowed at the burst's end and after each of the next six (the last one waited for
+    // nothing after it).
+    assert_eq!(broker.stats().publishers_throttled, 7);
+}

@@ -893,6 +893,53 @@ async fn send_auth(raw: &mut Raw, code: ReasonCode, data: Option<&[u8]>) {
         .await;
 }
 
+/// `max_publish_rate`: a publisher sending 40 QoS 1 messages as fast as it can at 20 a second
+/// gets a second's worth at once and the rest at the rate: all 40 arrive, each once, and the
+/// last is acknowledged no sooner than about a second in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_past_max_publish_rate_is_slowed_and_loses_nothing() {
+    bounded(async {
+        let mut cfg = local();
+        cfg.max_publish_rate = 20;
+        let broker = start(cfg).await;
+        let url = broker.urls()[0].clone();
+        let sub = Client::spawn(Options::new(&url).unwrap().client_id("slow-sub")).unwrap();
+        sub.wait_connected(WAIT).await.unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        sub.route_with("rate/#", QoS::AtLeastOnce, move |m: mqtt_tokio::Message| {
+            let g = g.clone();
+            async move { g.lock().unwrap().push(m.payload.to_vec()) }
+        })
+        .unwrap();
+        sub.subscribe("rate/#", QoS::AtLeastOnce).await.unwrap();
+        let publisher = Client::spawn(Options::new(&url).unwrap().client_id("fast-pub")).unwrap();
+        publisher.wait_connected(WAIT).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut deliveries = Vec::new();
+        for i in 0..40u8 {
+            let d = publisher
+                .publish("rate/x", [i], QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            deliveries.push(d);
+        }
+        for d in deliveries {
+            d.await.unwrap();
+        }
+        let took = started.elapsed();
+        assert!(eventually(|| got.lock().unwrap().len() == 40).await);
+        let mut payloads: Vec<u8> = got.lock().unwrap().iter().map(|p| p[0]).collect();
+        payloads.sort_unstable();
+        assert_eq!(payloads, (0..40).collect::<Vec<u8>>());
+        // 20 at once, then 20 more at 20 a second.
+        assert!(took >= Duration::from_millis(900), "{took:?}");
+        assert!(broker.stats().publishers_throttled >= 1);
+        broker.stop().await;
+    })
+    .await;
+}
+
 /// SCRAM-SHA-512's client side (RFC 5802): the client-final message for `server_first` and
 /// the server signature it must then get.
 fn scram_client(password: &str, first_bare: &str, server_first: &[u8]) -> (Vec<u8>, Vec<u8>) {

@@ -11,9 +11,10 @@
 //!    many bytes it used; keep the rest for the next read. If it used less than a whole packet
 //!    it is waiting for bytes; if the connection owes many packets it stops early until they
 //!    are written (so a client that does not read cannot make it buffer without bound).
-//! 3. Drain [`Broker::poll_wake`]: each connection it names has packets to write; drain
-//!    [`Broker::poll_transmit`] for it until `None`, writing each packet (what goes out may
-//!    wake a held publisher: drain `poll_wake` again after).
+//! 3. Drain [`Broker::poll_wake`]: each connection it names has packets to write, or may be
+//!    read from again (a publisher held by back-pressure or by its rate): feed it the bytes
+//!    it left, and drain [`Broker::poll_transmit`] for it until `None`, writing each packet
+//!    (what goes out may wake a held publisher: drain `poll_wake` again after).
 //! 4. Drain [`Broker::poll_event`]: answer [`Event::Ask`] with [`Broker::handle_auth_answer`]
 //!    (now or later, from another task); on [`Event::Close`] flush the connection, close the
 //!    socket and call [`Broker::handle_close`].
@@ -156,7 +157,8 @@
 //! subscriber that makes no such room within the time counts as stalled and holds no one
 //! until it has drained, so a subscriber that stopped reading costs each publisher one wait,
 //! while one that is merely slower than its publishers loses nothing. Offline sessions never
-//! hold publishers.
+//! hold publishers. [`Limits::publish_rate`] holds a publisher to a rate the same way: past
+//! it, its connection is not read from until a timer names it in `poll_wake` again.
 
 pub mod acl;
 pub mod ledger;
@@ -471,6 +473,9 @@ impl Broker {
                     if held && matches!(packet, Packet::Publish(_)) {
                         return Ok(used);
                     }
+                    if matches!(packet, Packet::Publish(_)) && self.throttled(conn, now) {
+                        return Ok(used);
+                    }
                     used += n;
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.last_rx = now;
@@ -614,7 +619,7 @@ impl Broker {
         })
     }
 
-    /// The next connection with packets to write.
+    /// The next connection with packets to write, or that may be read from again.
     #[must_use]
     pub fn poll_wake(&mut self) -> Option<ConnId> {
         while let Some(id) = self.woken.pop_front() {
@@ -740,6 +745,15 @@ impl Broker {
                         }
                     };
                     self.end_conn(id, now, end);
+                }
+                Timer::Throttle(id) => {
+                    // Due: it is read again (the rate decides how much of what waits).
+                    let due = self.conns.get_mut(&id).and_then(|c| c.rate.as_mut());
+                    if let Some(t) = due
+                        && t.wake_at.take().is_some()
+                    {
+                        self.wake(id);
+                    }
                 }
                 Timer::Session(sid) => {
                     let Some(s) = self.session(sid) else {
@@ -1937,7 +1951,36 @@ impl Broker {
                 .get(&id)
                 .and_then(|c| conn_deadline(c, self.cfg.connect_timeout)),
             Timer::Session(sid) => self.session(sid).and_then(session_deadline),
+            Timer::Throttle(id) => self.conns.get(&id).and_then(|c| c.rate.as_ref()?.wake_at),
         }
+    }
+
+    /// Whether `conn` must wait before its next PUBLISH ([`Limits::publish_rate`]); if not,
+    /// the PUBLISH is counted against the rate.
+    fn throttled(&mut self, conn: ConnId, now: Instant) -> bool {
+        let rate = u64::from(self.cfg.limits.publish_rate);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if rate == 0 {
+            return false;
+        }
+        let t = c.rate.get_or_insert_with(Box::default);
+        // One interval per PUBLISH, and a second's worth of them in a burst.
+        let interval = (1_000_000 / rate).max(1);
+        let burst = 1_000_000u64.saturating_sub(interval);
+        let now_us = now.as_millis().saturating_mul(1000);
+        if t.due_us > now_us.saturating_add(burst) {
+            if t.wake_at.is_none() {
+                let at = Instant::from_millis((t.due_us - burst).div_ceil(1000));
+                t.wake_at = Some(at);
+                self.timers.push(Reverse((at, Timer::Throttle(conn))));
+                self.stats.publishers_throttled += 1;
+            }
+            return true;
+        }
+        t.due_us = t.due_us.max(now_us).saturating_add(interval);
+        false
     }
 
     /// Brings the earliest timer entries up to date (dropping those with nothing left to do,
@@ -2550,6 +2593,8 @@ impl Broker {
 enum Timer {
     /// A connection's connect timeout or keep-alive.
     Conn(ConnId),
+    /// A throttled connection may be read again.
+    Throttle(ConnId),
     /// A session's will delay or expiry.
     Session(u32),
 }

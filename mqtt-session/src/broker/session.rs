@@ -296,6 +296,18 @@ pub(crate) struct Conn {
     pub(crate) hold: Option<Box<Hold>>,
     /// It has an entry in the broker's hold timers (one at most).
     pub(crate) hold_armed: bool,
+    /// Its publish rate, with [`super::Limits::publish_rate`].
+    pub(crate) rate: Option<Box<Throttle>>,
+}
+
+/// A connection's publish rate, as a virtual schedule (the generic cell rate algorithm): each
+/// PUBLISH moves `due` one interval on; one that comes more than a second ahead of `due` waits.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    /// When the next PUBLISH is due, in microseconds of the broker's clock.
+    pub(crate) due_us: u64,
+    /// When a waiting connection may be read again (its timer is armed).
+    pub(crate) wake_at: Option<crate::Instant>,
 }
 
 /// Topic bytes one connection's outgoing aliases may keep: what a client announcing a large
@@ -391,6 +403,7 @@ impl Conn {
             woken: false,
             hold: None,
             hold_armed: false,
+            rate: None,
         }
     }
 }

@@ -47,6 +47,11 @@ pub struct Limits {
     /// fit is then dropped at the limits and counted). So nothing is dropped for a subscriber
     /// that is slow but reading, and one that stopped costs publishers one wait. 0: never hold.
     pub backpressure_ms: u32,
+    /// PUBLISH packets one connection may send per second, on average, with bursts of up to a
+    /// second's worth (0: no limit). Past it the connection is not read from until the rate
+    /// allows the next one: the client is slowed, nothing is dropped, and no other client
+    /// waits.
+    pub publish_rate: u32,
 }
 
 impl Default for Limits {
@@ -59,6 +64,7 @@ impl Default for Limits {
             subscriptions: 1_000,
             retained_bytes: 64 << 20,
             backpressure_ms: 1_000,
+            publish_rate: 0,
         }
     }
 }
@@ -496,6 +502,8 @@ pub struct Stats {
     pub publishers_held: u64,
     /// Times a subscriber made no room in time and stopped holding publishers.
     pub subscribers_stalled: u64,
+    /// Times a publisher went past [`Limits::publish_rate`] and was slowed.
+    pub publishers_throttled: u64,
 }
 
 /// A local misuse of the broker API.

@@ -166,6 +166,9 @@ pub struct BrokerConfig {
     /// How long a publisher is held, in milliseconds, while a connected subscriber it sends
     /// messages to is more than half full (0: never; drop at the limits instead).
     pub backpressure_ms: u32,
+    /// PUBLISH packets one connection may send per second on average, in bursts of up to a
+    /// second's worth (0: no limit); past it the connection is read more slowly.
+    pub max_publish_rate: u32,
     /// Highest topic alias accepted from clients (0: none).
     pub topic_alias_maximum: u16,
     /// Topic aliases the broker uses towards an MQTT 5 client, at most (within the client's
@@ -217,6 +220,7 @@ impl Default for BrokerConfig {
             max_queued_bytes: core.limits.session_bytes,
             max_queued_bytes_total: core.limits.total_bytes,
             backpressure_ms: core.limits.backpressure_ms,
+            max_publish_rate: core.limits.publish_rate,
             topic_alias_maximum: core.topic_alias_maximum,
             outgoing_topic_aliases: core.outgoing_topic_aliases,
             max_session_expiry: core.max_session_expiry,
@@ -374,6 +378,7 @@ impl BrokerConfig {
                 session_bytes: self.max_queued_bytes,
                 total_bytes: self.max_queued_bytes_total,
                 backpressure_ms: self.backpressure_ms,
+                publish_rate: self.max_publish_rate,
                 ..Limits::default()
             },
             ..CoreConfig::default()

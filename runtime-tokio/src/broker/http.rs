@@ -56,6 +56,7 @@ impl BrokerEndpoint {
                 ("not_authorized", d.not_authorized),
             ],
             publishers_held: stats.publishers_held,
+            publishers_throttled: stats.publishers_throttled,
             subscribers_stalled: stats.subscribers_stalled,
             retained: stats.retained as u64,
             subscriptions: stats.subscriptions as u64,

@@ -67,6 +67,10 @@ pub struct BrokerArgs {
     /// more than half full (default 1000; 0: drop at the limits instead).
     #[arg(long)]
     backpressure_ms: Option<u32>,
+    /// PUBLISH packets one connection may send per second, in bursts of a second's worth
+    /// (default 0: no limit); past it the connection is read more slowly.
+    #[arg(long)]
+    max_publish_rate: Option<u32>,
     /// Highest topic alias accepted from clients (0: none).
     #[arg(long)]
     topic_alias_maximum: Option<u16>,
@@ -153,6 +157,7 @@ impl BrokerArgs {
             max_queued_bytes,
             max_queued_bytes_total,
             backpressure_ms,
+            max_publish_rate,
             topic_alias_maximum,
             outgoing_topic_aliases,
             sys_interval,
