@@ -277,3 +277,21 @@ async fn what_is_published_while_the_remote_is_down_is_forwarded_once_it_is_up()
     .await
     .expect("the test ran over its time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_into_a_broker_that_refuses_anonymous_clients_needs_credentials() {
+    let mut cfg = BrokerConfig::new("mqtt://127.0.0.1:0");
+    cfg.allow_anonymous = false;
+    cfg.bridges.push(BridgeConfig {
+        name: "b".into(),
+        remote: "mqtt://127.0.0.1:1".into(),
+        client_id: None,
+        protocol: 5,
+        ca_file: None,
+        local_username: None,
+        local_password: None,
+        topics: vec![topic("up/#", Direction::Out, "", "")],
+    });
+    let e = Broker::start(cfg).await.unwrap_err();
+    assert!(e.to_string().contains("local_username"), "{e}");
+}

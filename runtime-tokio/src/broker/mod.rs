@@ -334,6 +334,19 @@ impl Broker {
     /// [`Broker::start`], with the application's authentication and authorization hooks.
     pub async fn start_with(cfg: BrokerConfig, hooks: Hooks) -> Result<Broker, StartError> {
         cfg.validate()?;
+        // A bridge's local half is a client of this broker like any other.
+        let refused = !cfg.allow_anonymous && hooks.authenticate.is_none();
+        if let Some(b) = cfg
+            .bridges
+            .iter()
+            .find(|b| refused && b.local_username.is_none())
+        {
+            return Err(StartError::Config(ConfigError::new(format!(
+                "bridge {}: this broker refuses anonymous clients, so the bridge needs \
+                 local_username and local_password",
+                b.name
+            ))));
+        }
         let passwords = match &cfg.password_file {
             Some(p) => Some(
                 PasswordFile::parse(&read_file(p, "password_file")?)
