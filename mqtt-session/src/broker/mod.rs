@@ -1959,12 +1959,12 @@ impl Broker {
     /// the PUBLISH is counted against the rate.
     fn throttled(&mut self, conn: ConnId, now: Instant) -> bool {
         let rate = u64::from(self.cfg.limits.publish_rate);
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
         if rate == 0 {
             return false;
         }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
         let t = c.rate.get_or_insert_with(Box::default);
         // One interval per PUBLISH, and a second's worth of them in a burst.
         let interval = (1_000_000 / rate).max(1);
