@@ -132,8 +132,8 @@
 //! out, in order, once every persistent subscriber has acknowledged the message: it is
 //! delivered, which is what its records were for. Without it, a restore may read records
 //! that miss the last ones made: [`Config::lossy_records`] then has each restored session
-//! with a QoS 2 subscription release every id its QoS 2 messages may have used (they are
-//! kept within `1..=`[`Config::max_inflight`] for this) before it sends anything new.
+//! with a QoS 2 subscription release (PUBREL) the next 8 192 packet ids its allocator would
+//! use, which a delivery whose record was lost may have used, before it sends anything new.
 //! [`ledger::Ledger`] folds the records into the live entries of a key/value store and loads
 //! them back.
 //!
@@ -856,21 +856,23 @@ impl Broker {
                 return Ok(Some(n));
             }
         }
-        // After a restore that may have lost records: every id a QoS 2 message may have gone
-        // out with is released, before a new message could reuse one the client still holds
+        // After a restore that may have lost records: the ids a lost delivery may have gone
+        // out with are released, before a new message could reuse one the client still holds
         // (it would take that message for a duplicate). Ids in flight are the resend's.
-        let range = self.cfg.max_inflight.max(1);
-        while let Some(pid) = PacketId::new(s.retire) {
-            let next = if s.retire >= range { 0 } else { s.retire + 1 };
-            if s.inflight.contains_key(&pid) {
-                s.retire = next;
+        while s.retire_left > 0 {
+            let id = PacketId::new(s.retire);
+            s.retire = s.retire.checked_add(1).unwrap_or(1);
+            let Some(pid) = id.filter(|pid| !s.inflight.contains_key(pid)) else {
+                s.retire_left -= u16::from(id.is_some());
                 continue;
-            }
+            };
             let result = encode_pubrel(pid, version, &self.cfg, buf);
             if let Err(Enc::Small(needed)) = result {
+                // Not released yet: the same id again with more room.
+                s.retire = pid.get();
                 return Err(Error::BufferTooSmall { needed });
             }
-            s.retire = next;
+            s.retire_left -= 1;
             if let Ok(n) = result {
                 return Ok(Some(n));
             }
@@ -920,17 +922,12 @@ impl Broker {
             }
             // The id is committed only once the packet is written: a message dropped as too
             // large, or a buffer too small, leaves the allocator as it was.
-            let qos2 = out.qos == QoS::ExactlyOnce;
-            let (mut ids, range) = if qos2 {
-                (s.qos2_ids, self.cfg.max_inflight)
-            } else {
-                (s.ids, u16::MAX)
-            };
+            let mut ids = s.ids;
             let packet_id = if out.qos == QoS::AtMostOnce {
                 None
             } else {
                 let inflight = &s.inflight;
-                match ids.allocate_within(range, inflight.len(), |id| inflight.contains_key(&id)) {
+                match ids.allocate(inflight.len(), |id| inflight.contains_key(&id)) {
                     Some(id) => Some(id),
                     None => return Ok(None),
                 }
@@ -951,11 +948,7 @@ impl Broker {
                     continue;
                 }
             };
-            if qos2 {
-                s.qos2_ids = ids;
-            } else {
-                s.ids = ids;
-            }
+            s.ids = ids;
             assign(c, alias, &out.msg.topic);
             self.stats.messages_sent += 1;
             let Some(out) = s.queue.pop_front() else {

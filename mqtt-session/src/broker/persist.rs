@@ -10,6 +10,12 @@ use super::session::{Inflight, OutState, Outgoing, Session, Sub, SubKey};
 use core::cmp::Reverse;
 
 use super::{Broker, Change, Config, Record, Timer, after_secs};
+
+/// Packet ids a session restored from possibly lost records releases before anything new:
+/// those its allocator would hand out next, which a delivery whose record was lost may have
+/// used (a client still holding one would take a new message with it for a duplicate). It
+/// covers the deliveries of the last moments before a crash, up to this many.
+pub(crate) const RETIRE_WINDOW: u16 = 8192;
 use crate::Instant;
 
 /// The durable state of one session, as [`Broker::snapshot`] reports it.
@@ -64,7 +70,8 @@ impl Broker {
                     .into_iter()
                     .any(|sub| sub.options.qos == QoS::ExactlyOnce)
             {
-                s.retire = 1;
+                s.retire = s.ids.peek();
+                s.retire_left = RETIRE_WINDOW;
             }
         }
         let timers: Vec<_> = b
@@ -171,7 +178,6 @@ impl Broker {
                 message_id,
                 packet_id,
             } => {
-                let range = self.cfg.max_inflight.max(1);
                 let Some(s) = self.sid_of(&client_id).and_then(|i| self.session_mut(i)) else {
                     return;
                 };
@@ -182,21 +188,12 @@ impl Broker {
                     return;
                 };
                 let order = s.next_order();
-                // The allocator continues after the ids already used, as the live one did
-                // (a QoS 2 id beyond the range, from another configuration, moves nothing).
-                if out.qos != QoS::ExactlyOnce {
-                    while s
-                        .ids
-                        .allocate(0, |_| false)
-                        .is_some_and(|id| id != packet_id)
-                    {}
-                } else if packet_id.get() <= range {
-                    while s
-                        .qos2_ids
-                        .allocate_within(range, 0, |_| false)
-                        .is_some_and(|id| id != packet_id)
-                    {}
-                }
+                // The allocator continues after the ids already used, as the live one did.
+                while s
+                    .ids
+                    .allocate(0, |_| false)
+                    .is_some_and(|id| id != packet_id)
+                {}
                 s.inflight.insert(
                     packet_id,
                     Inflight {

@@ -112,15 +112,12 @@ pub(crate) struct Session {
     pub(crate) subs: Vec<Option<Sub>>,
     pub(crate) queue: VecDeque<Outgoing>,
     pub(crate) inflight: InflightMap,
-    /// Packet ids of QoS 0/1 deliveries.
     pub(crate) ids: PacketIds,
-    /// Packet ids of QoS 2 deliveries, within `1..=Config::max_inflight`: the ids a client
-    /// may hold awaiting PUBREL lie there, so that after a restore that lost some records
-    /// they can all be released (`retire`).
-    pub(crate) qos2_ids: PacketIds,
-    /// The next id of `1..=Config::max_inflight` to release with a PUBREL before anything
-    /// new goes out (0: none): set by a restore from records that may miss the last ones.
+    /// The next packet id to release with a PUBREL before anything new goes out, and how
+    /// many are left: set by a restore from records that may miss the last ones, to the ids
+    /// the allocator hands out next (those a lost record may have used already).
     pub(crate) retire: u16,
+    pub(crate) retire_left: u16,
     pub(crate) order: u64,
     /// Bytes of `queue` and `inflight`.
     pub(crate) bytes: usize,
@@ -149,8 +146,8 @@ impl Session {
             queue: VecDeque::new(),
             inflight: InflightMap::default(),
             ids: PacketIds::new(),
-            qos2_ids: PacketIds::new(),
             retire: 0,
+            retire_left: 0,
             order: 0,
             bytes: 0,
             rx_qos2: BTreeSet::new(),

@@ -107,7 +107,8 @@ pub struct Config {
     /// that syncs in the background). A client may then hold, awaiting PUBREL, the packet id
     /// of a QoS 2 message whose record was lost, and would take a new message sent with that
     /// id for a duplicate: so a restored session with a QoS 2 subscription first releases
-    /// (PUBREL) every id its QoS 2 messages may have used, before anything new goes out.
+    /// (PUBREL) the next 8 192 ids its allocator would use (those the deliveries of the last
+    /// moments before a crash may have used), before anything new goes out.
     ///
     /// [`Broker::restore`]: super::Broker::restore
     pub lossy_records: bool,
