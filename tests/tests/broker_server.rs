@@ -296,6 +296,26 @@ async fn retained_will_offline_queue_and_shared_subscriptions() {
     .await;
 }
 
+/// A broker configuration that refuses anonymous clients: users alice (password "wonder")
+/// and bob ("builder") in a password file written with our `hash_entry` (the format
+/// mosquitto_passwd writes), and `acl` as its mosquitto ACL file, both in `dir`.
+fn with_users(dir: &std::path::Path, acl: &str) -> BrokerConfig {
+    let pw = dir.join("passwd");
+    let mut text = String::new();
+    for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
+        text += &hash_entry(u, p.as_bytes(), b"salt-salt-12", DEFAULT_ITERATIONS).unwrap();
+        text.push('\n');
+    }
+    std::fs::write(&pw, text).unwrap();
+    let acl_file = dir.join("acl");
+    std::fs::write(&acl_file, acl).unwrap();
+    let mut cfg = local();
+    cfg.allow_anonymous = false;
+    cfg.password_file = Some(pw);
+    cfg.acl_file = Some(acl_file);
+    cfg
+}
+
 /// A password file (written with our `hash_entry`, the format mosquitto_passwd writes) and a
 /// mosquitto ACL file: a bad password is refused with the right code, denied subscriptions get
 /// 0x80 / 0x87, a denied publish gets PUBACK 0x87 at 5.0 and is dropped silently at 3.1.1.
@@ -303,24 +323,9 @@ async fn retained_will_offline_queue_and_shared_subscriptions() {
 async fn passwords_and_acl() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("passwd");
-        let mut text = String::new();
-        for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
-            text += &hash_entry(u, p.as_bytes(), b"salt-salt-12", DEFAULT_ITERATIONS).unwrap();
-            text.push('\n');
-        }
-        std::fs::write(&pw, text).unwrap();
-        let acl = dir.path().join("acl");
-        std::fs::write(
-            &acl,
-            "user alice\ntopic readwrite a/#\ntopic read pub/#\nuser bob\ntopic readwrite #\n",
-        )
-        .unwrap();
-        let mut cfg = local();
-        cfg.allow_anonymous = false;
-        cfg.password_file = Some(pw);
-        cfg.acl_file = Some(acl);
-        let broker = start(cfg).await;
+        let acl =
+            "user alice\ntopic readwrite a/#\ntopic read pub/#\nuser bob\ntopic readwrite #\n";
+        let broker = start(with_users(dir.path(), acl)).await;
 
         for (v, bad, anon) in [
             (
@@ -1012,20 +1017,11 @@ async fn scram_sha_512_over_the_password_file() {
     use mqtt_proto::{Properties, Property};
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("passwd");
-        let mut text = String::new();
-        for (u, p) in [("alice", "wonder"), ("bob", "builder")] {
-            text += &hash_entry(u, p.as_bytes(), b"salt-salt-12", DEFAULT_ITERATIONS).unwrap();
-            text.push('\n');
-        }
-        std::fs::write(&pw, text).unwrap();
-        let acl = dir.path().join("acl");
-        std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").unwrap();
-        let mut cfg = local();
-        cfg.allow_anonymous = false;
-        cfg.password_file = Some(pw);
-        cfg.acl_file = Some(acl);
-        let broker = start(cfg).await;
+        let broker = start(with_users(
+            dir.path(),
+            "user alice\ntopic readwrite alice/#\n",
+        ))
+        .await;
         let addr = broker.local_addr();
 
         // Returns the raw connection, CONNACK's code and data, and the expected signature.
