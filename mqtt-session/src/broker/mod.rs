@@ -470,10 +470,8 @@ impl Broker {
                     if authenticating && !matches!(packet, Packet::Auth(_)) {
                         return Ok(used);
                     }
-                    if held && matches!(packet, Packet::Publish(_)) {
-                        return Ok(used);
-                    }
-                    if matches!(packet, Packet::Publish(_)) && self.throttled(conn, now) {
+                    // Held by back-pressure, or past its publish rate: the PUBLISH waits.
+                    if matches!(packet, Packet::Publish(_)) && (held || self.throttled(conn, now)) {
                         return Ok(used);
                     }
                     used += n;

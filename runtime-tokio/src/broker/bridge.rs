@@ -198,10 +198,11 @@ impl View {
 /// How long a bridge's sessions outlive a lost connection.
 const SESSION: Duration = Duration::from_secs(24 * 3600);
 
-/// One way of a bridge's topics: a message matching `filter` (on the side it comes from) has
-/// its `from` prefix replaced by `to`.
+/// One way of a bridge's topics: a message matching `filter` (on the side it comes from, and
+/// subscribed there at `qos`) has its `from` prefix replaced by `to`.
 struct Rule {
     filter: String,
+    qos: QoS,
     from: String,
     to: String,
 }
@@ -246,6 +247,7 @@ impl Bridge {
             if matches!(t.direction, Direction::Out | Direction::Both) {
                 out.push(Rule {
                     filter: t.local_filter(),
+                    qos: t.qos(),
                     from: t.local_prefix.clone(),
                     to: t.remote_prefix.clone(),
                 });
@@ -253,14 +255,15 @@ impl Bridge {
             if matches!(t.direction, Direction::In | Direction::Both) {
                 inward.push(Rule {
                     filter: t.remote_filter(),
+                    qos: t.qos(),
                     from: t.remote_prefix.clone(),
                     to: t.local_prefix.clone(),
                 });
             }
         }
         // This broker speaks 5.0 to its own client.
-        let local_subs = subscriptions(cfg, &out, true);
-        let remote_subs = subscriptions(cfg, &inward, v5);
+        let local_subs = subscriptions(&out, true);
+        let remote_subs = subscriptions(&inward, v5);
         let name = Arc::<str>::from(cfg.name.as_str());
         for (client, subs) in [(&local, local_subs), (&remote, remote_subs)] {
             if subs.is_empty() {
@@ -325,25 +328,14 @@ impl Bridge {
 
 /// The subscriptions of one side: no local and retain as published where the version has
 /// them (so the bridge's own copies do not come back, and retained messages stay retained).
-fn subscriptions(
-    cfg: &BridgeConfig,
-    rules: &[Rule],
-    v5: bool,
-) -> Vec<(String, SubscriptionOptions)> {
-    let qos = |filter: &str| {
-        let t = cfg
-            .topics
-            .iter()
-            .find(|t| t.local_filter() == filter || t.remote_filter() == filter);
-        t.map_or(QoS::AtLeastOnce, BridgeTopic::qos)
-    };
+fn subscriptions(rules: &[Rule], v5: bool) -> Vec<(String, SubscriptionOptions)> {
     rules
         .iter()
         .map(|r| {
             let options = SubscriptionOptions {
                 no_local: v5,
                 retain_as_published: v5,
-                ..SubscriptionOptions::new(qos(&r.filter))
+                ..SubscriptionOptions::new(r.qos)
             };
             (r.filter.clone(), options)
         })

@@ -595,17 +595,14 @@ impl Conn {
                 method,
                 ..
             } => {
-                // Mid-way through the built-in exchange, or starting it again.
-                let builtin = self.scram.is_some()
-                    || (reauthenticate && self.auth.is_none() && &*method == scram::METHOD);
-                if builtin {
-                    // The core calls every AUTH of a connected client a re-authentication:
-                    // the exchange's own state says which step this is.
-                    let answer = if self.scram.is_some() {
-                        self.scram_final(data.as_deref())
-                    } else {
-                        self.scram_first(data.as_deref())
-                    };
+                // The built-in exchange: its own state says which step this is (the core
+                // calls every AUTH of a connected client a re-authentication).
+                if self.scram.is_some() {
+                    let answer = self.scram_final(data.as_deref());
+                    return self.send_answer(answer);
+                }
+                if reauthenticate && self.auth.is_none() && &*method == scram::METHOD {
+                    let answer = self.scram_first(data.as_deref());
                     return self.send_answer(answer);
                 }
                 let answer = match (hook, self.auth.as_deref_mut()) {
