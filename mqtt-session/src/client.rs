@@ -899,11 +899,18 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
     /// If `buf` is too small the error says how much is needed and nothing is lost.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Result<Option<usize>, Error> {
         if let Some(&c) = self.control.front() {
-            if let Control::PubRec(id, _) = c
-                && self.rx_record_pending(id)
-            {
+            let wait = match c {
                 // The record of the received id must be durable first, or a restart would
                 // deliver the server's resend again.
+                Control::PubRec(id, _) => self.rx_record_pending(id),
+                // Its delete must be durable first, or a restart would still hold the id and
+                // take the next message the server sends with it for a resend.
+                Control::PubComp(..) => {
+                    self.journal.on && self.journal.release > self.journal.durable
+                }
+                _ => false,
+            };
+            if wait {
                 return Ok(None);
             }
             let n = self.encode_control(c, buf)?;
@@ -1427,7 +1434,9 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
             .position(|r| r.id == a.packet_id && r.state == RxState::AwaitPubRel);
         let rc = match pos {
             Some(pos) => {
-                self.remove_rx(pos);
+                if let Some(lsn) = self.remove_rx(pos) {
+                    self.journal.release = self.journal.release.max(lsn);
+                }
                 ReasonCode::Success
             }
             None if self.cfg.version.is_v5() => ReasonCode::PacketIdentifierNotFound,
@@ -2164,16 +2173,16 @@ impl<B: Backing, const RX: usize> Session<B, RX> {
         }
     }
 
-    /// Forgets the received message at `pos`.
-    fn remove_rx(&mut self, pos: usize) {
+    /// Forgets the received message at `pos`; returns the sequence number its delete will have.
+    fn remove_rx(&mut self, pos: usize) -> Option<u64> {
         if pos >= self.rx.len() {
-            return;
+            return None;
         }
         let r = self.rx.swap_remove(pos);
         if r.dirty {
             self.journal.rx_dirty = self.journal.rx_dirty.saturating_sub(1);
         }
-        self.journal.delete(r.key);
+        self.journal.delete(r.key)
     }
 
     /// Forgets every received message (the server lost the session).

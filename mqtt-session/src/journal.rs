@@ -11,7 +11,9 @@
 //! the session holds back what depends on it: a QoS 1/2 PUBLISH is not sent before its record
 //! is durable, a QoS 2 message not before the record of its packet id (so a restart can resend
 //! it with the same id), a PUBREL not before the PUBREC record, a PUBREC for a received QoS 2
-//! message not before the record of its id. With manual acks, a received QoS 2 message is
+//! message not before the record of its id, and its PUBCOMP not before the delete of that
+//! record (else a restart would keep the released id and drop the next message reusing it).
+//! With manual acks, a received QoS 2 message is
 //! recorded as delivered before the application may see it
 //! ([`rx_record_pending`](crate::Session::rx_record_pending)), so that after a restart the
 //! server's resend of one never acknowledged is delivered again marked
@@ -112,6 +114,8 @@ pub(crate) struct Journal {
     pub(crate) barrier: bool,
     /// Deletes that found no room (only without `alloc`): their records outlive the items.
     pub(crate) lost_deletes: u32,
+    /// The sequence number of the last delete that a queued PUBCOMP waits for.
+    pub(crate) release: u64,
 }
 
 impl Journal {
@@ -128,17 +132,20 @@ impl Journal {
         }
     }
 
-    /// Holds the delete of `key` until it is reported.
-    pub(crate) fn delete(&mut self, key: u64) {
+    /// Holds the delete of `key` until it is reported; returns the sequence number it will
+    /// have (deletes are reported before anything else, in order).
+    pub(crate) fn delete(&mut self, key: u64) -> Option<u64> {
         if key == 0 || !self.on {
-            return;
+            return None;
         }
         #[cfg(feature = "alloc")]
         self.deleted.push_back(key);
         #[cfg(not(feature = "alloc"))]
         if self.deleted.push_back(key).is_err() {
             self.lost_deletes = self.lost_deletes.saturating_add(1);
+            return None;
         }
+        Some(self.lsn.saturating_add(self.deleted.len() as u64))
     }
 
     /// A new key for a persistent item.
