@@ -328,7 +328,11 @@ fn received_qos2_stays_deduplicated_across_a_restart() {
     assert_eq!(p.feed(&dup), None, "the resend is not delivered again");
     assert_eq!(p.sent(), vec![s("PubRec", Some(9), false)]);
     p.feed(&Packet::PubRel(Ack::new(id(9))));
-    assert_eq!(p.sent(), vec![], "PUBCOMP waits for the delete of the id record");
+    assert_eq!(
+        p.sent(),
+        vec![],
+        "PUBCOMP waits for the delete of the id record"
+    );
     assert_eq!(p.sync(&mut disk), 1);
     assert_eq!(p.sent(), vec![s("PubComp", Some(9), false)]);
     assert!(
@@ -362,7 +366,9 @@ fn a_released_id_is_not_held_after_a_restart_so_its_reuse_is_a_new_message() {
     assert_eq!(p.sync(&mut disk), 1, "the restored id record is deleted");
     assert_eq!(p.sent(), vec![s("PubComp", Some(5), false)]);
     // The server reuses id 5 for a new message: it is delivered, not taken for a resend.
-    let event = p.feed(&publish(b"second")).expect("a new message is delivered");
+    let event = p
+        .feed(&publish(b"second"))
+        .expect("a new message is delivered");
     assert!(event.contains(&format!("{:?}", b"second")), "{event}");
 }
 

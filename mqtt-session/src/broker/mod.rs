@@ -168,6 +168,7 @@ mod persist;
 mod retained;
 pub mod scram;
 mod session;
+pub mod shard;
 mod types;
 
 use alloc::boxed::Box;
@@ -197,6 +198,7 @@ use session::{
     Alias, Conn, ConnState, Conns, Control, Inflight, OutAliases, OutState, Outgoing,
     PendingConnect, Sub, SubKey, Will,
 };
+use shard::{Pick, Relay, Siblings};
 
 use crate::{Instant, Router};
 
@@ -250,6 +252,26 @@ pub struct Broker {
     /// When held publishers stop waiting, earliest first: one entry per connection at most,
     /// at or before its hold's end (it moves when it comes up early).
     holds: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// With siblings ([`Config::shard`]): what they know of each other.
+    siblings: Option<Box<Siblings>>,
+    /// The share groups a message being routed here goes to elsewhere, by sibling.
+    picked: Vec<(u16, Box<str>)>,
+}
+
+/// Whose message is being routed, and so which share groups it goes to here.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// The broker's own (`$SYS`): local subscribers only.
+    Local,
+    /// Published here: every group, and to the siblings.
+    Origin,
+    /// Published on sibling `from`: the groups it names for this one, and those it did not
+    /// know of that this one serves.
+    Relayed {
+        from: u16,
+        groups: &'a [Box<str>],
+        known: &'a [Box<str>],
+    },
 }
 
 impl core::fmt::Debug for Broker {
@@ -280,7 +302,11 @@ impl Broker {
     pub fn new(mut cfg: Config) -> Self {
         // Held acknowledgments wait for the records: they are made.
         cfg.records |= cfg.hold_acks_until_durable;
+        let siblings = (cfg.shard.count > 1).then(|| Box::new(Siblings::new(cfg.shard)));
+        let next_msg = u64::from(cfg.shard.index) + 1;
         Broker {
+            siblings,
+            picked: Vec::new(),
             next_sys: cfg.sys_interval.map(|_| Instant::ZERO),
             cfg,
             conns: Conns::default(),
@@ -298,7 +324,7 @@ impl Broker {
             waiting: Vec::new(),
             tracking: None,
             woken: VecDeque::new(),
-            next_msg: 1,
+            next_msg,
             next_assigned: 1,
             queued_bytes: 0,
             stats: Stats::default(),
@@ -1503,8 +1529,7 @@ impl Broker {
         let mut matched = 0;
         let mut through = None;
         if allowed && !bad_format {
-            let id = self.next_msg;
-            self.next_msg += 1;
+            let id = self.new_msg_id();
             let msg = Shared::new(Message {
                 id,
                 topic,
@@ -1515,7 +1540,7 @@ impl Broker {
                 expires_at: expiry.map(|e| now + Duration::from_secs(u64::from(e))),
             });
             if p.retain {
-                self.retain(msg.clone());
+                self.publish_retained(&msg);
             }
             let counted = self.cfg.hold_acks_until_durable
                 && p.qos == QoS::AtLeastOnce
@@ -1523,7 +1548,7 @@ impl Broker {
                 && pid.is_some();
             self.tracking = counted.then_some(id);
             self.pressing.clear();
-            matched = self.route(now, &msg, Some(sid));
+            matched = self.route(now, &msg, Some(sid), Scope::Origin);
             self.tracking = None;
             self.hold(conn, now);
             if counted {
@@ -1537,7 +1562,7 @@ impl Broker {
             ReasonCode::NotAuthorized
         } else if bad_format {
             ReasonCode::PayloadFormatInvalid
-        } else if matched == 0 && version.is_v5() {
+        } else if matched == 0 && version.is_v5() && self.siblings.is_none() {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
@@ -1835,6 +1860,9 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
+        if is_new && filter.shared().is_some() {
+            self.group_member(filter.as_str(), true);
+        }
         is_new
     }
 
@@ -1879,6 +1907,9 @@ impl Broker {
                 filter: Box::from(filter.as_str()),
             };
             push_record(&mut self.records, &mut self.seq, change);
+        }
+        if filter.shared().is_some() {
+            self.group_member(filter.as_str(), false);
         }
         true
     }
@@ -2110,6 +2141,9 @@ impl Broker {
             if let Ok(filter) = TopicFilter::new(&sub.filter) {
                 let slot = u32::try_from(slot).unwrap_or(u32::MAX);
                 self.index.remove(filter, &SubKey { session, slot });
+                if sub.shared {
+                    self.group_member(&sub.filter, false);
+                }
             }
         }
         self.queued_bytes = self.queued_bytes.saturating_sub(s.bytes);
@@ -2142,13 +2176,14 @@ impl Broker {
 
     fn publish_will(&mut self, now: Instant, msg: Shared<Message>) {
         if msg.retain {
-            self.retain(msg.clone());
+            self.publish_retained(&msg);
         }
-        self.route(now, &msg, None);
+        self.route(now, &msg, None, Scope::Origin);
     }
 
-    /// Sets or clears (empty payload) the retained message of a topic [MQTT-3.3.1-5, -6, -7].
-    fn retain(&mut self, msg: Shared<Message>) {
+    /// Sets or clears (empty payload) the retained message of a topic [MQTT-3.3.1-5, -6, -7];
+    /// returns false if the retained store had no room for it.
+    fn retain(&mut self, msg: Shared<Message>) -> bool {
         let sys = msg.topic.starts_with('$');
         if msg.payload.is_empty() {
             if self.retained.clear(&msg.topic).is_some() && !sys {
@@ -2161,13 +2196,14 @@ impl Broker {
             let after = self.retained.bytes() - replaced.min(self.retained.bytes()) + msg.size();
             if after > self.cfg.limits.retained_bytes {
                 self.stats.dropped.retained_full += 1;
-                return;
+                return false;
             }
             self.retained.set(msg.clone());
             if !sys {
                 self.record(Change::RetainedSet { message: msg });
             }
         }
+        true
     }
 
     /// Ends a connection: queues its DISCONNECT, reports the close, detaches its session.
@@ -2220,9 +2256,8 @@ impl Broker {
             let delay = w.delay.min(expiry);
             let at = now + Duration::from_secs(u64::from(delay));
             let mut msg = w.msg;
-            msg.id = self.next_msg;
+            msg.id = self.new_msg_id();
             msg.expires_at = w.expiry.map(|e| at + Duration::from_secs(u64::from(e)));
-            self.next_msg += 1;
             (Shared::new(msg), delay, at)
         });
         if expiry == 0 {
@@ -2263,8 +2298,15 @@ impl Broker {
         }
     }
 
-    /// Routes a message to every matching subscription; returns how many sessions got it.
-    fn route(&mut self, now: Instant, msg: &Shared<Message>, origin: Option<u32>) -> usize {
+    /// Routes a message to every matching subscription; returns how many sessions got it
+    /// here. Published here (`Scope::Origin`), it is forwarded to the siblings too.
+    fn route(
+        &mut self,
+        now: Instant,
+        msg: &Shared<Message>,
+        origin: Option<u32>,
+        scope: Scope<'_>,
+    ) -> usize {
         let _ = now;
         let mut keys = core::mem::take(&mut self.scratch);
         keys.clear();
@@ -2334,24 +2376,107 @@ impl Broker {
                 .map(|(_, k)| *k)
                 .collect();
             let filter = filter.clone();
-            if self.deliver_shared(&filter, &members, msg) {
+            if self.share_here(&filter, &members, msg, scope) {
                 delivered += 1;
             }
             start = end;
         }
+        if let (Scope::Origin, Some(sib)) = (scope, self.siblings.as_mut()) {
+            // Groups with members only elsewhere.
+            let mut remote = Vec::new();
+            sib.remote_groups(&msg.topic, &mut remote);
+            for filter in remote {
+                if shared.iter().any(|(f, _)| *f == filter) {
+                    continue;
+                }
+                if let Some(Pick::There(to)) = sib.pick(&filter, 0) {
+                    self.picked.push((to, filter));
+                }
+            }
+            let picked = core::mem::take(&mut self.picked);
+            sib.publish(msg, &picked);
+            self.picked = picked;
+            self.picked.clear();
+        }
         delivered
+    }
+
+    /// Whether a share group with `members` here gets this copy of the message here, and
+    /// delivers it if so; published here with siblings, the group may be picked elsewhere.
+    fn share_here(
+        &mut self,
+        filter: &str,
+        members: &[SubKey],
+        msg: &Shared<Message>,
+        scope: Scope<'_>,
+    ) -> bool {
+        let Some(sib) = self.siblings.as_mut() else {
+            return self.deliver_shared(filter, members, msg);
+        };
+        match scope {
+            Scope::Local => self.deliver_shared(filter, members, msg),
+            Scope::Relayed {
+                from,
+                groups,
+                known,
+            } => {
+                let named = groups.iter().any(|g| &**g == filter);
+                let unknown = !known.iter().any(|g| &**g == filter);
+                (named || (unknown && sib.serves_unknown(filter, from)))
+                    && self.deliver_shared(filter, members, msg)
+            }
+            Scope::Origin => {
+                let local = u32::try_from(members.len()).unwrap_or(u32::MAX);
+                let me = sib.me.index;
+                match sib.pick(filter, local) {
+                    Some(Pick::There(to)) => {
+                        self.picked.push((to, Box::from(filter)));
+                        false
+                    }
+                    _ => {
+                        // A member here with an open window, else one elsewhere, else any
+                        // member here that can queue it.
+                        let other = sib.other_member(filter, me);
+                        let strict = other.is_some();
+                        if self.deliver_shared_within(filter, members, msg, strict) {
+                            self.picked.push((me, Box::from(filter)));
+                            return true;
+                        }
+                        if let Some(to) = other {
+                            self.picked.push((to, Box::from(filter)));
+                        } else {
+                            self.picked.push((me, Box::from(filter)));
+                        }
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// Gives a message to one member of a share group: round-robin, skipping members whose
     /// window is full, then those offline, before dropping it.
     fn deliver_shared(&mut self, filter: &str, members: &[SubKey], msg: &Shared<Message>) -> bool {
+        self.deliver_shared_within(filter, members, msg, false)
+    }
+
+    /// [`Broker::deliver_shared`]; `open_only`: only to a member whose window is open (and
+    /// nothing is counted as dropped when none is).
+    fn deliver_shared_within(
+        &mut self,
+        filter: &str,
+        members: &[SubKey],
+        msg: &Shared<Message>,
+        open_only: bool,
+    ) -> bool {
         let n = members.len();
         if n == 0 {
             return false;
         }
         let cursor = self.share_cursor.get(filter).copied().unwrap_or(0) % n;
         let size = msg.size();
-        for pass in 0..3 {
+        let passes = if open_only { 1 } else { 3 };
+        for pass in 0..passes {
             for j in 0..n {
                 let idx = (cursor + j) % n;
                 let Some(&k) = members.get(idx) else { continue };
@@ -2379,7 +2504,9 @@ impl Broker {
                 return self.deliver(k.session, out);
             }
         }
-        self.stats.dropped.session_full += 1;
+        if !open_only {
+            self.stats.dropped.session_full += 1;
+        }
         false
     }
 
@@ -2562,8 +2689,7 @@ impl Broker {
             let mut topic = String::from("$SYS/broker/");
             topic.push_str(name);
             let payload = format!("{value}");
-            let id = self.next_msg;
-            self.next_msg += 1;
+            let id = self.new_msg_id();
             let msg = Shared::new(Message {
                 id,
                 topic: topic.into_boxed_str(),
@@ -2574,7 +2700,83 @@ impl Broker {
                 expires_at: None,
             });
             self.retain(msg.clone());
-            self.route(now, &msg, None);
+            self.route(now, &msg, None, Scope::Local);
+        }
+    }
+
+    /// A new message id, unique among the siblings (each takes every `count`-th).
+    fn new_msg_id(&mut self) -> u64 {
+        let id = self.next_msg;
+        self.next_msg += u64::from(self.cfg.shard.count.max(1));
+        id
+    }
+
+    /// The next message id after one restored, among this sibling's.
+    fn restored_msg_id(&mut self, id: u64) {
+        let step = u64::from(self.cfg.shard.count.max(1));
+        let mine = u64::from(self.cfg.shard.index) + 1;
+        // The first of this sibling's ids (`mine + k * step`) above `id`.
+        let next = if id < mine {
+            mine
+        } else {
+            mine + ((id - mine) / step + 1) * step
+        };
+        self.next_msg = self.next_msg.max(next);
+    }
+
+    /// A retained publish: stored here alone, else by its topic's owner, which tells the
+    /// others (so all apply a topic's changes in one order).
+    fn publish_retained(&mut self, msg: &Shared<Message>) {
+        let owner = match &self.siblings {
+            None => true,
+            Some(s) => s.me.owner(&msg.topic) == s.me.index,
+        };
+        if owner
+            && self.retain(msg.clone())
+            && let Some(s) = self.siblings.as_mut()
+        {
+            s.retain(msg.clone());
+        }
+    }
+
+    /// Something a sibling forwarded ([`Broker::poll_forward`] on sibling `from`); drain
+    /// [`Broker::poll_wake`] after it.
+    pub fn handle_forward(&mut self, now: Instant, from: u16, relay: Relay) {
+        match relay {
+            Relay::Publish { msg, groups, known } => {
+                if msg.retain {
+                    self.publish_retained(&msg);
+                }
+                let scope = Scope::Relayed {
+                    from,
+                    groups: &groups,
+                    known: &known,
+                };
+                self.route(now, &msg, None, scope);
+                // A sibling's publisher is not held from here.
+                self.pressing.clear();
+            }
+            Relay::Retain(msg) => {
+                self.retain(msg);
+            }
+            Relay::Group { filter, members } => {
+                if let Some(s) = self.siblings.as_mut() {
+                    s.remote_members(from, &filter, members);
+                }
+            }
+        }
+    }
+
+    /// The next thing to tell the siblings (none without them). Hand each to its sibling's
+    /// [`Broker::handle_forward`] in the order they come.
+    pub fn poll_forward(&mut self) -> Option<shard::Forward> {
+        self.siblings.as_mut()?.out.pop_front()
+    }
+
+    /// Counts a local member of a share group in or out, for the siblings.
+    fn group_member(&mut self, filter: &str, joined: bool) {
+        if let Some(s) = self.siblings.as_mut() {
+            s.member(filter, joined);
         }
     }
 }

@@ -141,8 +141,12 @@ impl Broker {
                         }
                     }
                     None => {
+                        let shared = sub.shared;
                         let slot = u32::try_from(s.add_sub(sub)).unwrap_or(u32::MAX);
                         self.index.insert(f, SubKey { session: sid, slot });
+                        if shared {
+                            self.group_member(&filter, true);
+                        }
                     }
                 }
             }
@@ -160,7 +164,7 @@ impl Broker {
                 retain,
                 identifiers,
             } => {
-                self.next_msg = self.next_msg.max(message.id + 1);
+                self.restored_msg_id(message.id);
                 let size = message.size();
                 let Some(sid) = self.sid_of(&client_id) else {
                     return;
@@ -261,7 +265,7 @@ impl Broker {
                 }
             }
             Change::RetainedSet { message } => {
-                self.next_msg = self.next_msg.max(message.id + 1);
+                self.restored_msg_id(message.id);
                 self.retained.set(message);
             }
             Change::RetainedCleared { topic } => {
@@ -272,7 +276,7 @@ impl Broker {
                 message,
                 at,
             } => {
-                self.next_msg = self.next_msg.max(message.id + 1);
+                self.restored_msg_id(message.id);
                 if let Some(s) = self.sid_of(&client_id).and_then(|i| self.session_mut(i)) {
                     s.pending_will = Some((message, at));
                 }
@@ -298,6 +302,9 @@ impl Broker {
             if let Ok(filter) = TopicFilter::new(&sub.filter) {
                 let slot = u32::try_from(slot).unwrap_or(u32::MAX);
                 self.index.remove(filter, &SubKey { session: sid, slot });
+                if sub.shared {
+                    self.group_member(&sub.filter, false);
+                }
             }
         }
     }
@@ -314,6 +321,9 @@ impl Broker {
         }
         let slot = u32::try_from(slot).unwrap_or(u32::MAX);
         self.index.remove(filter, &SubKey { session: sid, slot });
+        if filter.shared().is_some() {
+            self.group_member(filter.as_str(), false);
+        }
     }
 
     /// The durable state: persistent sessions and retained messages (not `$SYS`).

@@ -133,6 +133,9 @@ pub struct Config {
     pub response_information: Option<Box<str>>,
     /// Prefix of the client identifiers assigned to MQTT 5 clients that send an empty one.
     pub assigned_id_prefix: &'static str,
+    /// This broker's place among siblings that split a server's connections (default:
+    /// alone). See [`shard`](super::shard).
+    pub shard: super::shard::Shard,
 }
 
 impl Default for Config {
@@ -160,6 +163,7 @@ impl Default for Config {
             wildcard_subscriptions: true,
             shared_subscriptions: true,
             assigned_id_prefix: "auto-",
+            shard: super::shard::Shard::default(),
         }
     }
 }

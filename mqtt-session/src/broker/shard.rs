@@ -1,0 +1,301 @@
+//! Sibling brokers that split one server's connections between them (one per core), and what
+//! passes between them.
+//!
+//! Each sibling is a whole [`Broker`](super::Broker) that owns the connections and sessions
+//! given to it (the runtime picks the sibling by a hash of the client id, so a session and its
+//! takeovers always meet on one sibling) and shares nothing else. What crosses is a
+//! [`Forward`]: a message published here, for the others' subscribers; a retained message set
+//! or cleared by the sibling that owns its topic; the member count of a share group.
+//!
+//! - **Messages.** Every message published on a sibling is routed to its own subscribers and
+//!   forwarded to every other sibling, which routes it to theirs. Order is kept per publisher
+//!   as long as the runtime hands each sibling's forwards over in the order they come.
+//! - **Retained messages.** Each topic has one owner sibling (a hash of the topic). Only the
+//!   owner stores a retained publish first, then tells every other sibling to store the same,
+//!   so every sibling applies the changes of a topic in the owner's order and none keeps an
+//!   older one. A subscription made on another sibling meanwhile gets the previous one.
+//! - **Share groups.** Each sibling tells the others how many members it has in each group.
+//!   The sibling a message is published on picks the member: round-robin over every member of
+//!   every sibling, its own first when it has one whose window is open. The forward to the
+//!   chosen sibling names the group; the others skip it. A group the publisher's sibling has
+//!   not heard of yet (its members joined a moment ago) is served by the lowest sibling that
+//!   has members, so no message is lost to it while the counts travel. (Members that join on
+//!   two siblings at the same moment may, until their counts have crossed, both be given one
+//!   message.) A member whose window is full is passed over for one elsewhere.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+
+use mqtt_proto::TopicFilter;
+
+use super::message::{Message, Shared};
+use crate::Router;
+
+/// This broker's place among its siblings (the default: alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Which sibling this is, `0..count`.
+    pub index: u16,
+    /// How many siblings there are (1: alone, nothing is forwarded).
+    pub count: u16,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// The sibling that orders the retained messages of `topic`.
+    pub fn owner(&self, topic: &str) -> u16 {
+        // FNV-1a: the same on every sibling and every build, unlike a seeded hasher.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in topic.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        u16::try_from(h % u32::from(self.count.max(1))).unwrap_or(0)
+    }
+}
+
+/// Something one sibling tells another, from [`Broker::poll_forward`](super::Broker::poll_forward).
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// The sibling it is for; `None`: every other one.
+    pub to: Option<u16>,
+    /// What it says.
+    pub relay: Relay,
+}
+
+/// The content of a [`Forward`], given to [`Broker::handle_forward`](super::Broker::handle_forward).
+#[derive(Debug, Clone)]
+pub enum Relay {
+    /// A message published on the sender, for this sibling's subscribers.
+    Publish {
+        /// The message (its id is unique among the siblings).
+        msg: Shared<Message>,
+        /// The share groups (full `$share/...` filters) this sibling delivers it to.
+        groups: Box<[Box<str>]>,
+        /// Every share group the sender picked a sibling for; a group of this sibling that is
+        /// in neither list was unknown to the sender.
+        known: Box<[Box<str>]>,
+    },
+    /// Store this as the retained message of its topic (an empty payload clears it).
+    Retain(Shared<Message>),
+    /// The sender now has this many members in share group `filter`.
+    Group {
+        /// The full `$share/{group}/{filter}`.
+        filter: Box<str>,
+        /// Its members on the sender.
+        members: u32,
+    },
+}
+
+/// A share group some sibling has members in.
+#[derive(Debug)]
+struct Group {
+    filter: Box<str>,
+    /// Members per sibling.
+    members: Vec<u32>,
+}
+
+/// The sibling state of a broker that has siblings.
+#[derive(Debug)]
+pub(crate) struct Siblings {
+    pub(crate) me: Shard,
+    pub(crate) out: VecDeque<Forward>,
+    /// Members of each local share group.
+    local: BTreeMap<Box<str>, u32>,
+    /// Share groups with members elsewhere, by slot, and their index by topic.
+    groups: Vec<Group>,
+    slots: BTreeMap<Box<str>, u32>,
+    index: Router<u32>,
+    /// Round-robin position per group, over every member of every sibling.
+    cursor: BTreeMap<Box<str>, u32>,
+}
+
+/// Where a share group's copy of a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pick {
+    Here,
+    There(u16),
+}
+
+impl Siblings {
+    pub(crate) fn new(me: Shard) -> Self {
+        Siblings {
+            me,
+            out: VecDeque::new(),
+            local: BTreeMap::new(),
+            groups: Vec::new(),
+            slots: BTreeMap::new(),
+            index: Router::new(),
+            cursor: BTreeMap::new(),
+        }
+    }
+
+    /// A local member joined (`+1`) or left (`-1`) share group `filter`: the others are told.
+    pub(crate) fn member(&mut self, filter: &str, joined: bool) {
+        let n = self.local.entry(Box::from(filter)).or_insert(0);
+        *n = if joined {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
+        let members = *n;
+        if members == 0 {
+            self.local.remove(filter);
+        }
+        self.out.push_back(Forward {
+            to: None,
+            relay: Relay::Group {
+                filter: Box::from(filter),
+                members,
+            },
+        });
+    }
+
+    /// Sibling `from` has `members` members in `filter` now.
+    pub(crate) fn remote_members(&mut self, from: u16, filter: &str, members: u32) {
+        let Ok(f) = TopicFilter::new(filter) else {
+            return;
+        };
+        let count = usize::from(self.me.count);
+        let slot = match self.slots.get(filter) {
+            Some(&s) => s,
+            None if members == 0 => return,
+            None => {
+                let s = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+                self.groups.push(Group {
+                    filter: Box::from(filter),
+                    members: alloc::vec![0; count],
+                });
+                self.slots.insert(Box::from(filter), s);
+                self.index.insert(f, s);
+                s
+            }
+        };
+        if let Some(m) = self
+            .groups
+            .get_mut(slot as usize)
+            .and_then(|g| g.members.get_mut(usize::from(from)))
+        {
+            *m = members;
+        }
+        // A group left empty everywhere keeps its slot (groups come back; slots stay few).
+    }
+
+    /// The share groups with members elsewhere that `topic` matches, with their counts.
+    pub(crate) fn remote_groups(&self, topic: &str, out: &mut Vec<Box<str>>) {
+        self.index.for_each_match(topic, |&s| {
+            if let Some(g) = self.groups.get(s as usize)
+                && g.members.iter().any(|&m| m > 0)
+            {
+                out.push(g.filter.clone());
+            }
+        });
+    }
+
+    /// Where the next copy for group `filter` goes, `local` members being here.
+    pub(crate) fn pick(&mut self, filter: &str, local: u32) -> Option<Pick> {
+        let remote = self
+            .slots
+            .get(filter)
+            .and_then(|&s| self.groups.get(s as usize));
+        let me = usize::from(self.me.index);
+        let elsewhere = |g: &Group| {
+            g.members
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != me)
+                .map(|(_, &m)| m)
+                .sum::<u32>()
+        };
+        let total = local + remote.map_or(0, elsewhere);
+        if total == 0 {
+            return None;
+        }
+        let c = self.cursor.entry(Box::from(filter)).or_insert(0);
+        let mut slot = *c % total;
+        *c = c.wrapping_add(1);
+        if slot < local {
+            return Some(Pick::Here);
+        }
+        slot -= local;
+        for (i, &m) in remote
+            .map(|g| g.members.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if i == me {
+                continue;
+            }
+            if slot < m {
+                return u16::try_from(i).ok().map(Pick::There);
+            }
+            slot -= m;
+        }
+        Some(Pick::Here)
+    }
+
+    /// Another sibling with members in `filter` than `not` (the first after this one).
+    pub(crate) fn other_member(&self, filter: &str, not: u16) -> Option<u16> {
+        let g = self.groups.get(*self.slots.get(filter)? as usize)?;
+        let count = g.members.len();
+        (1..count)
+            .map(|k| (usize::from(self.me.index) + k) % count)
+            .find(|&i| i != usize::from(not) && g.members.get(i).is_some_and(|&m| m > 0))
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    /// Whether this sibling serves group `filter`, unknown to the publisher's sibling `from`:
+    /// no sibling below it (but `from`) has members.
+    pub(crate) fn serves_unknown(&self, filter: &str, from: u16) -> bool {
+        let Some(g) = self
+            .slots
+            .get(filter)
+            .and_then(|&s| self.groups.get(s as usize))
+        else {
+            return true;
+        };
+        g.members
+            .iter()
+            .take(usize::from(self.me.index))
+            .enumerate()
+            .all(|(i, &m)| m == 0 || i == usize::from(from))
+    }
+
+    /// The forwards of one message published here: one per other sibling, each naming the
+    /// groups it serves.
+    pub(crate) fn publish(&mut self, msg: &Shared<Message>, picked: &[(u16, Box<str>)]) {
+        let known: Box<[Box<str>]> = picked.iter().map(|(_, f)| f.clone()).collect();
+        for to in 0..self.me.count {
+            if to == self.me.index {
+                continue;
+            }
+            let groups = picked
+                .iter()
+                .filter(|(s, _)| *s == to)
+                .map(|(_, f)| f.clone())
+                .collect();
+            self.out.push_back(Forward {
+                to: Some(to),
+                relay: Relay::Publish {
+                    msg: msg.clone(),
+                    groups,
+                    known: known.clone(),
+                },
+            });
+        }
+    }
+
+    /// Every other sibling stores `msg` as its topic's retained message.
+    pub(crate) fn retain(&mut self, msg: Shared<Message>) {
+        self.out.push_back(Forward {
+            to: None,
+            relay: Relay::Retain(msg),
+        });
+    }
+}

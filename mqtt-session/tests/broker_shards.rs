@@ -1,0 +1,321 @@
+//! Sibling brokers (one per core of a server) joined in memory: each owns its own clients, and
+//! what one forwards (`poll_forward`) is handed to the others (`handle_forward`) in order, as
+//! a runtime's channels between cores would.
+
+mod broker_common;
+
+use broker_common::*;
+use mqtt_proto::QoS;
+use mqtt_session::ConnectOptions;
+use mqtt_session::broker::shard::Shard;
+use mqtt_session::broker::{Config, Stats};
+
+/// `n` sibling brokers, one harness each.
+struct Siblings {
+    nets: Vec<Net>,
+}
+
+impl Siblings {
+    fn new(n: u16) -> Self {
+        Self::with(n, Config::default())
+    }
+
+    fn with(n: u16, cfg: Config) -> Self {
+        let nets = (0..n)
+            .map(|index| {
+                Net::new(Config {
+                    shard: Shard { index, count: n },
+                    ..cfg.clone()
+                })
+            })
+            .collect();
+        Siblings { nets }
+    }
+
+    /// A connected client peer on sibling `s`; returns `(s, peer)`.
+    fn client(&mut self, s: usize, id: &str) -> (usize, usize) {
+        let net = &mut self.nets[s];
+        let i = net.client(ccfg(V5));
+        net.connect_id(i, id);
+        self.settle();
+        (s, i)
+    }
+
+    /// Hands every forward to its siblings, in order, until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for from in 0..self.nets.len() {
+                self.nets[from].run();
+                while let Some(f) = self.nets[from].broker.poll_forward() {
+                    moved = true;
+                    for to in 0..self.nets.len() {
+                        if to == from || f.to.is_some_and(|t| usize::from(t) != to) {
+                            continue;
+                        }
+                        let now = self.nets[to].now;
+                        let from = u16::try_from(from).unwrap();
+                        self.nets[to]
+                            .broker
+                            .handle_forward(now, from, f.relay.clone());
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the siblings did not settle");
+    }
+
+    fn subscribe(&mut self, (s, i): (usize, usize), filter: &str, qos: QoS) {
+        subscribe(&mut self.nets[s], i, filter, opts(qos));
+        self.settle();
+    }
+
+    fn publish(
+        &mut self,
+        (s, i): (usize, usize),
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) {
+        publish(&mut self.nets[s], i, topic, payload, qos, retain);
+        self.settle();
+    }
+
+    fn messages(&mut self, (s, i): (usize, usize)) -> Vec<Msg> {
+        self.nets[s].messages(i)
+    }
+
+    fn payloads(&mut self, peer: (usize, usize)) -> Vec<String> {
+        self.messages(peer)
+            .into_iter()
+            .map(|m| String::from_utf8(m.payload).unwrap())
+            .collect()
+    }
+
+    fn dropped(&self) -> u64 {
+        self.nets
+            .iter()
+            .map(|n| n.broker.stats().dropped.total())
+            .sum()
+    }
+}
+
+#[test]
+fn a_message_reaches_the_subscribers_of_every_sibling_once_in_each_publishers_order() {
+    let mut sib = Siblings::new(3);
+    let subs: Vec<_> = (0..3).map(|s| sib.client(s, &format!("sub{s}"))).collect();
+    for &sub in &subs {
+        sib.subscribe(sub, "t/#", QoS::ExactlyOnce);
+    }
+    let a = sib.client(0, "pub-a");
+    let b = sib.client(2, "pub-b");
+    let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    for n in 0..60 {
+        sib.publish(a, "t/a", format!("a{n}").as_bytes(), qos[n % 3], false);
+        sib.publish(
+            b,
+            "t/b",
+            format!("b{n}").as_bytes(),
+            qos[(n + 1) % 3],
+            false,
+        );
+    }
+    for &sub in &subs {
+        let got = sib.payloads(sub);
+        assert_eq!(got.len(), 120, "sibling {}: {got:?}", sub.0);
+        for p in ["a", "b"] {
+            let mine: Vec<_> = got.iter().filter(|g| g.starts_with(p)).cloned().collect();
+            let want: Vec<_> = (0..60).map(|n| format!("{p}{n}")).collect();
+            assert_eq!(mine, want, "sibling {}: order of publisher {p}", sub.0);
+        }
+    }
+    assert_eq!(sib.dropped(), 0);
+}
+
+#[test]
+fn a_share_group_across_siblings_gets_each_message_once_round_robin_over_every_member() {
+    let mut sib = Siblings::new(2);
+    let members = [
+        sib.client(0, "m0"),
+        sib.client(0, "m1"),
+        sib.client(1, "m2"),
+    ];
+    for &m in &members {
+        sib.subscribe(m, "$share/g/jobs/+", QoS::AtLeastOnce);
+    }
+    let p0 = sib.client(0, "p0");
+    let p1 = sib.client(1, "p1");
+    for n in 0..90 {
+        sib.publish(
+            p0,
+            &format!("jobs/{n}"),
+            format!("x{n}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        sib.publish(
+            p1,
+            &format!("jobs/{n}"),
+            format!("y{n}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
+    }
+    let got: Vec<Vec<String>> = members.iter().map(|&m| sib.payloads(m)).collect();
+    let counts: Vec<usize> = got.iter().map(Vec::len).collect();
+    assert_eq!(counts, [60, 60, 60], "three members, 180 messages");
+    let mut all: Vec<String> = got.concat();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 180, "each message once");
+}
+
+#[test]
+fn a_share_group_the_publishers_sibling_has_not_heard_of_yet_still_gets_the_message() {
+    let mut sib = Siblings::new(3);
+    let p = sib.client(0, "pub");
+    let m1 = sib.client(1, "m1");
+    // It joins, and the publish is made, before its count reaches sibling 0.
+    subscribe(
+        &mut sib.nets[m1.0],
+        m1.1,
+        "$share/g/t",
+        opts(QoS::AtLeastOnce),
+    );
+    publish(
+        &mut sib.nets[p.0],
+        p.1,
+        "t",
+        b"early",
+        QoS::AtLeastOnce,
+        false,
+    );
+    sib.settle();
+    assert_eq!(
+        sib.payloads(m1),
+        ["early"],
+        "not lost while the count travels"
+    );
+    let m2 = sib.client(2, "m2");
+    sib.subscribe(m2, "$share/g/t", QoS::AtLeastOnce);
+    // Once the counts are known, both members take turns, each message once.
+    for n in 0..4 {
+        sib.publish(p, "t", format!("{n}").as_bytes(), QoS::AtLeastOnce, false);
+    }
+    assert_eq!((sib.payloads(m1).len(), sib.payloads(m2).len()), (2, 2));
+}
+
+#[test]
+fn a_member_that_cannot_take_a_message_hands_it_to_one_on_another_sibling() {
+    let mut sib = Siblings::new(2);
+    // A raw member on sibling 0 with Receive Maximum 1 that never acknowledges, offline
+    // once it holds one: only the member on sibling 1 can take the rest.
+    let slow = sib.nets[0].raw(V5);
+    let props = [mqtt_proto::Property::ReceiveMaximum(1)];
+    sib.nets[0].send(slow, &connect_v5("slow", true, &props));
+    sib.nets[0].send(
+        slow,
+        &raw_subscribe(1, &[(filter("$share/g/t"), opts(QoS::AtLeastOnce))], &[]),
+    );
+    sib.settle();
+    let fast = sib.client(1, "fast");
+    sib.subscribe(fast, "$share/g/t", QoS::AtLeastOnce);
+    let p = sib.client(0, "pub");
+    for _ in 0..10 {
+        sib.publish(p, "t", b"x", QoS::AtLeastOnce, false);
+    }
+    let slow_got = publishes(&sib.nets[0].take_frames(slow), V5).len();
+    assert_eq!(slow_got, 1, "one in flight");
+    assert_eq!(sib.messages(fast).len(), 9, "the rest crossed");
+    assert_eq!(sib.dropped(), 0);
+}
+
+#[test]
+fn every_sibling_keeps_the_same_retained_message_when_two_publish_it_at_once() {
+    let mut sib = Siblings::new(2);
+    let a = sib.client(0, "a");
+    let b = sib.client(1, "b");
+    for round in 0..20 {
+        // Both publish before either's forward is handed over.
+        let (x, y) = (format!("a{round}"), format!("b{round}"));
+        publish(
+            &mut sib.nets[a.0],
+            a.1,
+            "r/1",
+            x.as_bytes(),
+            QoS::AtLeastOnce,
+            true,
+        );
+        publish(
+            &mut sib.nets[b.0],
+            b.1,
+            "r/1",
+            y.as_bytes(),
+            QoS::AtLeastOnce,
+            true,
+        );
+        sib.settle();
+        let kept: Vec<Option<Vec<u8>>> = sib
+            .nets
+            .iter()
+            .map(|n| n.broker.retained("r/1").map(|m| m.payload.to_vec()))
+            .collect();
+        assert!(kept[0].is_some(), "round {round}");
+        assert_eq!(kept[0], kept[1], "round {round}: the siblings agree");
+    }
+    // A new subscriber on either sibling gets it, and a clear reaches both.
+    let s = sib.client(1, "late");
+    sib.subscribe(s, "r/#", QoS::AtLeastOnce);
+    let got = sib.messages(s);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].retain);
+    sib.publish(a, "r/1", b"", QoS::AtLeastOnce, true);
+    assert!(sib.nets.iter().all(|n| n.broker.retained("r/1").is_none()));
+}
+
+#[test]
+fn a_will_reaches_subscribers_on_other_siblings() {
+    let mut sib = Siblings::new(2);
+    let watcher = sib.client(1, "watcher");
+    sib.subscribe(watcher, "wills/#", QoS::AtLeastOnce);
+    let net = &mut sib.nets[0];
+    let dying = net.client(ccfg(V5));
+    net.connect(
+        dying,
+        &ConnectOptions {
+            client_id: "dying",
+            will: Some(will("wills/dying", b"gone", &[])),
+            ..Default::default()
+        },
+    );
+    sib.settle();
+    sib.nets[0].drop_transport(dying);
+    sib.settle();
+    assert_eq!(sib.payloads(watcher), ["gone"]);
+}
+
+#[test]
+fn message_ids_do_not_collide_between_siblings() {
+    let mut sib = Siblings::new(2);
+    let s = sib.client(1, "sub");
+    sib.subscribe(s, "#", QoS::AtLeastOnce);
+    let a = sib.client(0, "a");
+    let b = sib.client(1, "b");
+    for n in 0..5 {
+        sib.publish(a, "x", format!("{n}").as_bytes(), QoS::AtLeastOnce, true);
+        sib.publish(b, "y", format!("{n}").as_bytes(), QoS::AtLeastOnce, true);
+    }
+    let ids: Vec<u64> = ["x", "y"]
+        .iter()
+        .map(|t| sib.nets[1].broker.retained(t).unwrap().id)
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[0] % 2, 1, "sibling 0 takes odd ids");
+    assert_eq!(ids[1] % 2, 0, "sibling 1 takes even ids");
+    let st: Stats = sib.nets[1].broker.stats();
+    assert_eq!(st.retained, 2);
+}
