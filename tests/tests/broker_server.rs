@@ -179,11 +179,23 @@ async fn mosquitto_clients_qos_0_1_2_at_311_and_5() {
 /// session queues QoS 1 messages while its client is away; a shared subscription splits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_will_offline_queue_and_shared_subscriptions() {
+    retained_will_offline_queue_shared(local()).await;
+}
+
+/// The same over three sibling cores: the mosquitto clients' random ids spread them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_will_offline_queue_and_shared_subscriptions_over_three_shards() {
+    let mut cfg = local();
+    cfg.shards = 3;
+    retained_will_offline_queue_shared(cfg).await;
+}
+
+async fn retained_will_offline_queue_shared(cfg: BrokerConfig) {
     if !tools_or_skip() {
         return;
     }
     bounded(async {
-        let broker = start(local()).await;
+        let broker = start(cfg).await;
         // Retained: set, replace, a wildcard subscriber gets the latest of each topic.
         for (t, m) in [("r/a", "1"), ("r/b", "2"), ("r/a", "3")] {
             let (code, err) = mosq_pub(&broker, V5, &["-t", t, "-m", m, "-r", "-q", "1"], "").await;
@@ -1235,6 +1247,129 @@ async fn application_hooks_authenticate_with_an_extended_exchange_and_authorize(
         );
         // CONNECT, AUTH, re-auth AUTH 0x19, AUTH; CONNECT, AUTH; anon, scram; hooked.
         assert_eq!(hook.asked.load(std::sync::atomic::Ordering::SeqCst), 9);
+        broker.stop().await;
+    })
+    .await;
+}
+
+/// Sibling cores: publishers and subscribers on different siblings (their ids spread them),
+/// every message to every subscriber once and in each publisher's order, a share group served
+/// once per message, and a takeover that meets its session's sibling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_deliver_across_siblings_in_order_and_takeovers_meet_their_session() {
+    bounded(async {
+        // The ids used here fall on both siblings, subscribers and publishers alike.
+        let two = mqtt_session::broker::shard::Shard { index: 0, count: 2 };
+        for who in ["sub", "pub"] {
+            let on: std::collections::BTreeSet<u16> =
+                (0..4).map(|n| two.owner(&format!("{who}-{n}"))).collect();
+            assert_eq!(on.len(), 2, "{who}s on both siblings");
+        }
+        let mut cfg = local();
+        cfg.shards = 2;
+        let broker = start(cfg).await;
+        let url = broker.urls()[0].clone();
+        type Got = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+        let mut subs = Vec::new();
+        let mut gots: Vec<Got> = Vec::new();
+        for (n, filter) in [
+            (0, "sh/#"),
+            (1, "sh/#"),
+            (2, "$share/g/sh/#"),
+            (3, "$share/g/sh/#"),
+        ] {
+            // Recorded from the event stream, in arrival order (handlers run concurrently).
+            let options = Options::new(&url).unwrap().client_id(format!("sub-{n}"));
+            let (c, mut driver) = Client::new(options).unwrap();
+            let mut events = driver.events();
+            tokio::spawn(driver.run());
+            c.wait_connected(WAIT).await.unwrap();
+            let got: Got = Default::default();
+            let g = got.clone();
+            tokio::spawn(async move {
+                while let Some(e) = events.recv().await {
+                    if let mqtt_tokio::Event::Message(m) = e {
+                        let text = String::from_utf8(m.payload.to_vec()).unwrap();
+                        g.lock().unwrap().push(text);
+                    }
+                }
+            });
+            c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+            subs.push(c);
+            gots.push(got);
+        }
+        subscriptions(&broker, 4).await;
+        let mut pubs = Vec::new();
+        for n in 0..4 {
+            let p =
+                Client::spawn(Options::new(&url).unwrap().client_id(format!("pub-{n}"))).unwrap();
+            p.wait_connected(WAIT).await.unwrap();
+            pubs.push(p);
+        }
+        let mut acks = Vec::new();
+        for i in 0..100 {
+            for (n, p) in pubs.iter().enumerate() {
+                let d = p
+                    .publish(
+                        &format!("sh/{n}"),
+                        format!("{n}:{i}"),
+                        QoS::AtLeastOnce,
+                        false,
+                    )
+                    .await
+                    .unwrap();
+                acks.push(d);
+            }
+        }
+        for d in acks {
+            d.await.unwrap();
+        }
+        let total = |g: &Got| g.lock().unwrap().len();
+        assert!(
+            eventually(|| total(&gots[0]) == 400
+                && total(&gots[1]) == 400
+                && total(&gots[2]) + total(&gots[3]) == 400)
+            .await,
+            "{} {} {} {}",
+            total(&gots[0]),
+            total(&gots[1]),
+            total(&gots[2]),
+            total(&gots[3])
+        );
+        for g in &gots[..2] {
+            let got = g.lock().unwrap();
+            for n in 0..4 {
+                let mine: Vec<&String> = got
+                    .iter()
+                    .filter(|m| m.starts_with(&format!("{n}:")))
+                    .collect();
+                let want: Vec<String> = (0..100).map(|i| format!("{n}:{i}")).collect();
+                assert_eq!(
+                    mine,
+                    want.iter().collect::<Vec<_>>(),
+                    "publisher {n}'s order"
+                );
+            }
+        }
+        let mut shared: Vec<String> = gots[2]
+            .lock()
+            .unwrap()
+            .iter()
+            .chain(gots[3].lock().unwrap().iter())
+            .cloned()
+            .collect();
+        shared.sort();
+        shared.dedup();
+        assert_eq!(shared.len(), 400, "the group got each message once");
+        // A second connection with sub-0's id takes its session over (0x8E at 5.0).
+        let again = Client::spawn(Options::new(&url).unwrap().client_id("sub-0")).unwrap();
+        again.wait_connected(WAIT).await.unwrap();
+        assert!(
+            eventually(|| broker.stats().clients_connected == 8).await,
+            "{:?}",
+            broker.stats()
+        );
+        assert_eq!(broker.stats().sessions, 8, "one session per client id");
         broker.stop().await;
     })
     .await;

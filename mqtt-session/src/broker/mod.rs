@@ -81,28 +81,29 @@
 //!   [`Broker::handle_durable`] after each write; one timer task sleeps until
 //!   [`Broker::poll_timeout`] and calls [`Broker::handle_timeout`].
 //!
-//! So today **one lock is held per packet read and per packet written**, for the time the
+//! So with one broker **one lock is held per packet read and per packet written**, for the time the
 //! bench measures (about 0.3 to 0.7 µs to route a publish to one subscriber, through 1 to
 //! 100 000 filters, and about 0.1 µs per subscriber in a fan-out to 1 000; encoding the same
 //! packet costs about 30 ns): the network, TLS and the store run on every core, the MQTT state
-//! machine on one at a time. That is the first step, not the end state.
+//! machine on one at a time.
 //!
-//! **The split for the server issue** keeps every protocol rule where it is and changes who
-//! owns what:
-//! - `Conn` and its code (decode, handshake, keep-alive, aliases, flow control, encode) move
-//!   into a per-connection value owned by the connection task, with no lock at all.
-//! - The subscription index goes behind an `RwLock`: routing only reads it; SUBSCRIBE,
-//!   UNSUBSCRIBE and session end take the write lock. The retained trie likewise.
-//! - Sessions go into shards by a hash of the client id, each behind its own mutex. A delivery
-//!   locks only the target session's shard to append an `Arc` to its queue (within its limits)
-//!   and then notifies the connection task that owns that session; the global byte counter
-//!   becomes an atomic that is reserved before the append.
-//! - A connection task that is woken locks its own session's shard, moves what its window
-//!   allows to its in-flight map and encodes it into its own buffer.
+//! **Sibling brokers** ([`shard`]) are the second way, and the one that takes the lock away:
+//! N brokers, each with [`Config::shard`] set, each behind its own lock (or on its own thread),
+//! share nothing. The runtime reads a connection's CONNECT first and gives the connection to
+//! the sibling its client id hashes to ([`shard::Shard::owner`]; an id a sibling assigned
+//! names it), so a session, its takeovers and its resumes always meet on one sibling. After
+//! each call it drains [`Broker::poll_forward`] into the other siblings' inboxes (in order)
+//! and a task per sibling feeds its inbox to [`Broker::handle_forward`]. What crosses is a
+//! shared pointer to the message, a retained change ordered by its topic's owner, or a share
+//! group's member count. All siblings must be given the same clock. Not done yet: a full
+//! subscriber on one sibling does not hold a publisher on another (back-pressure stops at the
+//! sibling; past the subscriber's limits its copies are dropped and counted), `$SYS` counters
+//! are each sibling's own, and a durable store serves one broker only.
 //!
-//! Routing already reads the index through a shared reference and touches only the target
-//! session entries and the byte counter, and `Conn` never reaches into another connection, so
-//! the move is a change of ownership, not of logic.
+//! The lock split this section used to plan instead (the subscription index behind an
+//! `RwLock`, sessions in shards each behind its own mutex) was not taken: siblings keep every
+//! handler single-threaded and `no_std`, and what they forward is what a cluster of servers
+//! would forward too.
 //!
 //! # Authentication and authorization
 //! Authentication is a question ([`Question::Connect`], [`Question::Auth`]) the runtime answers

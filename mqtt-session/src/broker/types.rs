@@ -511,6 +511,32 @@ pub struct Stats {
     pub publishers_throttled: u64,
 }
 
+impl Stats {
+    /// Adds a sibling's counters (see [`shard`](super::shard)): retained messages are kept by
+    /// every sibling, so those are not added but the larger count kept.
+    pub fn merge(&mut self, o: &Stats) {
+        self.clients_connected += o.clients_connected;
+        self.sessions += o.sessions;
+        self.subscriptions += o.subscriptions;
+        self.messages_received += o.messages_received;
+        self.messages_sent += o.messages_sent;
+        self.retained = self.retained.max(o.retained);
+        self.queued_messages += o.queued_messages;
+        self.queued_bytes += o.queued_bytes;
+        let (d, e) = (&mut self.dropped, &o.dropped);
+        d.session_full += e.session_full;
+        d.total_full += e.total_full;
+        d.too_large += e.too_large;
+        d.expired += e.expired;
+        d.offline_qos0 += e.offline_qos0;
+        d.not_authorized += e.not_authorized;
+        d.retained_full += e.retained_full;
+        self.publishers_held += o.publishers_held;
+        self.subscribers_stalled += o.subscribers_stalled;
+        self.publishers_throttled += o.publishers_throttled;
+    }
+}
+
 /// A local misuse of the broker API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

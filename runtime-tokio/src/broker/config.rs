@@ -199,6 +199,9 @@ pub struct BrokerConfig {
     pub relaxed_delay_ms: u64,
     /// Bridges to other brokers (`[[bridges]]`).
     pub bridges: Vec<super::BridgeConfig>,
+    /// Sibling cores the connections are split over, by client id (1: one core state, the
+    /// default). Not with `persistence_dir` yet.
+    pub shards: u16,
 }
 
 impl Default for BrokerConfig {
@@ -235,6 +238,7 @@ impl Default for BrokerConfig {
             persistence_dir: None,
             durability: None,
             relaxed_delay_ms: 100,
+            shards: 1,
         }
     }
 }
@@ -315,6 +319,14 @@ impl BrokerConfig {
         if self.max_inflight == 0 {
             return Err(ConfigError::new("max_inflight must be at least 1"));
         }
+        if self.shards == 0 {
+            return Err(ConfigError::new("shards must be at least 1"));
+        }
+        if self.shards > 1 && self.persistence_dir.is_some() {
+            return Err(ConfigError::new(
+                "shards above 1 do not keep a durable store yet: drop persistence_dir or shards",
+            ));
+        }
         if self.max_queued_messages == 0 {
             return Err(ConfigError::new("max_queued_messages must be at least 1"));
         }
@@ -376,7 +388,8 @@ impl BrokerConfig {
             limits: Limits {
                 session_messages: self.max_queued_messages,
                 session_bytes: self.max_queued_bytes,
-                total_bytes: self.max_queued_bytes_total,
+                // Each sibling holds its share of the broker-wide bound.
+                total_bytes: self.max_queued_bytes_total / usize::from(self.shards.max(1)),
                 backpressure_ms: self.backpressure_ms,
                 publish_rate: self.max_publish_rate,
                 ..Limits::default()

@@ -170,20 +170,38 @@ pub(crate) async fn serve(
     let limit = Duration::from_secs(shared.cfg.connect_timeout);
     // Boxed: the TLS and WebSocket handshake states are large, and an idle connection's task
     // should not keep room for them once they are done (memory per connection).
-    let (io, identity) = match tokio::time::timeout(limit, Box::pin(handshake(sock, &ctx))).await {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "handshake failed");
-            return;
+    let (mut io, identity) =
+        match tokio::time::timeout(limit, Box::pin(handshake(sock, &ctx))).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "handshake timed out");
+                return;
+            }
+        };
+    // With siblings the CONNECT is read first: its client id picks the sibling.
+    let mut rbuf = BytesMut::new();
+    let shard = if shared.shards() > 1 {
+        let left = limit.saturating_sub(shared.now().saturating_since(accepted));
+        let max = shared.cfg.max_packet_size as usize;
+        match tokio::time::timeout(left, Box::pin(first_client_id(&mut io, &mut rbuf, max))).await {
+            Ok(Some(id)) => shared.shard_of(&id),
+            // Not a CONNECT, or malformed: the first sibling refuses it.
+            Ok(None) => 0,
+            Err(_) => {
+                tracing::info!(%peer, "no CONNECT within the connect timeout");
+                return;
+            }
         }
-        Err(_) => {
-            tracing::info!(%peer, "handshake timed out");
-            return;
-        }
+    } else {
+        0
     };
     let slot = Arc::new(Slot::default());
     let id = {
-        let mut core = shared.lock();
+        let mut core = shared.lock_shard(shard);
         if core.stopping {
             return;
         }
@@ -194,9 +212,10 @@ pub(crate) async fn serve(
     tracing::debug!(conn = %id, %peer, "connection opened");
     let mut conn = Conn {
         shared,
+        shard,
         id,
         slot,
-        rbuf: BytesMut::new(),
+        rbuf,
         out: Vec::new(),
         filled: 0,
         more: false,
@@ -212,6 +231,25 @@ pub(crate) async fn serve(
     conn.run(io).await;
 }
 
+/// Reads until the first packet is whole; its client id if it is a CONNECT (`None` for
+/// anything else, and at the end of the stream).
+async fn first_client_id(io: &mut Io, buf: &mut BytesMut, max: usize) -> Option<String> {
+    loop {
+        match mqtt_proto::decode(buf, mqtt_proto::ProtocolVersion::V5, max) {
+            Ok(mqtt_proto::Status::Complete((mqtt_proto::Packet::Connect(c), _))) => {
+                return Some(c.client_id.to_owned());
+            }
+            Ok(mqtt_proto::Status::Incomplete(_)) => {}
+            _ => return None,
+        }
+        buf.reserve(1024);
+        match io.read(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Bytes kept unread in front of the core before the task stops reading from the socket (and
 /// room for one whole packet of the largest size allowed above it).
 const READ_AHEAD: usize = 64 * 1024;
@@ -222,6 +260,8 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 struct Conn {
     shared: Arc<Shared>,
+    /// The sibling core that serves this connection.
+    shard: usize,
     id: ConnId,
     slot: Arc<Slot>,
     /// Received bytes the core has not consumed yet.
@@ -251,6 +291,10 @@ impl Conn {
     async fn run(&mut self, mut io: Io) {
         // The broker ended it (not the client, not an error): linger before the close.
         let mut ended_here = false;
+        if !self.rbuf.is_empty() {
+            // The CONNECT that picked the sibling.
+            self.service();
+        }
         let reason = loop {
             if std::mem::take(&mut self.woke) && self.quiet {
                 // Another connection's task has packets from us (a publish routed to its
@@ -389,7 +433,7 @@ impl Conn {
             };
             let _ = Box::pin(tokio::time::timeout(Duration::from_millis(500), drain)).await;
         }
-        let mut core = self.shared.lock();
+        let mut core = self.shared.lock_shard(self.shard);
         let _ = core.broker.handle_close(self.id, self.shared.now());
         core.slots.remove(&self.id);
         let _ = core.dispatch(self.id);
@@ -408,7 +452,7 @@ impl Conn {
     /// connection's packets into its write buffer.
     fn service(&mut self) {
         let shared = self.shared.clone();
-        let mut core = shared.lock();
+        let mut core = shared.lock_shard(self.shard);
         self.service_locked(&mut core);
     }
 
@@ -643,7 +687,7 @@ impl Conn {
     /// Gives the core the answer to this connection's question.
     fn send_answer(&mut self, answer: Answer) {
         let shared = self.shared.clone();
-        let mut core = shared.lock();
+        let mut core = shared.lock_shard(self.shard);
         let _ = core
             .broker
             .handle_auth_answer(self.id, self.shared.now(), answer);

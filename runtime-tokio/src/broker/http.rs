@@ -16,7 +16,7 @@ struct BrokerEndpoint(Arc<Shared>);
 impl BrokerEndpoint {
     fn numbers(&self) -> BrokerNumbers {
         let s = &self.0;
-        let stats = s.lock().broker.stats();
+        let stats = s.stats();
         let c = &s.counters;
         let up = !s.stopping.load(Ordering::Relaxed);
         let d = stats.dropped;

@@ -14,6 +14,11 @@
 //! client that does not read only stops its own task (its session queue is bounded by the
 //! core's limits).
 //!
+//! With `shards` above 1 there is one such core per sibling, each behind its own lock: a
+//! connection's CONNECT is read first and its client id picks the sibling, and what a core
+//! forwards (`poll_forward`) is queued in the other siblings' inboxes, which a task per sibling
+//! feeds to `handle_forward` (see [`mqtt_session::broker::shard`]).
+//!
 //! The records a durable store must keep (`poll_record`) are drained in one place
 //! (`Core::dispatch`) and folded into the store's writes there; one writer task commits
 //! them (see `store.rs`). Without a store they are dropped, and acks are not held.
@@ -49,6 +54,7 @@ use mqtt_proto::ReasonCode;
 use mqtt_session::Instant;
 use mqtt_session::broker::acl::{Access, AclFile};
 use mqtt_session::broker::password::PasswordFile;
+use mqtt_session::broker::shard::{Relay, Shard};
 use mqtt_session::broker::{Broker as Core0, CloseReason, ConnId, Event, Question, Stats};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -156,6 +162,16 @@ pub(crate) struct Core {
     pub fed: u64,
     /// Wakes the store's writer when there is something to write.
     pub store_wake: Option<Arc<Notify>>,
+    /// With siblings: which one this is, and every sibling's inbox.
+    pub me: u16,
+    pub inboxes: Option<Arc<[Inbox]>>,
+}
+
+/// What the other siblings forwarded to one, in the order they did.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    queue: Mutex<Vec<(u16, Relay)>>,
+    wake: Notify,
 }
 
 impl Core {
@@ -206,13 +222,37 @@ impl Core {
             }
             None => while self.broker.poll_record().is_some() {},
         }
+        if let Some(inboxes) = &self.inboxes {
+            let mut told = 0u64;
+            while let Some(f) = self.broker.poll_forward() {
+                for (i, inbox) in inboxes.iter().enumerate() {
+                    let to = u16::try_from(i).unwrap_or(u16::MAX);
+                    if to == self.me || f.to.is_some_and(|t| t != to) {
+                        continue;
+                    }
+                    let mut q = inbox.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    q.push((self.me, f.relay.clone()));
+                    told |= 1 << (i % 64);
+                }
+            }
+            for (i, inbox) in inboxes.iter().enumerate() {
+                if told & (1 << (i % 64)) != 0 {
+                    inbox.wake.notify_one();
+                }
+            }
+        }
         woke
     }
 }
 
 /// What every task of one broker shares.
 pub(crate) struct Shared {
+    /// The first (or only) core, and the other siblings' (`shards`).
     core: Mutex<Core>,
+    siblings: Box<[Mutex<Core>]>,
+    inboxes: Option<Arc<[Inbox]>>,
+    /// Picks the sibling of a connection without a client id (round-robin).
+    next_anonymous: AtomicU64,
     epoch: std::time::Instant,
     /// The core's clock at `epoch` (it goes on from the last run with a store).
     clock_base: u64,
@@ -267,10 +307,61 @@ impl Shared {
         Instant::from_millis(self.clock_base.saturating_add(ms))
     }
 
-    /// Takes the core's lock (never held across an `.await`).
+    /// Takes the first (or only) core's lock: what the durable store uses (it runs alone).
     pub fn lock(&self) -> CoreGuard<'_> {
+        self.lock_shard(0)
+    }
+
+    /// How many sibling cores there are.
+    pub fn shards(&self) -> usize {
+        1 + self.siblings.len()
+    }
+
+    /// The sibling that serves `client_id`: the same for every connection of one session, so
+    /// takeovers and resumes meet it. An id the broker assigned names its sibling.
+    pub fn shard_of(&self, client_id: &str) -> usize {
+        let n = self.shards();
+        if n <= 1 {
+            return 0;
+        }
+        if client_id.is_empty() {
+            let k = self.next_anonymous.fetch_add(1, Ordering::Relaxed);
+            return usize::try_from(k % n as u64).unwrap_or(0);
+        }
+        if let Some(k) = client_id
+            .strip_prefix(ASSIGNED)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(k, _)| k.parse::<usize>().ok())
+            .filter(|&k| k < n)
+        {
+            return k;
+        }
+        usize::from(
+            Shard {
+                index: 0,
+                count: u16::try_from(n).unwrap_or(u16::MAX),
+            }
+            .owner(client_id),
+        )
+    }
+
+    /// Every sibling's counters together.
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for k in 0..self.shards() {
+            total.merge(&self.lock_shard(k).broker.stats());
+        }
+        total
+    }
+
+    /// Takes sibling `k`'s lock (never held across an `.await`).
+    pub fn lock_shard(&self, k: usize) -> CoreGuard<'_> {
         let t = std::time::Instant::now();
-        let guard = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let core = match k {
+            0 => &self.core,
+            k => self.siblings.get(k - 1).unwrap_or(&self.core),
+        };
+        let guard = core.lock().unwrap_or_else(PoisonError::into_inner);
         let since = std::time::Instant::now();
         let c = &self.counters;
         c.lock_acquired.fetch_add(1, Ordering::Relaxed);
@@ -288,15 +379,17 @@ impl Shared {
         self.stopping.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
         let now = self.now();
-        let mut core = self.lock();
-        core.stopping = true;
-        let ids: Vec<ConnId> = core.slots.keys().copied().collect();
-        for id in ids {
-            let _ = core
-                .broker
-                .handle_disconnect(id, now, ReasonCode::ServerShuttingDown);
+        for k in 0..self.shards() {
+            let mut core = self.lock_shard(k);
+            core.stopping = true;
+            let ids: Vec<ConnId> = core.slots.keys().copied().collect();
+            for id in ids {
+                let _ = core
+                    .broker
+                    .handle_disconnect(id, now, ReasonCode::ServerShuttingDown);
+            }
+            let _ = core.dispatch(ConnId(0));
         }
-        let _ = core.dispatch(ConnId(0));
     }
 }
 
@@ -381,7 +474,7 @@ impl Broker {
             store::open(dir, durability, Duration::from_millis(cfg.relaxed_delay_ms))
         });
         let epoch = std::time::Instant::now();
-        let (mut core, ledger, durable, clock_base) = match opened {
+        let (core, ledger, durable, clock_base) = match opened {
             Some(o) => {
                 let writable = o.durable.store.is_some();
                 core_cfg.hold_acks_until_durable =
@@ -396,23 +489,57 @@ impl Broker {
             }
             None => (Core0::new(core_cfg), None, None, 0),
         };
-        let hook = hooks.authorize.clone();
-        if acl.is_some() || hook.is_some() {
-            // With `use_identity_as_username` the user name is the certificate's common name
-            // (the connection answers `AcceptAs`), never the one the client claimed.
-            core.set_authorizer(Box::new(
-                move |c: ClientInfo<'_>, topic: &str, action: Action| {
-                    let access = match action {
-                        Action::Publish => Access::Write,
-                        Action::Subscribe => Access::Subscribe,
-                        _ => Access::Read,
-                    };
-                    acl.as_ref()
-                        .is_none_or(|acl| acl.check(c.client_id, c.username, topic, access))
-                        && hook.as_ref().is_none_or(|h| h(c, topic, action))
-                },
-            ));
+        let shards = cfg.shards.max(1);
+        let mut cores = if shards > 1 {
+            // Without a store (refused with shards): each sibling starts empty.
+            let base = core.config().clone();
+            (0..shards)
+                .map(|index| {
+                    Core0::new(mqtt_session::broker::Config {
+                        shard: Shard {
+                            index,
+                            count: shards,
+                        },
+                        // Leaked once per sibling: the core takes a `&'static str`.
+                        assigned_id_prefix: Box::leak(
+                            format!("{ASSIGNED}{index}-").into_boxed_str(),
+                        ),
+                        ..base.clone()
+                    })
+                })
+                .collect()
+        } else {
+            vec![core]
+        };
+        let acl = acl.map(Arc::new);
+        for core in &mut cores {
+            let hook = hooks.authorize.clone();
+            let acl = acl.clone();
+            if acl.is_some() || hook.is_some() {
+                // With `use_identity_as_username` the user name is the certificate's common
+                // name (the connection answers `AcceptAs`), never the one the client claimed.
+                core.set_authorizer(Box::new(
+                    move |c: ClientInfo<'_>, topic: &str, action: Action| {
+                        let access = match action {
+                            Action::Publish => Access::Write,
+                            Action::Subscribe => Access::Subscribe,
+                            _ => Access::Read,
+                        };
+                        acl.as_ref()
+                            .is_none_or(|acl| acl.check(c.client_id, c.username, topic, access))
+                            && hook.as_ref().is_none_or(|h| h(c, topic, action))
+                    },
+                ));
+            }
         }
+        let inboxes: Option<Arc<[Inbox]>> =
+            (shards > 1).then(|| (0..shards).map(|_| Inbox::default()).collect());
+        let mut rest = cores.into_iter();
+        let Some(first) = rest.next() else {
+            return Err(StartError::Config(ConfigError::new(
+                "shards must be at least 1",
+            )));
+        };
         let mut bound = Vec::new();
         for l in cfg.listeners()? {
             let listener = TcpListener::bind(l.addr)
@@ -446,7 +573,7 @@ impl Broker {
         };
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
-                broker: core,
+                broker: first,
                 slots: HashMap::new(),
                 stopping: false,
                 store_wake: ledger
@@ -455,7 +582,26 @@ impl Broker {
                     .map(|d| d.wake.clone()),
                 ledger,
                 fed: 0,
+                me: 0,
+                inboxes: inboxes.clone(),
             }),
+            siblings: (1u16..)
+                .zip(rest)
+                .map(|(me, broker)| {
+                    Mutex::new(Core {
+                        broker,
+                        slots: HashMap::new(),
+                        stopping: false,
+                        store_wake: None,
+                        ledger: None,
+                        fed: 0,
+                        me,
+                        inboxes: inboxes.clone(),
+                    })
+                })
+                .collect(),
+            inboxes,
+            next_anonymous: AtomicU64::new(0),
             epoch,
             clock_base,
             durable,
@@ -483,7 +629,12 @@ impl Broker {
             tracing::info!(url = %format!("http://{addr}"), "health endpoint listening");
             tokio::spawn(http::serve(shared.clone(), listener));
         }
-        tokio::spawn(timer(shared.clone()));
+        for k in 0..shared.shards() {
+            tokio::spawn(timer(shared.clone(), k));
+            if shared.shards() > 1 {
+                tokio::spawn(relay(shared.clone(), k));
+            }
+        }
         let writer = shared
             .durable
             .as_ref()
@@ -545,7 +696,7 @@ impl Broker {
 
     /// The core's counters.
     pub fn stats(&self) -> Stats {
-        self.shared.lock().broker.stats()
+        self.shared.stats()
     }
 
     /// What the durable store recovered and wrote; `None` without `persistence_dir`.
@@ -650,9 +801,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ctx: Arc<conn::
 
 /// Calls the core's `handle_timeout` at its deadlines (checked at least every 250 ms, since
 /// a read can move the deadline earlier: a new connection's connect timeout).
-async fn timer(shared: Arc<Shared>) {
+async fn timer(shared: Arc<Shared>, k: usize) {
     loop {
-        let next = shared.lock().broker.poll_timeout();
+        let next = shared.lock_shard(k).broker.poll_timeout();
         let now = shared.now();
         let wait = next
             .map_or(Duration::MAX, |t| t.saturating_since(now))
@@ -663,12 +814,39 @@ async fn timer(shared: Arc<Shared>) {
         }
         let now = shared.now();
         if next.is_some_and(|t| now >= t) {
-            let mut core = shared.lock();
+            let mut core = shared.lock_shard(k);
             core.broker.handle_timeout(now);
             let _ = core.dispatch(ConnId(0));
         }
     }
 }
+
+/// Hands sibling `k` what the others forwarded to it, in order, a batch per lock.
+async fn relay(shared: Arc<Shared>, k: usize) {
+    let Some(inbox) = shared.inboxes.as_ref().and_then(|i| i.get(k)) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = inbox.wake.notified() => {}
+        }
+        let batch =
+            std::mem::take(&mut *inbox.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.is_empty() {
+            continue;
+        }
+        let now = shared.now();
+        let mut core = shared.lock_shard(k);
+        for (from, r) in batch {
+            core.broker.handle_forward(now, from, r);
+        }
+        let _ = core.dispatch(ConnId(0));
+    }
+}
+
+/// The prefix of the client ids siblings assign, before the sibling's number.
+const ASSIGNED: &str = "auto-";
 
 /// The loopback address of `addr`'s family (a listener on `0.0.0.0` is reached on
 /// `127.0.0.1`).

@@ -74,6 +74,9 @@ pub struct BrokerArgs {
     /// Highest topic alias accepted from clients (0: none).
     #[arg(long)]
     topic_alias_maximum: Option<u16>,
+    /// Sibling cores the connections are split over by client id (default 1).
+    #[arg(long)]
+    shards: Option<u16>,
     /// Topic aliases used towards an MQTT 5 client, at most (within its own maximum;
     /// default 0: none).
     #[arg(long)]
@@ -165,7 +168,8 @@ impl BrokerArgs {
             wildcard_subscription_available,
             shared_subscription_available,
             relaxed_delay_ms,
-            maximum_qos
+            maximum_qos,
+            shards
         );
         c.response_information = self.response_information.or(c.response_information);
         c.persistence_dir = self.persistence_dir.or(c.persistence_dir);
