@@ -8,7 +8,7 @@ use broker_common::*;
 use mqtt_proto::QoS;
 use mqtt_session::ConnectOptions;
 use mqtt_session::broker::shard::Shard;
-use mqtt_session::broker::{Config, Stats};
+use mqtt_session::broker::{Config, Limits, Stats};
 
 /// `n` sibling brokers, one harness each.
 struct Siblings {
@@ -318,4 +318,70 @@ fn message_ids_do_not_collide_between_siblings() {
     assert_eq!(ids[1] % 2, 0, "sibling 1 takes even ids");
     let st: Stats = sib.nets[1].broker.stats();
     assert_eq!(st.retained, 2);
+}
+
+/// Sibling 1 has a subscriber (its session holds 32 messages) that reads nothing while a
+/// publisher on sibling 0 sends 40 QoS 1 messages, 10 per read; then it reads again and the
+/// publisher sends 60 more. Returns the siblings and both peers.
+fn slow_subscriber_elsewhere(backpressure_ms: u32) -> (Siblings, (usize, usize), (usize, usize)) {
+    let mut sib = Siblings::with(
+        2,
+        Config {
+            limits: Limits {
+                session_messages: 32,
+                backpressure_ms,
+                ..Limits::default()
+            },
+            ..Config::default()
+        },
+    );
+    let s = sib.client(1, "slow");
+    sib.subscribe(s, "bp", QoS::AtLeastOnce);
+    let p = sib.client(0, "pub");
+    sib.nets[s.0].pause(s.1, false, true);
+    for chunk in 0..10u8 {
+        if chunk == 4 {
+            let p = &sib.nets[p.0].peers[p.1];
+            let held = sib.nets[0].broker.stats().publishers_held;
+            if backpressure_ms > 0 {
+                assert_eq!(held, 1);
+                assert!(!p.up.is_empty(), "the rest waits, unread");
+                let queued = sib.nets[1].broker.stats().queued_messages;
+                assert!((17..=32).contains(&queued), "held past half: {queued}");
+            }
+            sib.nets[s.0].pause(s.1, false, false);
+            sib.settle();
+        }
+        let now = sib.nets[p.0].now;
+        for i in 0..10u8 {
+            let payload = [chunk * 10 + i];
+            let msg = mqtt_proto::Publish {
+                qos: QoS::AtLeastOnce,
+                ..mqtt_proto::Publish::new("bp", &payload)
+            };
+            sib.nets[p.0]
+                .cl(p.1)
+                .publish(now, &msg, 5)
+                .expect("publish");
+        }
+        sib.settle();
+    }
+    (sib, s, p)
+}
+
+#[test]
+fn a_slow_subscriber_on_one_sibling_holds_a_publisher_on_another() {
+    let (mut sib, s, _) = slow_subscriber_elsewhere(500);
+    let got: Vec<u8> = sib.messages(s).into_iter().map(|m| m.payload[0]).collect();
+    assert_eq!(
+        got,
+        (0..100).collect::<Vec<u8>>(),
+        "every message, in order"
+    );
+    assert_eq!(sib.dropped(), 0, "nothing dropped");
+    assert!(sib.nets[0].broker.stats().publishers_held >= 1);
+
+    // Without back-pressure the same run drops what does not fit.
+    let (sib, _, _) = slow_subscriber_elsewhere(0);
+    assert_eq!(sib.dropped(), 8);
 }

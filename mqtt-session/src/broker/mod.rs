@@ -264,8 +264,8 @@ pub struct Broker {
 enum Scope<'a> {
     /// The broker's own (`$SYS`): local subscribers only.
     Local,
-    /// Published here: every group, and to the siblings.
-    Origin,
+    /// Published here (by `conn`, if not a will): every group, and to the siblings.
+    Origin { conn: Option<ConnId> },
     /// Published on sibling `from`: the groups it names for this one, and those it did not
     /// know of that this one serves.
     Relayed {
@@ -730,9 +730,16 @@ impl Broker {
             }
             // The subscribers made no room in time: they hold no one until they have.
             let sessions = c.hold.as_mut().map(|h| core::mem::take(&mut h.sessions));
-            for sid in sessions.unwrap_or_default() {
+            let me = self.cfg.shard.index;
+            // (A session on a sibling keeps its waiter: it holds this publisher no more
+            // until it has drained and told so, as a stalled one here.)
+            for (_, sid) in sessions
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| k.0 == me)
+            {
                 if let Some(s) = self.session_mut(sid) {
-                    s.waiters.retain(|w| *w != conn);
+                    s.waiters.retain(|w| *w != (me, conn));
                     s.stalled = true;
                     self.stats.subscribers_stalled += 1;
                 }
@@ -1549,7 +1556,8 @@ impl Broker {
                 && pid.is_some();
             self.tracking = counted.then_some(id);
             self.pressing.clear();
-            matched = self.route(now, &msg, Some(sid), Scope::Origin);
+            let scope = Scope::Origin { conn: Some(conn) };
+            matched = self.route(now, &msg, Some(sid), scope);
             self.tracking = None;
             self.hold(conn, now);
             if counted {
@@ -2133,8 +2141,9 @@ impl Broker {
         };
         self.free.push(u32::try_from(sid).unwrap_or(u32::MAX));
         self.by_id.remove(&s.client_id);
-        for &conn in &s.waiters {
-            self.let_go(conn, u32::try_from(sid).unwrap_or(u32::MAX), now);
+        let slot = u32::try_from(sid).unwrap_or(u32::MAX);
+        for &w in &s.waiters {
+            self.let_go_waiter(w, slot, now);
         }
         let session = u32::try_from(sid).unwrap_or(u32::MAX);
         for (slot, sub) in s.subs.iter().enumerate() {
@@ -2179,7 +2188,7 @@ impl Broker {
         if msg.retain {
             self.publish_retained(&msg);
         }
-        self.route(now, &msg, None, Scope::Origin);
+        self.route(now, &msg, None, Scope::Origin { conn: None });
     }
 
     /// Sets or clears (empty payload) the retained message of a topic [MQTT-3.3.1-5, -6, -7];
@@ -2382,7 +2391,7 @@ impl Broker {
             }
             start = end;
         }
-        if let (Scope::Origin, Some(sib)) = (scope, self.siblings.as_mut()) {
+        if let (Scope::Origin { conn }, Some(sib)) = (scope, self.siblings.as_mut()) {
             // Groups with members only elsewhere.
             let mut remote = Vec::new();
             sib.remote_groups(&msg.topic, &mut remote);
@@ -2395,7 +2404,7 @@ impl Broker {
                 }
             }
             let picked = core::mem::take(&mut self.picked);
-            sib.publish(msg, &picked);
+            sib.publish(msg, conn, &picked);
             self.picked = picked;
             self.picked.clear();
         }
@@ -2426,7 +2435,7 @@ impl Broker {
                 (named || (unknown && sib.serves_unknown(filter, from)))
                     && self.deliver_shared(filter, members, msg)
             }
-            Scope::Origin => {
+            Scope::Origin { .. } => {
                 let local = u32::try_from(members.len()).unwrap_or(u32::MAX);
                 let me = sib.me.index;
                 match sib.pick(filter, local) {
@@ -2592,7 +2601,25 @@ impl Broker {
         if self.pressing.is_empty() {
             return;
         }
-        let pressing = core::mem::take(&mut self.pressing);
+        let me = self.cfg.shard.index;
+        let mut pressing = core::mem::take(&mut self.pressing);
+        let keys: Vec<(u16, u32)> = pressing.iter().map(|&sid| (me, sid)).collect();
+        for &sid in &pressing {
+            if let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut)
+                && !s.waiters.contains(&(me, conn))
+            {
+                s.waiters.push((me, conn));
+            }
+        }
+        self.hold_for(conn, now, &keys);
+        // The vector goes back, emptied, so that routing does not allocate one per publish.
+        pressing.clear();
+        self.pressing = pressing;
+    }
+
+    /// Holds publisher `conn` until every session named (sibling, slot) lets it go, or the
+    /// back-pressure wait ends.
+    fn hold_for(&mut self, conn: ConnId, now: Instant, keys: &[(u16, u32)]) {
         let end = now + self.backpressure_wait();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -2612,17 +2639,11 @@ impl Broker {
                 sessions: Vec::new(),
             })
         });
-        for &sid in &pressing {
-            if !hold.sessions.contains(&sid) {
-                hold.sessions.push(sid);
-                if let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut) {
-                    s.waiters.push(conn);
-                }
+        for key in keys {
+            if !hold.sessions.contains(key) {
+                hold.sessions.push(*key);
             }
         }
-        // The vector goes back, emptied, so that routing does not allocate one per publish.
-        self.pressing = pressing;
-        self.pressing.clear();
     }
 
     /// How long back-pressure holds a publisher at most.
@@ -2644,17 +2665,28 @@ impl Broker {
             return;
         }
         s.stalled = false;
-        for conn in core::mem::take(&mut s.waiters) {
-            self.let_go(conn, sid, now);
+        for w in core::mem::take(&mut s.waiters) {
+            self.let_go_waiter(w, sid, now);
         }
     }
 
-    /// Session `sid` no longer holds publisher `conn`; it goes on when no session does.
-    fn let_go(&mut self, conn: ConnId, sid: u32, now: Instant) {
+    /// Session `sid` here holds publisher `w` no longer: let it go here, or tell its sibling.
+    fn let_go_waiter(&mut self, (from, conn): (u16, ConnId), sid: u32, now: Instant) {
+        let me = self.cfg.shard.index;
+        if from == me {
+            self.let_go(conn, (me, sid), now);
+        } else if let Some(sib) = self.siblings.as_mut() {
+            sib.press(from, Relay::Relieve { conn, session: sid });
+        }
+    }
+
+    /// Session `key` (sibling, slot) no longer holds publisher `conn`; it goes on when no
+    /// session does.
+    fn let_go(&mut self, conn: ConnId, key: (u16, u32), now: Instant) {
         let Some(h) = self.conns.get_mut(&conn).and_then(|c| c.hold.as_mut()) else {
             return;
         };
-        h.sessions.retain(|s| *s != sid);
+        h.sessions.retain(|s| *s != key);
         if h.sessions.is_empty() {
             self.unhold(conn, now);
         }
@@ -2744,7 +2776,12 @@ impl Broker {
     /// [`Broker::poll_wake`] after it.
     pub fn handle_forward(&mut self, now: Instant, from: u16, relay: Relay) {
         match relay {
-            Relay::Publish { msg, groups, known } => {
+            Relay::Publish {
+                msg,
+                origin,
+                groups,
+                known,
+            } => {
                 if msg.retain {
                     self.publish_retained(&msg);
                 }
@@ -2754,9 +2791,25 @@ impl Broker {
                     known: &known,
                 };
                 self.route(now, &msg, None, scope);
-                // A sibling's publisher is not held from here.
+                // The sessions it pressed hold its publisher on its own sibling, once each.
+                let pressing = core::mem::take(&mut self.pressing);
+                for &sid in &pressing {
+                    let (Some(conn), Some(s)) = (origin, self.session_mut(sid)) else {
+                        continue;
+                    };
+                    if s.waiters.contains(&(from, conn)) {
+                        continue;
+                    }
+                    s.waiters.push((from, conn));
+                    if let Some(sib) = self.siblings.as_mut() {
+                        sib.press(from, Relay::Press { conn, session: sid });
+                    }
+                }
+                self.pressing = pressing;
                 self.pressing.clear();
             }
+            Relay::Press { conn, session } => self.hold_for(conn, now, &[(from, session)]),
+            Relay::Relieve { conn, session } => self.let_go(conn, (from, session), now),
             Relay::Retain(msg) => {
                 self.retain(msg);
             }

@@ -128,7 +128,8 @@ pub(crate) struct Session {
     /// A will waiting for its delay after the connection ended.
     pub(crate) pending_will: Option<(Shared<Message>, Instant)>,
     /// Publishers held until this session drains (back-pressure).
-    pub(crate) waiters: Vec<ConnId>,
+    /// (sibling, connection) of each publisher it holds (its own sibling's index for one here).
+    pub(crate) waiters: Vec<(u16, ConnId)>,
     /// It made no room in time: it holds no publisher until it has drained.
     pub(crate) stalled: bool,
 }
@@ -368,8 +369,8 @@ impl OutAliases {
 #[derive(Debug)]
 pub(crate) struct Hold {
     pub(crate) since: Instant,
-    /// The sessions it waits for to drain.
-    pub(crate) sessions: Vec<u32>,
+    /// The sessions it waits for to drain, as (sibling, session slot).
+    pub(crate) sessions: Vec<(u16, u32)>,
 }
 
 impl Conn {

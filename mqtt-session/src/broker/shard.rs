@@ -30,6 +30,7 @@ use alloc::vec::Vec;
 use mqtt_proto::TopicFilter;
 
 use super::message::{Message, Shared};
+use super::types::ConnId;
 use crate::Router;
 
 /// This broker's place among its siblings (the default: alone).
@@ -75,11 +76,29 @@ pub enum Relay {
     Publish {
         /// The message (its id is unique among the siblings).
         msg: Shared<Message>,
+        /// The publisher's connection on the sender (none for a will), which a subscriber
+        /// here that it fills may hold ([`Relay::Press`]).
+        origin: Option<ConnId>,
         /// The share groups (full `$share/...` filters) this sibling delivers it to.
         groups: Box<[Box<str>]>,
         /// Every share group the sender picked a sibling for; a group of this sibling that is
         /// in neither list was unknown to the sender.
         known: Box<[Box<str>]>,
+    },
+    /// A subscriber's session `session` on the sender is more than half full with what
+    /// publisher `conn` (of this sibling) sends: hold it, as a local subscriber would.
+    Press {
+        /// The publisher here.
+        conn: ConnId,
+        /// The session on the sender.
+        session: u32,
+    },
+    /// That session drained (or went): it holds publisher `conn` no longer.
+    Relieve {
+        /// The publisher here.
+        conn: ConnId,
+        /// The session on the sender.
+        session: u32,
     },
     /// Store this as the retained message of its topic (an empty payload clears it).
     Retain(Shared<Message>),
@@ -269,7 +288,12 @@ impl Siblings {
 
     /// The forwards of one message published here: one per other sibling, each naming the
     /// groups it serves.
-    pub(crate) fn publish(&mut self, msg: &Shared<Message>, picked: &[(u16, Box<str>)]) {
+    pub(crate) fn publish(
+        &mut self,
+        msg: &Shared<Message>,
+        origin: Option<ConnId>,
+        picked: &[(u16, Box<str>)],
+    ) {
         let known: Box<[Box<str>]> = picked.iter().map(|(_, f)| f.clone()).collect();
         for to in 0..self.me.count {
             if to == self.me.index {
@@ -284,11 +308,20 @@ impl Siblings {
                 to: Some(to),
                 relay: Relay::Publish {
                     msg: msg.clone(),
+                    origin,
                     groups,
                     known: known.clone(),
                 },
             });
         }
+    }
+
+    /// Tells sibling `to` about publisher `conn` of its and session `session` of ours.
+    pub(crate) fn press(&mut self, to: u16, relay: Relay) {
+        self.out.push_back(Forward {
+            to: Some(to),
+            relay,
+        });
     }
 
     /// Every other sibling stores `msg` as its topic's retained message.
