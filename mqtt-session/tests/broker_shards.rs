@@ -385,3 +385,26 @@ fn a_slow_subscriber_on_one_sibling_holds_a_publisher_on_another() {
     let (sib, _, _) = slow_subscriber_elsewhere(0);
     assert_eq!(sib.dropped(), 8);
 }
+
+#[test]
+fn sys_topics_count_every_siblings_clients() {
+    let mut sib = Siblings::with(
+        2,
+        Config {
+            sys_interval: Some(core::time::Duration::from_secs(10)),
+            ..Config::default()
+        },
+    );
+    let watcher = sib.client(1, "watcher");
+    let _others = [sib.client(0, "a"), sib.client(0, "b"), sib.client(1, "c")];
+    sib.subscribe(watcher, "$SYS/broker/clients/connected", QoS::AtMostOnce);
+    // Two ticks: the first carries each sibling's counters to the other.
+    for _ in 0..2 {
+        for n in &mut sib.nets {
+            n.advance_ms(10_000);
+        }
+        sib.settle();
+    }
+    let last = sib.payloads(watcher).pop();
+    assert_eq!(last.as_deref(), Some("4"), "two clients on each sibling");
+}

@@ -2706,7 +2706,20 @@ impl Broker {
 
     /// Publishes the `$SYS/broker/...` counters as retained QoS 0 messages.
     fn publish_sys(&mut self, now: Instant) {
-        let st = self.stats();
+        let mut st = self.stats();
+        if let Some(sib) = self.siblings.as_mut() {
+            // The counters of the whole server: ours now, the others' as they last sent them.
+            sib.out.push_back(shard::Forward {
+                to: None,
+                relay: Relay::Counters(st),
+            });
+            let me = usize::from(sib.me.index);
+            for (i, other) in sib.counters.iter().enumerate() {
+                if i != me {
+                    st.merge(other);
+                }
+            }
+        }
         let values: [(&str, u64); 9] = [
             ("clients/connected", st.clients_connected as u64),
             ("sessions", st.sessions as u64),
@@ -2812,6 +2825,15 @@ impl Broker {
             Relay::Relieve { conn, session } => self.let_go(conn, (from, session), now),
             Relay::Retain(msg) => {
                 self.retain(msg);
+            }
+            Relay::Counters(st) => {
+                let slot = self
+                    .siblings
+                    .as_mut()
+                    .and_then(|s| s.counters.get_mut(usize::from(from)));
+                if let Some(slot) = slot {
+                    *slot = st;
+                }
             }
             Relay::Group { filter, members } => {
                 if let Some(s) = self.siblings.as_mut() {

@@ -30,7 +30,7 @@ use alloc::vec::Vec;
 use mqtt_proto::TopicFilter;
 
 use super::message::{Message, Shared};
-use super::types::ConnId;
+use super::types::{ConnId, Stats};
 use crate::Router;
 
 /// This broker's place among its siblings (the default: alone).
@@ -100,6 +100,8 @@ pub enum Relay {
         /// The session on the sender.
         session: u32,
     },
+    /// The sender's counters, for the `$SYS` topics each sibling publishes for all.
+    Counters(Stats),
     /// Store this as the retained message of its topic (an empty payload clears it).
     Retain(Shared<Message>),
     /// The sender now has this many members in share group `filter`.
@@ -132,6 +134,8 @@ pub(crate) struct Siblings {
     index: Router<u32>,
     /// Round-robin position per group, over every member of every sibling.
     cursor: BTreeMap<Box<str>, u32>,
+    /// The last counters each sibling sent.
+    pub(crate) counters: Vec<Stats>,
 }
 
 /// Where a share group's copy of a message goes.
@@ -151,6 +155,7 @@ impl Siblings {
             slots: BTreeMap::new(),
             index: Router::new(),
             cursor: BTreeMap::new(),
+            counters: alloc::vec![Stats::default(); usize::from(me.count)],
         }
     }
 
