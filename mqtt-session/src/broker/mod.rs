@@ -95,10 +95,10 @@
 //! each call it drains [`Broker::poll_forward`] into the other siblings' inboxes (in order)
 //! and a task per sibling feeds its inbox to [`Broker::handle_forward`]. What crosses is a
 //! shared pointer to the message, a retained change ordered by its topic's owner, or a share
-//! group's member count. All siblings must be given the same clock. Not done yet: a full
-//! subscriber on one sibling does not hold a publisher on another (back-pressure stops at the
-//! sibling; past the subscriber's limits its copies are dropped and counted), `$SYS` counters
-//! are each sibling's own, and a durable store serves one broker only.
+//! group's member count; and back, a subscriber's sibling holding a publisher
+//! ([`shard::Relay::Press`]) and the siblings' counters for `$SYS`. All siblings must be given
+//! the same clock. Not done yet: a durable store serves one broker only (a publisher's
+//! acknowledgment would have to wait for every sibling's records).
 //!
 //! The lock split this section used to plan instead (the subscription index behind an
 //! `RwLock`, sessions in shards each behind its own mutex) was not taken: siblings keep every

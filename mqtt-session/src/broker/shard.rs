@@ -22,6 +22,13 @@
 //!   has members, so no message is lost to it while the counts travel. (Members that join on
 //!   two siblings at the same moment may, until their counts have crossed, both be given one
 //!   message.) A member whose window is full is passed over for one elsewhere.
+//! - **Back-pressure.** A forwarded message that leaves a connected subscriber's session more
+//!   than half full tells the publisher's sibling to hold the publisher ([`Relay::Press`]),
+//!   as a local subscriber would; the session lets it go when it drains below a quarter
+//!   ([`Relay::Relieve`]). The hold comes one hand-over late, so a publisher may send one more
+//!   read's worth first.
+//! - **`$SYS`.** At each tick a sibling sends its counters to the others and publishes its
+//!   own added to theirs, so every sibling's `$SYS` topics count the whole server.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};

@@ -200,7 +200,7 @@ pub struct BrokerConfig {
     /// Bridges to other brokers (`[[bridges]]`).
     pub bridges: Vec<super::BridgeConfig>,
     /// Sibling cores the connections are split over, by client id (1: one core state, the
-    /// default). Not with `persistence_dir` yet.
+    /// default; experimental). Not with `persistence_dir` yet.
     pub shards: u16,
 }
 
