@@ -408,3 +408,51 @@ fn sys_topics_count_every_siblings_clients() {
     let last = sib.payloads(watcher).pop();
     assert_eq!(last.as_deref(), Some("4"), "two clients on each sibling");
 }
+
+#[test]
+fn with_acks_held_a_publishers_ack_waits_for_the_siblings_records() {
+    let mut sib = Siblings::with(
+        2,
+        Config {
+            hold_acks_until_durable: true,
+            ..Config::default()
+        },
+    );
+    // A persistent subscriber on sibling 1, whose store is slow: nothing is durable there
+    // until the test says so.
+    let net = &mut sib.nets[1];
+    net.auto_durable = false;
+    let s = net.client(ClientConfig {
+        clean_start: false,
+        ..ccfg(V311)
+    });
+    net.connect_id(s, "keeper");
+    let last = net.broker.last_seq();
+    net.broker.handle_durable(last);
+    sib.subscribe((1, s), "d/#", QoS::AtLeastOnce);
+    let last = sib.nets[1].broker.last_seq();
+    sib.nets[1].broker.handle_durable(last);
+    sib.nets[1].run();
+    sib.nets[1].peers[s].paused_down = true; // it does not acknowledge either
+    let p = sib.client(0, "pub");
+    sib.publish(p, "d/1", b"x", QoS::AtLeastOnce, false);
+    let acked = |sib: &Siblings| {
+        sib.nets[0].peers[p.1]
+            .got
+            .iter()
+            .filter(|g| matches!(g, Got::Published { .. }))
+            .count()
+    };
+    assert_eq!(
+        acked(&sib),
+        0,
+        "the copy on sibling 1 is not on its disk yet"
+    );
+    let last = sib.nets[1].broker.last_seq();
+    sib.nets[1].broker.handle_durable(last);
+    sib.settle();
+    assert_eq!(acked(&sib), 1, "acknowledged once it is");
+    // A message no one elsewhere keeps is acknowledged as soon as every sibling has answered.
+    sib.publish(p, "other", b"y", QoS::AtLeastOnce, false);
+    assert_eq!(acked(&sib), 2);
+}

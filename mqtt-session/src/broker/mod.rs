@@ -606,12 +606,22 @@ impl Broker {
     pub fn handle_durable(&mut self, seq: u64) {
         self.durable = self.durable.max(seq);
         let durable = self.durable;
+        if let Some(sib) = self.siblings.as_mut() {
+            while let Some(&(at, from, id)) = sib.to_confirm.front() {
+                if at > durable {
+                    break;
+                }
+                sib.to_confirm.pop_front();
+                sib.press(from, Relay::Stored { id });
+            }
+        }
+        let unstored = self.siblings.as_ref().map(|s| &s.unstored);
         for id in core::mem::take(&mut self.waiting) {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
             let waited = core::mem::take(&mut c.await_durable);
-            let moved = release_held(c, durable, &mut self.outstanding) || waited;
+            let moved = release_held(c, durable, &mut self.outstanding, unstored) || waited;
             if c.held.is_empty() {
                 c.listed = false;
             } else {
@@ -631,11 +641,19 @@ impl Broker {
     /// a sync, and a runtime may sync less often.
     #[must_use]
     pub fn waits_on_disk(&self) -> bool {
+        if self
+            .siblings
+            .as_ref()
+            .is_some_and(|s| !s.to_confirm.is_empty())
+        {
+            // A sibling's publisher waits for our records.
+            return true;
+        }
         let mut conns = self.waiting.iter().filter_map(|id| self.conns.get(id));
         conns.any(|c| {
             c.await_durable
                 || !c.unsent.is_empty()
-                || c.held.iter().any(|(seq, through, _)| {
+                || c.held.iter().any(|(seq, through, _, _)| {
                     *seq > self.durable
                         && through.is_none_or(|m| {
                             self.outstanding.get(&m).is_some_and(|o| o.0 > 1 || o.2)
@@ -1536,6 +1554,8 @@ impl Broker {
         let client_id = s.client_id.clone();
         let mut matched = 0;
         let mut through = None;
+        // The message whose copies on siblings must be stored before the ack (0: none).
+        let mut unstored = 0;
         if allowed && !bad_format {
             let id = self.new_msg_id();
             let msg = Shared::new(Message {
@@ -1559,6 +1579,13 @@ impl Broker {
             let scope = Scope::Origin { conn: Some(conn) };
             matched = self.route(now, &msg, Some(sid), scope);
             self.tracking = None;
+            if self
+                .siblings
+                .as_ref()
+                .is_some_and(|s| s.unstored.contains_key(&id))
+            {
+                unstored = id;
+            }
             self.hold(conn, now);
             if counted {
                 through = Some(id);
@@ -1581,7 +1608,7 @@ impl Broker {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.qos1_unacked += 1;
                 }
-                self.ack_message(conn, Control::PubAck(pid, rc), through);
+                self.ack_message(conn, Control::PubAck(pid, rc), through, unstored);
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 if rc.is_error() {
@@ -1598,7 +1625,7 @@ impl Broker {
                         packet_id: pid,
                     });
                 }
-                self.ack(conn, Control::PubRec(pid, rc));
+                self.ack_message(conn, Control::PubRec(pid, rc), None, unstored);
             }
             _ => {}
         }
@@ -2057,16 +2084,21 @@ impl Broker {
     /// Queues an acknowledgment of a received publish, held if records before it are not
     /// durable yet.
     fn ack(&mut self, conn: ConnId, ctl: Control) {
-        self.ack_message(conn, ctl, None);
+        self.ack_message(conn, ctl, None, 0);
     }
 
     /// [`Broker::ack`] for the QoS 1 message `through`, whose ack may also go out once every
     /// persistent subscriber has acknowledged it: then it is delivered, which is what the
     /// durable record was for.
-    fn ack_message(&mut self, conn: ConnId, ctl: Control, through: Option<u64>) {
-        if self.cfg.hold_acks_until_durable && self.seq > self.durable {
+    fn ack_message(&mut self, conn: ConnId, ctl: Control, through: Option<u64>, unstored: u64) {
+        let elsewhere = unstored != 0
+            && self
+                .siblings
+                .as_ref()
+                .is_some_and(|s| s.unstored.contains_key(&unstored));
+        if self.cfg.hold_acks_until_durable && (self.seq > self.durable || elsewhere) {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.held.push_back((self.seq, through, ctl));
+                c.held.push_back((self.seq, through, ctl, unstored));
                 list(&mut self.waiting, c, conn);
             }
             self.release(conn);
@@ -2081,10 +2113,11 @@ impl Broker {
     /// Moves `conn`'s held acks that may go out to its control queue.
     fn release(&mut self, conn: ConnId) {
         let durable = self.durable;
+        let unstored = self.siblings.as_ref().map(|s| &s.unstored);
         let moved = self
             .conns
             .get_mut(&conn)
-            .is_some_and(|c| release_held(c, durable, &mut self.outstanding));
+            .is_some_and(|c| release_held(c, durable, &mut self.outstanding, unstored));
         if moved {
             self.wake(conn);
         }
@@ -2228,7 +2261,7 @@ impl Broker {
             c.control.push_back(Control::Disconnect(rc));
         }
         c.state = ConnState::Closed;
-        for (_, through, _) in c.held.drain(..) {
+        for (_, through, _, _) in c.held.drain(..) {
             if let Some(m) = through {
                 self.outstanding.remove(&m);
             }
@@ -2404,7 +2437,10 @@ impl Broker {
                 }
             }
             let picked = core::mem::take(&mut self.picked);
-            sib.publish(msg, conn, &picked);
+            // With acks held, the publisher's waits for every sibling's copy to be stored.
+            let confirm =
+                self.cfg.hold_acks_until_durable && msg.qos != QoS::AtMostOnce && conn.is_some();
+            sib.publish(msg, conn, confirm, &picked);
             self.picked = picked;
             self.picked.clear();
         }
@@ -2792,6 +2828,7 @@ impl Broker {
             Relay::Publish {
                 msg,
                 origin,
+                confirm,
                 groups,
                 known,
             } => {
@@ -2820,6 +2857,27 @@ impl Broker {
                 }
                 self.pressing = pressing;
                 self.pressing.clear();
+                if confirm && let Some(sib) = self.siblings.as_mut() {
+                    if self.seq > self.durable {
+                        sib.to_confirm.push_back((self.seq, from, msg.id));
+                    } else {
+                        sib.press(from, Relay::Stored { id: msg.id });
+                    }
+                }
+            }
+            Relay::Stored { id } => {
+                let done = self.siblings.as_mut().and_then(|sib| {
+                    let e = sib.unstored.get_mut(&id)?;
+                    e.0 = e.0.saturating_sub(1);
+                    let publisher = e.1;
+                    (e.0 == 0).then(|| {
+                        sib.unstored.remove(&id);
+                        publisher
+                    })
+                });
+                if let Some(Some(conn)) = done {
+                    self.release(conn);
+                }
             }
             Relay::Press { conn, session } => self.hold_for(conn, now, &[(from, session)]),
             Relay::Relieve { conn, session } => self.let_go(conn, (from, session), now),
@@ -2920,15 +2978,24 @@ type Outstanding = (u32, Option<ConnId>, bool);
 
 /// Moves a connection's held acks that may go out, in order, to its control queue: those
 /// whose records are durable, and those of QoS 1 messages that every persistent subscriber
-/// has acknowledged. Whether any moved.
-fn release_held(c: &mut Conn, durable: u64, outstanding: &mut BTreeMap<u64, Outstanding>) -> bool {
+/// has acknowledged; with siblings, only once each sibling stored its copies (`unstored`).
+/// Whether any moved.
+fn release_held(
+    c: &mut Conn,
+    durable: u64,
+    outstanding: &mut BTreeMap<u64, Outstanding>,
+    unstored: Option<&BTreeMap<u64, (u16, Option<ConnId>)>>,
+) -> bool {
     let mut moved = false;
-    while let Some((seq, through, _)) = c.held.front() {
+    while let Some((seq, through, _, m)) = c.held.front() {
         let delivered = through.is_some_and(|m| !outstanding.contains_key(&m));
         if *seq > durable && !delivered {
             break;
         }
-        if let Some((_, through, ack)) = c.held.pop_front() {
+        if *m != 0 && unstored.is_some_and(|u| u.contains_key(m)) {
+            break;
+        }
+        if let Some((_, through, ack, _)) = c.held.pop_front() {
             if let Some(m) = through {
                 outstanding.remove(&m);
             }

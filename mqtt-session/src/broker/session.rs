@@ -272,7 +272,9 @@ pub(crate) struct Conn {
     /// Acks held until the records before them are durable: (record seq, ack).
     /// With the message id of a QoS 1 publish whose ack may go out before the records are
     /// durable, once every persistent subscriber has acknowledged it.
-    pub(crate) held: VecDeque<(u64, Option<u64>, Control)>,
+    /// (record seq, QoS 1 message whose delivery may release it, the ack, message whose
+    /// copies on siblings must be stored first or 0).
+    pub(crate) held: VecDeque<(u64, Option<u64>, Control, u64)>,
     pub(crate) pending: Option<Box<PendingConnect>>,
     pub(crate) resend: VecDeque<PacketId>,
     /// In-flight messages not written yet: their `Sent` record waits to be durable.

@@ -86,6 +86,9 @@ pub enum Relay {
         /// The publisher's connection on the sender (none for a will), which a subscriber
         /// here that it fills may hold ([`Relay::Press`]).
         origin: Option<ConnId>,
+        /// The sender holds the publisher's acknowledgment until this sibling's records of
+        /// the message are durable: answer [`Relay::Stored`] then.
+        confirm: bool,
         /// The share groups (full `$share/...` filters) this sibling delivers it to.
         groups: Box<[Box<str>]>,
         /// Every share group the sender picked a sibling for; a group of this sibling that is
@@ -106,6 +109,11 @@ pub enum Relay {
         conn: ConnId,
         /// The session on the sender.
         session: u32,
+    },
+    /// This sibling's records of message `id` (forwarded with `confirm`) are durable.
+    Stored {
+        /// The message.
+        id: u64,
     },
     /// The sender's counters, for the `$SYS` topics each sibling publishes for all.
     Counters(Stats),
@@ -143,6 +151,12 @@ pub(crate) struct Siblings {
     cursor: BTreeMap<Box<str>, u32>,
     /// The last counters each sibling sent.
     pub(crate) counters: Vec<Stats>,
+    /// Messages published here whose copies elsewhere are not stored yet: siblings left to
+    /// answer, and the publisher whose acknowledgment waits.
+    pub(crate) unstored: BTreeMap<u64, (u16, Option<ConnId>)>,
+    /// Messages forwarded here to answer [`Relay::Stored`] for once the records up to this
+    /// seq are durable: (seq, sender, message).
+    pub(crate) to_confirm: VecDeque<(u64, u16, u64)>,
 }
 
 /// Where a share group's copy of a message goes.
@@ -163,6 +177,8 @@ impl Siblings {
             index: Router::new(),
             cursor: BTreeMap::new(),
             counters: alloc::vec![Stats::default(); usize::from(me.count)],
+            unstored: BTreeMap::new(),
+            to_confirm: VecDeque::new(),
         }
     }
 
@@ -304,8 +320,13 @@ impl Siblings {
         &mut self,
         msg: &Shared<Message>,
         origin: Option<ConnId>,
+        confirm: bool,
         picked: &[(u16, Box<str>)],
     ) {
+        if confirm {
+            self.unstored
+                .insert(msg.id, (self.me.count.saturating_sub(1), origin));
+        }
         let known: Box<[Box<str>]> = picked.iter().map(|(_, f)| f.clone()).collect();
         for to in 0..self.me.count {
             if to == self.me.index {
@@ -321,6 +342,7 @@ impl Siblings {
                 relay: Relay::Publish {
                     msg: msg.clone(),
                     origin,
+                    confirm,
                     groups,
                     known: known.clone(),
                 },
