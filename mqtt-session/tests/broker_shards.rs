@@ -456,3 +456,46 @@ fn with_acks_held_a_publishers_ack_waits_for_the_siblings_records() {
     sib.publish(p, "other", b"y", QoS::AtLeastOnce, false);
     assert_eq!(acked(&sib), 2);
 }
+
+#[test]
+fn restored_siblings_get_every_retained_message_back_from_its_owner() {
+    let mut sib = Siblings::new(2);
+    let p = sib.client(0, "pub");
+    let topics: Vec<String> = (0..8).map(|i| format!("r/{i}")).collect();
+    for t in &topics {
+        sib.publish(p, t, t.as_bytes(), QoS::AtLeastOnce, true);
+    }
+    let two = Shard { index: 0, count: 2 };
+    let owners: Vec<u16> = topics.iter().map(|t| two.owner(t)).collect();
+    assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
+    // Each records only the topics it owns.
+    let recorded = |n: &Net| {
+        n.records
+            .iter()
+            .filter(|r| matches!(r.change, mqtt_session::broker::Change::RetainedSet { .. }))
+            .count()
+    };
+    let mine = |s: u16| owners.iter().filter(|&&o| o == s).count();
+    assert_eq!(
+        (recorded(&sib.nets[0]), recorded(&sib.nets[1])),
+        (mine(0), mine(1))
+    );
+    // Rebuilt from their records, they hand each other the rest.
+    let nets: Vec<Net> = sib
+        .nets
+        .iter()
+        .map(|n| {
+            let cfg = n.broker.config().clone();
+            let broker = mqtt_session::broker::Broker::restore(cfg, n.now, n.records.clone());
+            Net::with_broker(broker)
+        })
+        .collect();
+    let mut sib = Siblings { nets };
+    sib.settle();
+    for n in &sib.nets {
+        for t in &topics {
+            let kept = n.broker.retained(t).map(|m| m.payload.to_vec());
+            assert_eq!(kept.as_deref(), Some(t.as_bytes()));
+        }
+    }
+}

@@ -396,8 +396,19 @@ fn queued_messages() -> Vec<(String, String, QoS, bool)> {
 }
 
 fn restart_keeps(end: End, durability: Durability) {
+    restart_keeps_over(end, durability, 1);
+}
+
+/// [`restart_keeps`] with the connections split over `shards` sibling cores, each with a
+/// store of its own.
+fn restart_keeps_over(end: End, durability: Durability, shards: u16) {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
+    let config = |dir: &Path, durability| {
+        let mut cfg = config(dir, durability);
+        cfg.shards = shards;
+        cfg
+    };
     let a = Node::start(config(dir.path(), durability));
     let url = a.url();
     phase(&rt, async {
@@ -547,6 +558,31 @@ fn restart_keeps(end: End, durability: Durability) {
         fresh.close().await;
     });
     b.stop();
+}
+
+/// Ack durability, the broker's tasks dropped mid-flight, over three siblings: the keeper's
+/// session is on sibling 1, its publisher on sibling 0 (FNV-1a of the client ids), so every
+/// queued message crossed before its PUBACK.
+#[test]
+fn restart_after_a_crash_keeps_everything_over_three_shards() {
+    restart_keeps_over(End::Crash, Durability::Ack, 3);
+    let two = mqtt_session::broker::shard::Shard { index: 0, count: 3 };
+    assert_eq!((two.owner("keeper"), two.owner("publisher")), (1, 0));
+}
+
+/// The stores of three siblings cannot be read by two: each session is in its sibling's.
+#[test]
+fn a_store_written_by_three_shards_is_refused_by_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Durability::Ack);
+    cfg.shards = 3;
+    Node::start(cfg.clone()).stop();
+    cfg.shards = 2;
+    let rt = runtime();
+    let Err(refused) = rt.block_on(Broker::start(cfg)) else {
+        panic!("three siblings' stores were opened by two");
+    };
+    assert!(refused.to_string().contains("shards = 3"), "{refused}");
 }
 
 /// Ack durability, graceful stop.

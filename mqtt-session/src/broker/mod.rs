@@ -96,9 +96,10 @@
 //! and a task per sibling feeds its inbox to [`Broker::handle_forward`]. What crosses is a
 //! shared pointer to the message, a retained change ordered by its topic's owner, or a share
 //! group's member count; and back, a subscriber's sibling holding a publisher
-//! ([`shard::Relay::Press`]) and the siblings' counters for `$SYS`. All siblings must be given
-//! the same clock. Not done yet: a durable store serves one broker only (a publisher's
-//! acknowledgment would have to wait for every sibling's records).
+//! ([`shard::Relay::Press`]), the siblings' counters for `$SYS`, and with acknowledgments
+//! held, [`shard::Relay::Stored`] once a sibling's copies are durable. All siblings must be
+//! given the same clock. Each keeps a store of its own; QoS 2 across siblings may come twice
+//! after a crash (see [`shard`]).
 //!
 //! The lock split this section used to plan instead (the subscription index behind an
 //! `RwLock`, sessions in shards each behind its own mutex) was not taken: siblings keep every
@@ -1619,11 +1620,18 @@ impl Broker {
                 if let Some(s) = self.session_mut(sid) {
                     s.rx_qos2.insert(pid);
                 }
-                if persistent {
-                    self.record(Change::InboundQoS2 {
+                let waits = self
+                    .siblings
+                    .as_mut()
+                    .and_then(|s| s.unstored.get_mut(&unstored));
+                match waits {
+                    // Recorded once every sibling stored its copies (see `Unstored`).
+                    Some(u) if persistent => u.inbound = Some((client_id, pid)),
+                    _ if persistent => self.record(Change::InboundQoS2 {
                         client_id,
                         packet_id: pid,
-                    });
+                    }),
+                    _ => {}
                 }
                 self.ack_message(conn, Control::PubRec(pid, rc), None, unstored);
             }
@@ -2227,9 +2235,11 @@ impl Broker {
     /// Sets or clears (empty payload) the retained message of a topic [MQTT-3.3.1-5, -6, -7];
     /// returns false if the retained store had no room for it.
     fn retain(&mut self, msg: Shared<Message>) -> bool {
-        let sys = msg.topic.starts_with('$');
+        // A sibling records only the topics it owns: it announces them again after a restore
+        // (`Broker::restore`), so the others need no records of their own.
+        let unrecorded = msg.topic.starts_with('$') || !self.owns(&msg.topic);
         if msg.payload.is_empty() {
-            if self.retained.clear(&msg.topic).is_some() && !sys {
+            if self.retained.clear(&msg.topic).is_some() && !unrecorded {
                 self.record(Change::RetainedCleared {
                     topic: msg.topic.clone(),
                 });
@@ -2242,7 +2252,7 @@ impl Broker {
                 return false;
             }
             self.retained.set(msg.clone());
-            if !sys {
+            if !unrecorded {
                 self.record(Change::RetainedSet { message: msg });
             }
         }
@@ -2786,11 +2796,30 @@ impl Broker {
         }
     }
 
+    /// Whether this broker orders the retained messages of `topic` (alone: every topic).
+    fn owns(&self, topic: &str) -> bool {
+        self.siblings
+            .as_ref()
+            .is_none_or(|s| s.me.owner(topic) == s.me.index)
+    }
+
     /// A new message id, unique among the siblings (each takes every `count`-th).
     fn new_msg_id(&mut self) -> u64 {
         let id = self.next_msg;
         self.next_msg += u64::from(self.cfg.shard.count.max(1));
         id
+    }
+
+    /// The next message id this broker would give.
+    pub fn next_message_id(&self) -> u64 {
+        self.next_msg
+    }
+
+    /// Gives no message an id at or below `id` from now on. Restored siblings call it with
+    /// the highest [`Broker::next_message_id`] among them: a sibling's store keeps other
+    /// siblings' messages too, and an id one of them still holds must not name a new message.
+    pub fn skip_message_ids(&mut self, id: u64) {
+        self.restored_msg_id(id);
     }
 
     /// The next message id after one restored, among this sibling's.
@@ -2868,14 +2897,28 @@ impl Broker {
             Relay::Stored { id } => {
                 let done = self.siblings.as_mut().and_then(|sib| {
                     let e = sib.unstored.get_mut(&id)?;
-                    e.0 = e.0.saturating_sub(1);
-                    let publisher = e.1;
-                    (e.0 == 0).then(|| {
-                        sib.unstored.remove(&id);
-                        publisher
-                    })
+                    e.left = e.left.saturating_sub(1);
+                    if e.left > 0 {
+                        return None;
+                    }
+                    sib.unstored.remove(&id)
                 });
-                if let Some(Some(conn)) = done {
+                let Some(done) = done else { return };
+                if let Some((client_id, packet_id)) = done.inbound {
+                    self.record(Change::InboundQoS2 {
+                        client_id,
+                        packet_id,
+                    });
+                    // Its PUBREC waits for this record now, in its place among the held.
+                    let seq = self.seq;
+                    let held = done.publisher.and_then(|c| self.conns.get_mut(&c));
+                    for h in held.into_iter().flat_map(|c| c.held.iter_mut()) {
+                        if h.3 == id {
+                            h.0 = seq;
+                        }
+                    }
+                }
+                if let Some(conn) = done.publisher {
                     self.release(conn);
                 }
             }
@@ -2984,7 +3027,7 @@ fn release_held(
     c: &mut Conn,
     durable: u64,
     outstanding: &mut BTreeMap<u64, Outstanding>,
-    unstored: Option<&BTreeMap<u64, (u16, Option<ConnId>)>>,
+    unstored: Option<&BTreeMap<u64, shard::Unstored>>,
 ) -> bool {
     let mut moved = false;
     while let Some((seq, through, _, m)) = c.held.front() {

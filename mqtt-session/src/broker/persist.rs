@@ -84,6 +84,11 @@ impl Broker {
             })
             .collect();
         b.timers.extend(timers);
+        if let Some(sib) = b.siblings.as_mut() {
+            // The retained messages this sibling owns, for the others (which keep no records
+            // of them): hand them over with the first forwards.
+            b.retained.for_each(|m| sib.retain(m.clone()));
+        }
         b
     }
 
@@ -266,7 +271,10 @@ impl Broker {
             }
             Change::RetainedSet { message } => {
                 self.restored_msg_id(message.id);
-                self.retained.set(message);
+                // Another sibling's topic comes again from its owner.
+                if self.owns(&message.topic) {
+                    self.retained.set(message);
+                }
             }
             Change::RetainedCleared { topic } => {
                 self.retained.clear(&topic);

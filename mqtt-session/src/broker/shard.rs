@@ -29,12 +29,22 @@
 //!   read's worth first.
 //! - **`$SYS`.** At each tick a sibling sends its counters to the others and publishes its
 //!   own added to theirs, so every sibling's `$SYS` topics count the whole server.
+//! - **Persistence.** Each sibling records its own sessions and the retained messages it
+//!   owns (after a restore it hands those to the others again). With acknowledgments held
+//!   ([`Config::hold_acks_until_durable`](super::Config::hold_acks_until_durable)) a
+//!   publisher's PUBACK or PUBREC waits until every sibling answered [`Relay::Stored`] for
+//!   its message, that is until each one's records of its copies are durable; a QoS 2
+//!   message's inbound id is recorded only then. So nothing acknowledged is lost in a crash,
+//!   but a QoS 2 message whose copies were stored and whose id was not yet may be delivered
+//!   twice after one (alone, both are one record batch and it comes once). Restored
+//!   siblings must skip every message id any of them holds
+//!   ([`Broker::skip_message_ids`](super::Broker::skip_message_ids)).
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use mqtt_proto::TopicFilter;
+use mqtt_proto::{PacketId, TopicFilter};
 
 use super::message::{Message, Shared};
 use super::types::{ConnId, Stats};
@@ -128,6 +138,19 @@ pub enum Relay {
     },
 }
 
+/// A message published here whose copies on the siblings are not all stored yet.
+#[derive(Debug)]
+pub(crate) struct Unstored {
+    /// Siblings yet to answer [`Relay::Stored`].
+    pub(crate) left: u16,
+    /// The publisher whose acknowledgment waits.
+    pub(crate) publisher: Option<ConnId>,
+    /// A QoS 2 message's inbound id, recorded only once every copy is stored: recorded
+    /// before, a crash could leave it durable with a copy lost, and the publisher's resend
+    /// would be taken for a duplicate. (After, a crash in between may deliver it twice.)
+    pub(crate) inbound: Option<(Shared<str>, PacketId)>,
+}
+
 /// A share group some sibling has members in.
 #[derive(Debug)]
 struct Group {
@@ -151,9 +174,8 @@ pub(crate) struct Siblings {
     cursor: BTreeMap<Box<str>, u32>,
     /// The last counters each sibling sent.
     pub(crate) counters: Vec<Stats>,
-    /// Messages published here whose copies elsewhere are not stored yet: siblings left to
-    /// answer, and the publisher whose acknowledgment waits.
-    pub(crate) unstored: BTreeMap<u64, (u16, Option<ConnId>)>,
+    /// Messages published here whose copies elsewhere are not stored yet.
+    pub(crate) unstored: BTreeMap<u64, Unstored>,
     /// Messages forwarded here to answer [`Relay::Stored`] for once the records up to this
     /// seq are durable: (seq, sender, message).
     pub(crate) to_confirm: VecDeque<(u64, u16, u64)>,
@@ -324,8 +346,13 @@ impl Siblings {
         picked: &[(u16, Box<str>)],
     ) {
         if confirm {
-            self.unstored
-                .insert(msg.id, (self.me.count.saturating_sub(1), origin));
+            let left = self.me.count.saturating_sub(1);
+            let entry = Unstored {
+                left,
+                publisher: origin,
+                inbound: None,
+            };
+            self.unstored.insert(msg.id, entry);
         }
         let known: Box<[Box<str>]> = picked.iter().map(|(_, f)| f.clone()).collect();
         for to in 0..self.me.count {

@@ -200,7 +200,8 @@ pub struct BrokerConfig {
     /// Bridges to other brokers (`[[bridges]]`).
     pub bridges: Vec<super::BridgeConfig>,
     /// Sibling cores the connections are split over, by client id (1: one core state, the
-    /// default; experimental). Not with `persistence_dir` yet.
+    /// default; experimental). With `persistence_dir`, each sibling keeps a store of its own,
+    /// and the number may not change across restarts.
     pub shards: u16,
 }
 
@@ -321,11 +322,6 @@ impl BrokerConfig {
         }
         if self.shards == 0 {
             return Err(ConfigError::new("shards must be at least 1"));
-        }
-        if self.shards > 1 && self.persistence_dir.is_some() {
-            return Err(ConfigError::new(
-                "shards above 1 do not keep a durable store yet: drop persistence_dir or shards",
-            ));
         }
         if self.max_queued_messages == 0 {
             return Err(ConfigError::new("max_queued_messages must be at least 1"));

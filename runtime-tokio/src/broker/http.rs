@@ -20,7 +20,7 @@ impl BrokerEndpoint {
         let c = &s.counters;
         let up = !s.stopping.load(Ordering::Relaxed);
         let d = stats.dropped;
-        let store = s.durable.as_ref().map(super::store::Durable::report);
+        let store = s.store_report();
         BrokerNumbers {
             listeners: s
                 .listeners

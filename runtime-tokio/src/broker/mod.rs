@@ -17,7 +17,8 @@
 //! With `shards` above 1 there is one such core per sibling, each behind its own lock: a
 //! connection's CONNECT is read first and its client id picks the sibling, and what a core
 //! forwards (`poll_forward`) is queued in the other siblings' inboxes, which a task per sibling
-//! feeds to `handle_forward` (see [`mqtt_session::broker::shard`]).
+//! feeds to `handle_forward` (see [`mqtt_session::broker::shard`]). With a store, each sibling
+//! has its own file, ledger and writer task.
 //!
 //! The records a durable store must keep (`poll_record`) are drained in one place
 //! (`Core::dispatch`) and folded into the store's writes there; one writer task commits
@@ -256,8 +257,8 @@ pub(crate) struct Shared {
     epoch: std::time::Instant,
     /// The core's clock at `epoch` (it goes on from the last run with a store).
     clock_base: u64,
-    /// The durable store, with `persistence_dir`.
-    pub durable: Option<store::Durable>,
+    /// Each sibling's durable store, with `persistence_dir` (none without).
+    pub durables: Vec<store::Durable>,
     pub cfg: BrokerConfig,
     pub passwords: Option<PasswordFile>,
     pub hooks: Hooks,
@@ -307,11 +308,6 @@ impl Shared {
         Instant::from_millis(self.clock_base.saturating_add(ms))
     }
 
-    /// Takes the first (or only) core's lock: what the durable store uses (it runs alone).
-    pub fn lock(&self) -> CoreGuard<'_> {
-        self.lock_shard(0)
-    }
-
     /// How many sibling cores there are.
     pub fn shards(&self) -> usize {
         1 + self.siblings.len()
@@ -343,6 +339,16 @@ impl Shared {
             }
             .owner(client_id),
         )
+    }
+
+    /// What the stores recovered and wrote, every sibling's together; `None` without a store.
+    pub fn store_report(&self) -> Option<StoreReport> {
+        let mut reports = self.durables.iter().map(store::Durable::report);
+        let mut total = reports.next()?;
+        for r in reports {
+            total.merge(&r);
+        }
+        Some(total)
     }
 
     /// Every sibling's counters together.
@@ -398,8 +404,8 @@ impl Shared {
 pub struct Broker {
     shared: Arc<Shared>,
     http: Option<SocketAddr>,
-    /// The store's writer task.
-    writer: Option<tokio::task::JoinHandle<()>>,
+    /// The stores' writer tasks (one per sibling).
+    writers: Vec<tokio::task::JoinHandle<()>>,
     bridges: Vec<bridge::Bridge>,
 }
 
@@ -469,50 +475,92 @@ impl Broker {
         let mut core_cfg = cfg.core(authenticate);
         // Without a store the per-message records of persistent sessions would be dropped.
         core_cfg.records = false;
-        let opened = cfg.persistence_dir.as_ref().map(|dir| {
-            let durability = cfg.durability.unwrap_or(Durability::Ack);
-            store::open(dir, durability, Duration::from_millis(cfg.relaxed_delay_ms))
-        });
-        let epoch = std::time::Instant::now();
-        let (core, ledger, durable, clock_base) = match opened {
-            Some(o) => {
-                let writable = o.durable.store.is_some();
-                core_cfg.hold_acks_until_durable =
-                    writable && o.durable.report.durability == Durability::Ack;
-                core_cfg.records = writable;
-                // A relaxed store may have lost its last writes before a crash.
-                core_cfg.lossy_records = o.durable.report.durability == Durability::Relaxed;
-                let now = Instant::from_millis(o.clock_ms);
-                let core = Core0::restore(core_cfg, now, o.records);
-                let ledger = writable.then_some(o.ledger);
-                (core, ledger, Some(o.durable), o.clock_ms)
-            }
-            None => (Core0::new(core_cfg), None, None, 0),
-        };
         let shards = cfg.shards.max(1);
-        let mut cores = if shards > 1 {
-            // Without a store (refused with shards): each sibling starts empty.
-            let base = core.config().clone();
-            (0..shards)
-                .map(|index| {
-                    Core0::new(mqtt_session::broker::Config {
-                        shard: Shard {
-                            index,
-                            count: shards,
-                        },
-                        // Leaked once per sibling: the core takes a `&'static str`.
-                        assigned_id_prefix: Box::leak(
-                            format!("{ASSIGNED}{index}-").into_boxed_str(),
-                        ),
-                        ..base.clone()
-                    })
-                })
-                .collect()
-        } else {
-            vec![core]
+        // Each sibling's own core config: its place, and assigned ids that name it.
+        let sibling_cfg = |index: u16, base: &mqtt_session::broker::Config| {
+            if shards == 1 {
+                return base.clone();
+            }
+            mqtt_session::broker::Config {
+                shard: Shard {
+                    index,
+                    count: shards,
+                },
+                // Leaked once per sibling: the core takes a `&'static str`.
+                assigned_id_prefix: Box::leak(format!("{ASSIGNED}{index}-").into_boxed_str()),
+                ..base.clone()
+            }
         };
+        let epoch = std::time::Instant::now();
+        // Per sibling: its core, the ledger its records fold into, and its store.
+        let mut parts: Vec<(Core0, Option<mqtt_session::broker::ledger::Ledger>)> = Vec::new();
+        let mut durables = Vec::new();
+        let mut clock_base = 0;
+        match cfg.persistence_dir.as_ref() {
+            Some(dir) => {
+                let durability = cfg.durability.unwrap_or(Durability::Ack);
+                let delay = Duration::from_millis(cfg.relaxed_delay_ms);
+                for index in 0..shards {
+                    let o = store::open(dir, index, shards, durability, delay)?;
+                    let writable = o.durable.store.is_some();
+                    let mut c = sibling_cfg(index, &core_cfg);
+                    c.hold_acks_until_durable =
+                        writable && o.durable.report.durability == Durability::Ack;
+                    c.records = writable;
+                    // A relaxed store may have lost its last writes before a crash.
+                    c.lossy_records = o.durable.report.durability == Durability::Relaxed;
+                    if index == 0 {
+                        // The first store's clock is every sibling's.
+                        clock_base = o.clock_ms;
+                    }
+                    let now = Instant::from_millis(clock_base);
+                    parts.push((
+                        Core0::restore(c, now, o.records),
+                        writable.then_some(o.ledger),
+                    ));
+                    durables.push(o.durable);
+                }
+            }
+            None => {
+                for index in 0..shards {
+                    parts.push((Core0::new(sibling_cfg(index, &core_cfg)), None));
+                }
+            }
+        }
+        let mut cores: Vec<(Core0, Option<mqtt_session::broker::ledger::Ledger>)> = parts;
+        // A store holds other siblings' messages too: no id any of them holds is given again.
+        let top = cores
+            .iter()
+            .map(|(c, _)| c.next_message_id())
+            .max()
+            .unwrap_or(0);
+        for (c, _) in &mut cores {
+            c.skip_message_ids(top);
+        }
+        // What restored siblings announce (the retained messages each owns), handed over
+        // before anyone connects.
+        let now = Instant::from_millis(clock_base);
+        for _ in 0..4 {
+            let mut moved = false;
+            for from in 0..cores.len() {
+                let forwards: Vec<_> =
+                    std::iter::from_fn(|| cores.get_mut(from)?.0.poll_forward()).collect();
+                for f in forwards {
+                    moved = true;
+                    for (to, (core, _)) in cores.iter_mut().enumerate() {
+                        if to != from && f.to.is_none_or(|t| usize::from(t) == to) {
+                            let from = u16::try_from(from).unwrap_or(0);
+                            core.handle_forward(now, from, f.relay.clone());
+                        }
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
         let acl = acl.map(Arc::new);
-        for core in &mut cores {
+        for (core, _) in &mut cores {
             let hook = hooks.authorize.clone();
             let acl = acl.clone();
             if acl.is_some() || hook.is_some() {
@@ -534,6 +582,25 @@ impl Broker {
         }
         let inboxes: Option<Arc<[Inbox]>> =
             (shards > 1).then(|| (0..shards).map(|_| Inbox::default()).collect());
+        let cores: Vec<Mutex<Core>> = (0u16..)
+            .zip(cores)
+            .map(|(me, (broker, ledger))| {
+                let store_wake = ledger
+                    .as_ref()
+                    .and(durables.get(usize::from(me)))
+                    .map(|d| d.wake.clone());
+                Mutex::new(Core {
+                    broker,
+                    slots: HashMap::new(),
+                    stopping: false,
+                    store_wake,
+                    ledger,
+                    fed: 0,
+                    me,
+                    inboxes: inboxes.clone(),
+                })
+            })
+            .collect();
         let mut rest = cores.into_iter();
         let Some(first) = rest.next() else {
             return Err(StartError::Config(ConfigError::new(
@@ -572,39 +639,13 @@ impl Broker {
             None => None,
         };
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core {
-                broker: first,
-                slots: HashMap::new(),
-                stopping: false,
-                store_wake: ledger
-                    .as_ref()
-                    .and(durable.as_ref())
-                    .map(|d| d.wake.clone()),
-                ledger,
-                fed: 0,
-                me: 0,
-                inboxes: inboxes.clone(),
-            }),
-            siblings: (1u16..)
-                .zip(rest)
-                .map(|(me, broker)| {
-                    Mutex::new(Core {
-                        broker,
-                        slots: HashMap::new(),
-                        stopping: false,
-                        store_wake: None,
-                        ledger: None,
-                        fed: 0,
-                        me,
-                        inboxes: inboxes.clone(),
-                    })
-                })
-                .collect(),
+            core: first,
+            siblings: rest.collect(),
             inboxes,
             next_anonymous: AtomicU64::new(0),
             epoch,
             clock_base,
-            durable,
+            durables,
             passwords,
             hooks,
             counters: Counters::default(),
@@ -635,15 +676,14 @@ impl Broker {
                 tokio::spawn(relay(shared.clone(), k));
             }
         }
-        let writer = shared
-            .durable
-            .as_ref()
-            .is_some_and(|d| d.store.is_some())
-            .then(|| tokio::spawn(store::writer(shared.clone())));
+        let writers = (0..shared.durables.len())
+            .filter(|&k| shared.durables.get(k).is_some_and(|d| d.store.is_some()))
+            .map(|k| tokio::spawn(store::writer(shared.clone(), k)))
+            .collect();
         let mut broker = Broker {
             shared,
             http: http_addr,
-            writer,
+            writers,
             bridges: Vec::new(),
         };
         if let Some(local) = broker.addr_of(ListenKind::Tcp) {
@@ -701,7 +741,7 @@ impl Broker {
 
     /// What the durable store recovered and wrote; `None` without `persistence_dir`.
     pub fn store_report(&self) -> Option<StoreReport> {
-        self.shared.durable.as_ref().map(store::Durable::report)
+        self.shared.store_report()
     }
 
     /// Open connections (handshaking ones included).
@@ -735,8 +775,10 @@ impl Broker {
             tracing::warn!("connections still open 5 s after the stop");
         }
         // The store's last commit: what the closed connections changed.
-        if let (Some(d), Some(w)) = (self.shared.durable.as_ref(), self.writer.take()) {
+        for d in &self.shared.durables {
             d.stop.cancel();
+        }
+        for w in self.writers.drain(..) {
             let _ = w.await;
         }
         let lock = self.lock_stats();
@@ -754,7 +796,7 @@ impl Drop for Broker {
         if !self.shared.stopping.load(Ordering::SeqCst) {
             self.shared.disconnect_all();
         }
-        if let Some(d) = &self.shared.durable {
+        for d in &self.shared.durables {
             d.stop.cancel();
         }
         // A bridge's clients would otherwise go on reconnecting to a broker that is gone.

@@ -38,13 +38,26 @@ pub enum Durability {
 /// disk alone ([`Broker::waits_on_disk`](mqtt_session::broker::Broker::waits_on_disk)).
 const ACK_GATHER: Duration = Duration::from_millis(1);
 
-/// The store's file in the persistence directory.
+/// The store's file in the persistence directory (the first sibling's, with `shards`; the
+/// others' are `broker-1.redb`, `broker-2.redb`, ...).
 pub const STORE_FILE: &str = "broker.redb";
+
+/// The store file of sibling `index`.
+fn store_file(index: u16) -> String {
+    match index {
+        0 => STORE_FILE.to_owned(),
+        k => format!("broker-{k}.redb"),
+    }
+}
 
 /// The runtime's own entry: the broker clock's origin, in milliseconds since the Unix epoch,
 /// so that the core's time (session expiry, will delays, message expiry) goes on across a
 /// restart.
 const CLOCK_KEY: u64 = RUNTIME_KEYS.start;
+
+/// The runtime's entry in the first store: how many siblings wrote the stores (absent: one),
+/// since a session's records are in the store of the sibling its client id picks.
+const SHARDS_KEY: u64 = RUNTIME_KEYS.start + 1;
 
 /// What the store did at the start and since.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +96,20 @@ pub(crate) struct Durable {
     pub stop: CancellationToken,
     /// With `relaxed`, how long the writer gathers before it writes.
     pub gather: Option<Duration>,
+}
+
+impl StoreReport {
+    /// Adds another sibling's store to this report.
+    pub(crate) fn merge(&mut self, o: &StoreReport) {
+        self.recovered_records += o.recovered_records;
+        self.recovery = self.recovery.max(o.recovery);
+        self.set_aside.extend(o.set_aside.iter().cloned());
+        self.writable &= o.writable;
+        self.commits += o.commits;
+        self.ops += o.ops;
+        self.failures += o.failures;
+        self.last_commit = self.last_commit.max(o.last_commit);
+    }
 }
 
 impl Durable {
@@ -147,8 +174,16 @@ fn unix_ms() -> u64 {
 /// Opens (or creates) the store in `dir`. Never fails: what cannot be read is set aside and
 /// reported, and a store that cannot be opened at all leaves the broker in memory, said
 /// loudly in the log and in the report.
-pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) -> Opened {
-    let path = dir.join(STORE_FILE);
+/// Opens sibling `index`'s store (of `shards`). Refused when the stores were written by a
+/// different number of siblings: each session's records are in its sibling's store.
+pub(crate) fn open(
+    dir: &Path,
+    index: u16,
+    shards: u16,
+    durability: Durability,
+    relaxed_delay: Duration,
+) -> Result<Opened, super::StartError> {
+    let path = dir.join(store_file(index));
     let started = std::time::Instant::now();
     // With `relaxed`, the writer gathers for half the delay, the store syncs within the
     // other half.
@@ -172,12 +207,12 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "{NOT_WRITABLE}");
             report.recovery = started.elapsed();
-            return Opened {
+            return Ok(Opened {
                 durable: Durable::new(None, report, true, None),
                 ledger: Ledger::new(),
                 records: Vec::new(),
                 clock_ms: 0,
-            };
+            });
         }
     };
     for s in &recovered.set_aside {
@@ -189,13 +224,31 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
         .iter()
         .find(|(k, _)| *k == CLOCK_KEY)
         .and_then(|(_, v)| Some(u64::from_le_bytes(v.as_slice().try_into().ok()?)));
+    let mut fixes: Vec<Op> = Vec::new();
+    if index == 0 {
+        let written = recovered
+            .records
+            .iter()
+            .find(|(k, _)| *k == SHARDS_KEY)
+            .and_then(|(_, v)| Some(u16::from_le_bytes(v.as_slice().try_into().ok()?)));
+        let used = recovered
+            .records
+            .iter()
+            .any(|(k, _)| !RUNTIME_KEYS.contains(k));
+        match written {
+            Some(n) if n != shards => return Err(shards_changed(dir, n, shards)),
+            None if used && shards != 1 => return Err(shards_changed(dir, 1, shards)),
+            Some(_) => {}
+            None => fixes.push(Op::Put(SHARDS_KEY, shards.to_le_bytes().to_vec())),
+        }
+    }
     let entries = recovered
         .records
         .iter()
         .filter(|(k, _)| !RUNTIME_KEYS.contains(k))
         .map(|(k, v)| (*k, v.as_slice()));
     let loaded = Ledger::load(entries);
-    let mut fixes: Vec<Op> = loaded.unreferenced.iter().map(|k| Op::Delete(*k)).collect();
+    fixes.extend(loaded.unreferenced.iter().map(|k| Op::Delete(*k)));
     if !loaded.invalid.is_empty() {
         let aside = mqtt_store::aside_path(&path, "entries");
         let mut text = String::new();
@@ -252,12 +305,20 @@ pub(crate) fn open(dir: &Path, durability: Durability, relaxed_delay: Duration) 
     // With `relaxed` the writer's gathering already lets deliveries acknowledged meanwhile
     // cancel; with `ack` nothing waits between commits, so a delivery gets one commit's time.
     ledger.set_defer(durability == Durability::Ack);
-    Opened {
+    Ok(Opened {
         durable: Durable::new(Some(store), report, failed, gather),
         ledger,
         records: loaded.records,
         clock_ms: now - origin,
-    }
+    })
+}
+
+fn shards_changed(dir: &Path, written: u16, shards: u16) -> super::StartError {
+    super::StartError::Config(super::ConfigError::new(format!(
+        "{} was written by a broker with shards = {written}; start with that (a session's \
+         records are in the store of the sibling its client id picks), not {shards}",
+        dir.display()
+    )))
 }
 
 fn hex(v: &[u8]) -> String {
@@ -270,8 +331,8 @@ fn hex(v: &[u8]) -> String {
 
 /// Writes what the core recorded, one commit at a time (what comes in meanwhile shares the
 /// next one), until [`Durable::stop`]; then what is left, once more.
-pub(crate) async fn writer(shared: Arc<Shared>) {
-    let Some(durable) = shared.durable.as_ref() else {
+pub(crate) async fn writer(shared: Arc<Shared>, k: usize) {
+    let Some(durable) = shared.durables.get(k) else {
         return;
     };
     let Some(store) = durable.store.as_ref() else {
@@ -280,7 +341,7 @@ pub(crate) async fn writer(shared: Arc<Shared>) {
     loop {
         let stopping = durable.stop.is_cancelled();
         let (batch, seq) = {
-            let mut core = shared.lock();
+            let mut core = shared.lock_shard(k);
             let seq = core.fed;
             let batch = core.ledger.as_mut().map(|l| {
                 // The last batch holds nothing back.
@@ -308,7 +369,7 @@ pub(crate) async fn writer(shared: Arc<Shared>) {
             }
         }
         let (more, urgent) = {
-            let mut core = shared.lock();
+            let mut core = shared.lock_shard(k);
             // Failed: nothing is durable any more, and nothing waits for it.
             let through = if durable.failed.load(Ordering::Relaxed) {
                 seq

@@ -1,6 +1,7 @@
 //! Our broker in a process of its own, for the SIGKILL tests (`tests/broker_durable_kill.rs`).
 //!
-//! `broker_proc PORT DIR DURABILITY` (DURABILITY `ack` or `relaxed`) serves `mqtt://127.0.0.1:PORT`
+//! `broker_proc PORT DIR DURABILITY` (DURABILITY `ack` or `relaxed`, or `ack/N` for N sibling
+//! cores, `shards = N`) serves `mqtt://127.0.0.1:PORT`
 //! with its store in `DIR`, prints `ready ADDRESS` once it listens, and runs until it is
 //! killed. The session queues are unbounded in practice (a million messages, a gigabyte) so
 //! that an offline subscriber loses nothing to a limit, and at most 256 messages are in flight
@@ -27,7 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = port.parse()?;
     let mut cfg = BrokerConfig::new(&format!("mqtt://127.0.0.1:{port}"));
     cfg.persistence_dir = Some(dir.into());
-    cfg.durability = Some(match durability.as_str() {
+    let (durability, shards) = durability.split_once('/').unwrap_or((durability, "1"));
+    cfg.shards = shards.parse()?;
+    cfg.durability = Some(match durability {
         "ack" => Durability::Ack,
         "relaxed" => Durability::Relaxed,
         other => return Err(format!("durability {other:?}: ack or relaxed").into()),
