@@ -1374,3 +1374,62 @@ async fn shards_deliver_across_siblings_in_order_and_takeovers_meet_their_sessio
     })
     .await;
 }
+
+/// With sibling cores, an id the broker assigns names its sibling: the client that comes back
+/// with it finds its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_an_assigned_client_id_finds_its_session_again() {
+    bounded(async {
+        let mut cfg = local();
+        cfg.shards = 3;
+        let broker = start(cfg).await;
+        let addr = broker.local_addr();
+        let mut ids = Vec::new();
+        let mut open = Vec::new();
+        // Round-robin over the siblings for an empty id: three clients, three siblings.
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let props = [mqtt_proto::Property::SessionExpiryInterval(300)];
+            let c = mqtt_proto::Packet::Connect(Connect {
+                clean_start: false,
+                properties: mqtt_proto::Properties::new(&props),
+                ..Connect::new(V5, "", 60)
+            });
+            let mut b = vec![0u8; 64];
+            let n = c.encode(V5, &mut b).unwrap();
+            s.write_all(&b[..n]).await.unwrap();
+            let mut got = Vec::new();
+            let id = loop {
+                let mut chunk = [0u8; 256];
+                let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "closed before CONNACK");
+                got.extend_from_slice(&chunk[..n]);
+                if let Ok(mqtt_proto::Status::Complete((mqtt_proto::Packet::ConnAck(a), _))) =
+                    mqtt_proto::decode(&got, V5, usize::MAX)
+                {
+                    let id = a.properties.iter().find_map(|p| match p {
+                        mqtt_proto::Property::AssignedClientIdentifier(id) => Some(id.to_owned()),
+                        _ => None,
+                    });
+                    break id.expect("an assigned client id");
+                }
+            };
+            ids.push(id);
+            open.push(s);
+        }
+        let mut prefixes: Vec<&str> = ids.iter().map(|i| &i[.."auto-0-".len()]).collect();
+        prefixes.sort();
+        assert_eq!(prefixes, ["auto-0-", "auto-1-", "auto-2-"], "{ids:?}");
+        assert!(eventually(|| broker.stats().clients_connected == 3).await);
+        for id in &ids {
+            let (_raw, present) = Raw::connect_persistent(addr, V5, id).await;
+            assert!(present, "{id}: the session is on the sibling its id names");
+        }
+        assert_eq!(broker.stats().sessions, 3, "taken over, not created again");
+        broker.stop().await;
+    })
+    .await;
+}
