@@ -10,28 +10,7 @@ use mqtt_session::ConnectOptions;
 use mqtt_session::broker::shard::Shard;
 use mqtt_session::broker::{Config, Limits, Stats};
 
-/// `n` sibling brokers, one harness each.
-struct Siblings {
-    nets: Vec<Net>,
-}
-
 impl Siblings {
-    fn new(n: u16) -> Self {
-        Self::with(n, Config::default())
-    }
-
-    fn with(n: u16, cfg: Config) -> Self {
-        let nets = (0..n)
-            .map(|index| {
-                Net::new(Config {
-                    shard: Shard { index, count: n },
-                    ..cfg.clone()
-                })
-            })
-            .collect();
-        Siblings { nets }
-    }
-
     /// A connected client peer on sibling `s`; returns `(s, peer)`.
     fn client(&mut self, s: usize, id: &str) -> (usize, usize) {
         let net = &mut self.nets[s];
@@ -39,33 +18,6 @@ impl Siblings {
         net.connect_id(i, id);
         self.settle();
         (s, i)
-    }
-
-    /// Hands every forward to its siblings, in order, until nothing moves.
-    fn settle(&mut self) {
-        for _ in 0..10_000 {
-            let mut moved = false;
-            for from in 0..self.nets.len() {
-                self.nets[from].run();
-                while let Some(f) = self.nets[from].broker.poll_forward() {
-                    moved = true;
-                    for to in 0..self.nets.len() {
-                        if to == from || f.to.is_some_and(|t| usize::from(t) != to) {
-                            continue;
-                        }
-                        let now = self.nets[to].now;
-                        let from = u16::try_from(from).unwrap();
-                        self.nets[to]
-                            .broker
-                            .handle_forward(now, from, f.relay.clone());
-                    }
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-        panic!("the siblings did not settle");
     }
 
     fn subscribe(&mut self, (s, i): (usize, usize), filter: &str, qos: QoS) {

@@ -11,6 +11,7 @@ use mqtt_proto::{
     Connect, Packet, PacketId, Properties, Property, ProtocolVersion, QoS, ReasonCode, Status,
     SubscriptionOptions, TopicName, Will, decode,
 };
+use mqtt_session::broker::shard::Shard;
 use mqtt_session::broker::{Answer, Broker, Config, ConnId, Event, Question, Record};
 use mqtt_session::{ConnectOptions, ConnectionError, HeapClient, Instant, Notice, Read};
 
@@ -594,4 +595,65 @@ pub fn pid(v: u16) -> PacketId {
 
 pub fn opts(qos: QoS) -> SubscriptionOptions {
     SubscriptionOptions::new(qos)
+}
+
+/// `n` sibling brokers, one harness each.
+pub struct Siblings {
+    pub nets: Vec<Net>,
+}
+
+impl Siblings {
+    pub fn new(n: u16) -> Self {
+        Self::with(n, Config::default())
+    }
+
+    pub fn with(n: u16, cfg: Config) -> Self {
+        let nets = (0..n)
+            .map(|index| {
+                Net::new(Config {
+                    shard: Shard { index, count: n },
+                    ..cfg.clone()
+                })
+            })
+            .collect();
+        Siblings { nets }
+    }
+
+    /// Hands every forward to its siblings, in order, until nothing moves.
+    pub fn settle(&mut self) {
+        for _ in 0..10_000 {
+            for net in &mut self.nets {
+                net.run();
+            }
+            if !self.pump() {
+                return;
+            }
+        }
+        panic!("the siblings did not settle");
+    }
+
+    /// Hands what each sibling forwarded so far to the others, once, in order (as channels
+    /// between cores would, late); then runs them. Whether anything moved.
+    pub fn pump(&mut self) -> bool {
+        let mut moved = false;
+        for from in 0..self.nets.len() {
+            while let Some(f) = self.nets[from].broker.poll_forward() {
+                moved = true;
+                for to in 0..self.nets.len() {
+                    if to == from || f.to.is_some_and(|t| usize::from(t) != to) {
+                        continue;
+                    }
+                    let now = self.nets[to].now;
+                    let from = u16::try_from(from).unwrap();
+                    self.nets[to]
+                        .broker
+                        .handle_forward(now, from, f.relay.clone());
+                }
+            }
+        }
+        for net in &mut self.nets {
+            net.run();
+        }
+        moved
+    }
 }
