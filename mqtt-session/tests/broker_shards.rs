@@ -127,38 +127,70 @@ fn a_share_group_across_siblings_gets_each_message_once_round_robin_over_every_m
 }
 
 #[test]
-fn a_share_group_the_publishers_sibling_has_not_heard_of_yet_still_gets_the_message() {
+fn a_suback_waits_until_every_sibling_knows_the_subscription() {
     let mut sib = Siblings::new(3);
     let p = sib.client(0, "pub");
-    let m1 = sib.client(1, "m1");
-    // It joins, and the publish is made, before its count reaches sibling 0.
+    let plain = sib.client(1, "plain");
+    let member = sib.client(2, "member");
+    let subacks = |sib: &Siblings, (s, i): (usize, usize)| {
+        let got = &sib.nets[s].peers[i].got;
+        got.iter()
+            .filter(|g| matches!(g, Got::Subscribed { .. }))
+            .count()
+    };
     subscribe(
-        &mut sib.nets[m1.0],
-        m1.1,
-        "$share/g/t",
+        &mut sib.nets[plain.0],
+        plain.1,
+        "t/#",
         opts(QoS::AtLeastOnce),
     );
-    publish(
-        &mut sib.nets[p.0],
-        p.1,
-        "t",
-        b"early",
-        QoS::AtLeastOnce,
-        false,
+    subscribe(
+        &mut sib.nets[member.0],
+        member.1,
+        "$share/g/t/#",
+        opts(QoS::AtLeastOnce),
+    );
+    assert_eq!(
+        (subacks(&sib, plain), subacks(&sib, member)),
+        (0, 0),
+        "no SUBACK while the others do not know"
     );
     sib.settle();
-    assert_eq!(
-        sib.payloads(m1),
-        ["early"],
-        "not lost while the count travels"
-    );
-    let m2 = sib.client(2, "m2");
-    sib.subscribe(m2, "$share/g/t", QoS::AtLeastOnce);
-    // Once the counts are known, both members take turns, each message once.
-    for n in 0..4 {
-        sib.publish(p, "t", format!("{n}").as_bytes(), QoS::AtLeastOnce, false);
+    assert_eq!((subacks(&sib, plain), subacks(&sib, member)), (1, 1));
+    // Published right after the SUBACKs, from a third sibling: both get it.
+    sib.publish(p, "t/1", b"now", QoS::AtLeastOnce, false);
+    assert_eq!(sib.payloads(plain), ["now"]);
+    assert_eq!(sib.payloads(member), ["now"]);
+}
+
+#[test]
+fn a_message_is_forwarded_only_to_siblings_that_subscribe_to_it() {
+    let mut sib = Siblings::new(3);
+    let s = sib.client(2, "sub");
+    sib.subscribe(s, "a/#", QoS::AtLeastOnce);
+    let p = sib.client(0, "pub");
+    // Publish without handing anything over, then count what sibling 0 forwards, and to whom.
+    for topic in ["a/1", "b/1", "a/2"] {
+        publish(
+            &mut sib.nets[p.0],
+            p.1,
+            topic,
+            b"x",
+            QoS::AtLeastOnce,
+            false,
+        );
     }
-    assert_eq!((sib.payloads(m1).len(), sib.payloads(m2).len()), (2, 2));
+    let mut to = Vec::new();
+    while let Some(f) = sib.nets[0].broker.poll_forward() {
+        if let mqtt_session::broker::shard::Relay::Publish { msg, .. } = &f.relay {
+            to.push((msg.topic.to_string(), f.to));
+        }
+    }
+    assert_eq!(
+        to,
+        [("a/1".to_owned(), Some(2)), ("a/2".to_owned(), Some(2))],
+        "to sibling 2 alone, and nothing for b/1"
+    );
 }
 
 #[test]

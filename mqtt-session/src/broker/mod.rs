@@ -258,6 +258,10 @@ pub struct Broker {
     siblings: Option<Box<Siblings>>,
     /// The share groups a message being routed here goes to elsewhere, by sibling.
     picked: Vec<(u16, Box<str>)>,
+    /// During a SUBSCRIBE with siblings: the token of what it tells them (0: none), and how
+    /// many answers its SUBACK waits for from each.
+    sub_token: u64,
+    sub_token_relays: u16,
 }
 
 /// Whose message is being routed, and so which share groups it goes to here.
@@ -309,6 +313,8 @@ impl Broker {
         Broker {
             siblings,
             picked: Vec::new(),
+            sub_token: 0,
+            sub_token_relays: 0,
             next_sys: cfg.sys_interval.map(|_| Instant::ZERO),
             cfg,
             conns: Conns::default(),
@@ -1773,6 +1779,10 @@ impl Broker {
         let identifier = p.properties.subscription_identifiers().next();
         let mut codes = Vec::new();
         let mut retained: Vec<(Shared<Message>, QoS)> = Vec::new();
+        if self.siblings.is_some() {
+            self.sub_token = self.new_msg_id();
+            self.sub_token_relays = 0;
+        }
         for (filter, options) in p.filters.iter() {
             let Some(s) = self.sessions.get(sid as usize).and_then(Option::as_ref) else {
                 return;
@@ -1843,7 +1853,24 @@ impl Broker {
                 });
             }
         }
-        self.push_control(conn, Control::SubAck(p.packet_id, codes));
+        let token = core::mem::take(&mut self.sub_token);
+        let relays = core::mem::take(&mut self.sub_token_relays);
+        match self.siblings.as_mut() {
+            Some(sib) if relays > 0 => {
+                // Once every sibling knows the new subscriptions, a message published
+                // anywhere after the SUBACK reaches them. (Retained messages may go out
+                // first: MQTT 5 lets a server send matching PUBLISH packets before SUBACK.)
+                let left = relays.saturating_mul(sib.me.count.saturating_sub(1));
+                let entry = shard::Unstored {
+                    left,
+                    publisher: Some(conn),
+                    inbound: None,
+                };
+                sib.unstored.insert(token, entry);
+                self.ack_message(conn, Control::SubAck(p.packet_id, codes), None, token);
+            }
+            _ => self.push_control(conn, Control::SubAck(p.packet_id, codes)),
+        }
         let ids: Vec<u32> = identifier.into_iter().collect();
         for (m, max_qos) in retained {
             if m.expired(now) {
@@ -1904,8 +1931,8 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
-        if is_new && filter.shared().is_some() {
-            self.group_member(filter.as_str(), true);
+        if is_new {
+            self.count_filter(filter.as_str(), filter.shared().is_some(), true);
         }
         is_new
     }
@@ -1952,9 +1979,7 @@ impl Broker {
             };
             push_record(&mut self.records, &mut self.seq, change);
         }
-        if filter.shared().is_some() {
-            self.group_member(filter.as_str(), false);
-        }
+        self.count_filter(filter.as_str(), filter.shared().is_some(), false);
         true
     }
 
@@ -2104,9 +2129,12 @@ impl Broker {
                 .siblings
                 .as_ref()
                 .is_some_and(|s| s.unstored.contains_key(&unstored));
-        if self.cfg.hold_acks_until_durable && (self.seq > self.durable || elsewhere) {
+        let disk = self.cfg.hold_acks_until_durable && self.seq > self.durable;
+        if disk || elsewhere {
+            // (Waiting only for the siblings, it needs no record: seq 0.)
+            let seq = if disk { self.seq } else { 0 };
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.held.push_back((self.seq, through, ctl, unstored));
+                c.held.push_back((seq, through, ctl, unstored));
                 list(&mut self.waiting, c, conn);
             }
             self.release(conn);
@@ -2192,9 +2220,7 @@ impl Broker {
             if let Ok(filter) = TopicFilter::new(&sub.filter) {
                 let slot = u32::try_from(slot).unwrap_or(u32::MAX);
                 self.index.remove(filter, &SubKey { session, slot });
-                if sub.shared {
-                    self.group_member(&sub.filter, false);
-                }
+                self.count_filter(&sub.filter, sub.shared, false);
             }
         }
         self.queued_bytes = self.queued_bytes.saturating_sub(s.bytes);
@@ -2936,9 +2962,24 @@ impl Broker {
                     *slot = st;
                 }
             }
-            Relay::Group { filter, members } => {
+            Relay::Group {
+                filter,
+                members,
+                token,
+            } => {
                 if let Some(s) = self.siblings.as_mut() {
                     s.remote_members(from, &filter, members);
+                    if token != 0 {
+                        s.press(from, Relay::Stored { id: token });
+                    }
+                }
+            }
+            Relay::Interest { filter, on, token } => {
+                if let Some(s) = self.siblings.as_mut() {
+                    s.remote_interest(from, &filter, on);
+                    if token != 0 {
+                        s.press(from, Relay::Stored { id: token });
+                    }
                 }
             }
         }
@@ -2950,10 +2991,22 @@ impl Broker {
         self.siblings.as_mut()?.out.pop_front()
     }
 
-    /// Counts a local member of a share group in or out, for the siblings.
-    fn group_member(&mut self, filter: &str, joined: bool) {
-        if let Some(s) = self.siblings.as_mut() {
-            s.member(filter, joined);
+    /// Counts a local subscription on `filter` in or out, for the siblings (a member of a
+    /// share group, or interest in a plain filter). During a SUBSCRIBE, what it tells them is
+    /// answered, and the SUBACK waits for the answers.
+    fn count_filter(&mut self, filter: &str, shared: bool, joined: bool) {
+        let Some(s) = self.siblings.as_mut() else {
+            return;
+        };
+        let token = if joined { self.sub_token } else { 0 };
+        let told = if shared {
+            s.member(filter, joined, token);
+            true
+        } else {
+            s.interest(filter, joined, token)
+        };
+        if told && token != 0 {
+            self.sub_token_relays += 1;
         }
     }
 }

@@ -149,9 +149,7 @@ impl Broker {
                         let shared = sub.shared;
                         let slot = u32::try_from(s.add_sub(sub)).unwrap_or(u32::MAX);
                         self.index.insert(f, SubKey { session: sid, slot });
-                        if shared {
-                            self.group_member(&filter, true);
-                        }
+                        self.count_filter(&filter, shared, true);
                     }
                 }
             }
@@ -310,9 +308,7 @@ impl Broker {
             if let Ok(filter) = TopicFilter::new(&sub.filter) {
                 let slot = u32::try_from(slot).unwrap_or(u32::MAX);
                 self.index.remove(filter, &SubKey { session: sid, slot });
-                if sub.shared {
-                    self.group_member(&sub.filter, false);
-                }
+                self.count_filter(&sub.filter, sub.shared, false);
             }
         }
     }
@@ -329,9 +325,7 @@ impl Broker {
         }
         let slot = u32::try_from(slot).unwrap_or(u32::MAX);
         self.index.remove(filter, &SubKey { session: sid, slot });
-        if filter.shared().is_some() {
-            self.group_member(filter.as_str(), false);
-        }
+        self.count_filter(filter.as_str(), filter.shared().is_some(), false);
     }
 
     /// The durable state: persistent sessions and retained messages (not `$SYS`).

@@ -120,9 +120,10 @@ pub enum Relay {
         /// The session on the sender.
         session: u32,
     },
-    /// This sibling's records of message `id` (forwarded with `confirm`) are durable.
+    /// This sibling's records of message `id` (forwarded with `confirm`) are durable, or it
+    /// applied what came with token `id`.
     Stored {
-        /// The message.
+        /// The message or token.
         id: u64,
     },
     /// The sender's counters, for the `$SYS` topics each sibling publishes for all.
@@ -135,6 +136,18 @@ pub enum Relay {
         filter: Box<str>,
         /// Its members on the sender.
         members: u32,
+        /// Answer [`Relay::Stored`] with it, unless 0 (a SUBACK waits for the answers).
+        token: u64,
+    },
+    /// The sender has subscriptions on plain filter `filter` now (`on`), or none any more:
+    /// messages matching it are forwarded to it.
+    Interest {
+        /// The filter.
+        filter: Box<str>,
+        /// Whether some session on the sender subscribes to it.
+        on: bool,
+        /// Answer [`Relay::Stored`] with it, unless 0 (a SUBACK waits for the answers).
+        token: u64,
     },
 }
 
@@ -166,6 +179,9 @@ pub(crate) struct Siblings {
     pub(crate) out: VecDeque<Forward>,
     /// Members of each local share group.
     local: BTreeMap<Box<str>, u32>,
+    /// Local subscriptions per plain filter, and the siblings' filters by sibling.
+    filters: BTreeMap<Box<str>, u32>,
+    pub(crate) interest: Router<u16>,
     /// Share groups with members elsewhere, by slot, and their index by topic.
     groups: Vec<Group>,
     slots: BTreeMap<Box<str>, u32>,
@@ -194,6 +210,8 @@ impl Siblings {
             me,
             out: VecDeque::new(),
             local: BTreeMap::new(),
+            filters: BTreeMap::new(),
+            interest: Router::new(),
             groups: Vec::new(),
             slots: BTreeMap::new(),
             index: Router::new(),
@@ -205,7 +223,7 @@ impl Siblings {
     }
 
     /// A local member joined (`+1`) or left (`-1`) share group `filter`: the others are told.
-    pub(crate) fn member(&mut self, filter: &str, joined: bool) {
+    pub(crate) fn member(&mut self, filter: &str, joined: bool, token: u64) {
         let n = self.local.entry(Box::from(filter)).or_insert(0);
         *n = if joined {
             n.saturating_add(1)
@@ -221,8 +239,49 @@ impl Siblings {
             relay: Relay::Group {
                 filter: Box::from(filter),
                 members,
+                token,
             },
         });
+    }
+
+    /// A local subscription on plain `filter` came (`joined`) or went: the others are told
+    /// when it is the first or the last. Returns whether they were.
+    pub(crate) fn interest(&mut self, filter: &str, joined: bool, token: u64) -> bool {
+        let n = self.filters.entry(Box::from(filter)).or_insert(0);
+        let before = *n;
+        *n = if joined {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
+        let after = *n;
+        if after == 0 {
+            self.filters.remove(filter);
+        }
+        if (before == 0) == (after == 0) {
+            return false;
+        }
+        self.out.push_back(Forward {
+            to: None,
+            relay: Relay::Interest {
+                filter: Box::from(filter),
+                on: after > 0,
+                token,
+            },
+        });
+        true
+    }
+
+    /// Sibling `from` subscribes to `filter` now, or no more.
+    pub(crate) fn remote_interest(&mut self, from: u16, filter: &str, on: bool) {
+        let Ok(f) = TopicFilter::new(filter) else {
+            return;
+        };
+        if on {
+            self.interest.insert(f, from);
+        } else {
+            self.interest.remove(f, &from);
+        }
     }
 
     /// Sibling `from` has `members` members in `filter` now.
@@ -345,10 +404,21 @@ impl Siblings {
         confirm: bool,
         picked: &[(u16, Box<str>)],
     ) {
-        if confirm {
-            let left = self.me.count.saturating_sub(1);
+        // To the siblings that subscribe to a matching filter, that serve a share group of
+        // it, or that own its retained topic.
+        let mut to_mask: u64 = 0;
+        self.interest
+            .for_each_match(&msg.topic, |&s| to_mask |= 1 << (s % 64));
+        for (s, _) in picked {
+            to_mask |= 1 << (s % 64);
+        }
+        if msg.retain {
+            to_mask |= 1 << (self.me.owner(&msg.topic) % 64);
+        }
+        to_mask &= !(1 << (self.me.index % 64));
+        if confirm && to_mask != 0 {
             let entry = Unstored {
-                left,
+                left: u16::try_from(to_mask.count_ones()).unwrap_or(u16::MAX),
                 publisher: origin,
                 inbound: None,
             };
@@ -356,7 +426,7 @@ impl Siblings {
         }
         let known: Box<[Box<str>]> = picked.iter().map(|(_, f)| f.clone()).collect();
         for to in 0..self.me.count {
-            if to == self.me.index {
+            if to_mask & (1 << (to % 64)) == 0 {
                 continue;
             }
             let groups = picked
