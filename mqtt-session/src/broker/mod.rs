@@ -94,8 +94,9 @@
 //! names it), so a session, its takeovers and its resumes always meet on one sibling. After
 //! each call it drains [`Broker::poll_forward`] into the other siblings' inboxes (in order)
 //! and a task per sibling feeds its inbox to [`Broker::handle_forward`]. What crosses is a
-//! shared pointer to the message, a retained change ordered by its topic's owner, or a share
-//! group's member count; and back, a subscriber's sibling holding a publisher
+//! shared pointer to the message (to the siblings that subscribe to it), a retained change
+//! ordered by its topic's owner, which filters and share groups each sibling subscribes to;
+//! and back, a subscriber's sibling holding a publisher
 //! ([`shard::Relay::Press`]), the siblings' counters for `$SYS`, and with acknowledgments
 //! held, [`shard::Relay::Stored`] once a sibling's copies are durable. All siblings must be
 //! given the same clock. Each keeps a store of its own; QoS 2 across siblings may come twice

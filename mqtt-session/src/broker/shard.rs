@@ -7,9 +7,14 @@
 //! [`Forward`]: a message published here, for the others' subscribers; a retained message set
 //! or cleared by the sibling that owns its topic; the member count of a share group.
 //!
-//! - **Messages.** Every message published on a sibling is routed to its own subscribers and
-//!   forwarded to every other sibling, which routes it to theirs. Order is kept per publisher
-//!   as long as the runtime hands each sibling's forwards over in the order they come.
+//! - **Messages.** A message published on a sibling is routed to its own subscribers and
+//!   forwarded to each sibling that subscribes to a matching filter, serves a share group of
+//!   it, or owns its retained topic; that sibling routes it to its subscribers. Each sibling
+//!   tells the others when its first subscription on a filter comes or its last goes
+//!   ([`Relay::Interest`]), and a SUBACK waits until every sibling has applied that (answered
+//!   [`Relay::Stored`] with the SUBSCRIBE's token), so a message published anywhere after the
+//!   SUBACK reaches the new subscription. Order is kept per publisher as long as the runtime
+//!   hands each sibling's forwards over in the order they come.
 //! - **Retained messages.** Each topic has one owner sibling (a hash of the topic). Only the
 //!   owner stores a retained publish first, then tells every other sibling to store the same,
 //!   so every sibling applies the changes of a topic in the owner's order and none keeps an
@@ -26,7 +31,8 @@
 //!   than half full tells the publisher's sibling to hold the publisher ([`Relay::Press`]),
 //!   as a local subscriber would; the session lets it go when it drains below a quarter
 //!   ([`Relay::Relieve`]). The hold comes one hand-over late, so a publisher may send one more
-//!   read's worth first.
+//!   read's worth first: many fast publishers on other siblings can still fill a subscriber's
+//!   session past its limit (what does not fit is dropped and counted).
 //! - **`$SYS`.** At each tick a sibling sends its counters to the others and publishes its
 //!   own added to theirs, so every sibling's `$SYS` topics count the whole server.
 //! - **Persistence.** Each sibling records its own sessions and the retained messages it
