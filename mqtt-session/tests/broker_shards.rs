@@ -483,3 +483,63 @@ fn restored_siblings_get_every_retained_message_back_from_its_owner() {
         }
     }
 }
+
+#[test]
+fn a_publisher_waits_while_too_many_of_its_messages_are_on_their_way_to_a_sibling() {
+    use mqtt_session::broker::shard::{Relay, WINDOW};
+    let mut sib = Siblings::with(
+        2,
+        Config {
+            limits: Limits {
+                session_messages: 10_000,
+                session_bytes: 1 << 24,
+                ..Limits::default()
+            },
+            ..Config::default()
+        },
+    );
+    let s = sib.client(1, "sub");
+    sib.subscribe(s, "w", QoS::AtMostOnce);
+    let p = sib.client(0, "pub");
+    let total = WINDOW as usize + 500;
+    let now = sib.nets[p.0].now;
+    for i in 0..total {
+        let payload = (i as u32).to_be_bytes();
+        let msg = mqtt_proto::Publish::new("w", &payload);
+        sib.nets[p.0]
+            .cl(p.1)
+            .publish(now, &msg, 5)
+            .expect("publish");
+    }
+    sib.nets[p.0].run();
+    // Nothing handed over yet: sibling 0 stops reading once the window is past.
+    let mut forwards = Vec::new();
+    while let Some(f) = sib.nets[0].broker.poll_forward() {
+        forwards.push(f);
+    }
+    let published = forwards
+        .iter()
+        .filter(|f| matches!(f.relay, Relay::Publish { .. }))
+        .count();
+    assert_eq!(published, WINDOW as usize + 1, "held past the window");
+    assert!(
+        !sib.nets[p.0].peers[p.1].up.is_empty(),
+        "the rest waits, unread"
+    );
+    for f in forwards {
+        let now = sib.nets[1].now;
+        sib.nets[1].broker.handle_forward(now, 0, f.relay);
+    }
+    sib.settle();
+    let got: Vec<u32> = sib
+        .messages(s)
+        .iter()
+        .map(|m| u32::from_be_bytes(m.payload[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        (0..total as u32).collect::<Vec<_>>(),
+        "all of it, in order"
+    );
+    assert!(sib.nets[0].broker.stats().publishers_held >= 1);
+}

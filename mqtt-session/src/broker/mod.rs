@@ -2477,7 +2477,13 @@ impl Broker {
             // With acks held, the publisher's waits for every sibling's copy to be stored.
             let confirm =
                 self.cfg.hold_acks_until_durable && msg.qos != QoS::AtMostOnce && conn.is_some();
-            sib.publish(msg, conn, confirm, &picked);
+            let full = sib.publish(msg, conn, confirm, &picked);
+            // A sibling with too much of ours on its way holds the publisher until it took
+            // some (its subscribers' back-pressure reaches here only that late).
+            if let (Some(conn), true) = (conn, full != 0) {
+                let keys = sib.wait_for_windows(conn, full);
+                self.hold_for(conn, now, &keys);
+            }
             self.picked = picked;
             self.picked.clear();
         }
@@ -2888,6 +2894,9 @@ impl Broker {
                 groups,
                 known,
             } => {
+                if let Some(s) = self.siblings.as_mut() {
+                    s.took_one(from);
+                }
                 if msg.retain {
                     self.publish_retained(&msg);
                 }
@@ -2949,6 +2958,12 @@ impl Broker {
                     self.release(conn);
                 }
             }
+            Relay::Took { n } => {
+                let waiters = self.siblings.as_mut().map(|s| s.took(from, n));
+                for conn in waiters.unwrap_or_default() {
+                    self.let_go(conn, (from, shard::WINDOW_KEY), now);
+                }
+            }
             Relay::Press { conn, session } => self.hold_for(conn, now, &[(from, session)]),
             Relay::Relieve { conn, session } => self.let_go(conn, (from, session), now),
             Relay::Retain(msg) => {
@@ -2989,7 +3004,9 @@ impl Broker {
     /// The next thing to tell the siblings (none without them). Hand each to its sibling's
     /// [`Broker::handle_forward`] in the order they come.
     pub fn poll_forward(&mut self) -> Option<shard::Forward> {
-        self.siblings.as_mut()?.out.pop_front()
+        let sib = self.siblings.as_mut()?;
+        sib.report_taken();
+        sib.out.pop_front()
     }
 
     /// Counts a local subscription on `filter` in or out, for the siblings (a member of a

@@ -132,6 +132,12 @@ pub enum Relay {
         /// The message or token.
         id: u64,
     },
+    /// The sender handled this many more of the messages this sibling forwarded to it (its
+    /// publishers are held while too many are on their way: see [`WINDOW`]).
+    Took {
+        /// How many since the last `Took`.
+        n: u32,
+    },
     /// The sender's counters, for the `$SYS` topics each sibling publishes for all.
     Counters(Stats),
     /// Store this as the retained message of its topic (an empty payload clears it).
@@ -170,6 +176,15 @@ pub(crate) struct Unstored {
     pub(crate) inbound: Option<(Shared<str>, PacketId)>,
 }
 
+/// Messages one sibling may have forwarded to another and not heard were handled
+/// ([`Relay::Took`]) before the publishers sending them are held; they go on below half of
+/// it. A sibling's subscriber holds a publisher elsewhere only once that word arrives
+/// ([`Relay::Press`]), so what is on its way must fit in what the subscriber has left.
+pub const WINDOW: u32 = 1024;
+
+/// The hold key (with the sibling's index) of a publisher held for that sibling's window.
+pub(crate) const WINDOW_KEY: u32 = u32::MAX;
+
 /// A share group some sibling has members in.
 #[derive(Debug)]
 struct Group {
@@ -201,6 +216,11 @@ pub(crate) struct Siblings {
     /// Messages forwarded here to answer [`Relay::Stored`] for once the records up to this
     /// seq are durable: (seq, sender, message).
     pub(crate) to_confirm: VecDeque<(u64, u16, u64)>,
+    /// Per sibling: messages forwarded to it not yet taken, messages it forwarded here
+    /// handled and not yet reported, and the publishers held for its window.
+    in_flight: Vec<u32>,
+    taken: Vec<u32>,
+    window_waiters: Vec<Vec<ConnId>>,
 }
 
 /// Where a share group's copy of a message goes.
@@ -225,6 +245,9 @@ impl Siblings {
             counters: alloc::vec![Stats::default(); usize::from(me.count)],
             unstored: BTreeMap::new(),
             to_confirm: VecDeque::new(),
+            in_flight: alloc::vec![0; usize::from(me.count)],
+            taken: alloc::vec![0; usize::from(me.count)],
+            window_waiters: alloc::vec![Vec::new(); usize::from(me.count)],
         }
     }
 
@@ -401,15 +424,65 @@ impl Siblings {
             .all(|(i, &m)| m == 0 || i == usize::from(from))
     }
 
-    /// The forwards of one message published here: one per other sibling, each naming the
-    /// groups it serves.
+    /// A message sibling `from` forwarded was handled here.
+    pub(crate) fn took_one(&mut self, from: u16) {
+        if let Some(t) = self.taken.get_mut(usize::from(from)) {
+            *t = t.saturating_add(1);
+        }
+    }
+
+    /// Queues a [`Relay::Took`] for each sibling whose messages were handled since the last.
+    pub(crate) fn report_taken(&mut self) {
+        for (to, n) in self.taken.iter_mut().enumerate() {
+            if *n > 0 {
+                let relay = Relay::Took {
+                    n: core::mem::take(n),
+                };
+                let to = u16::try_from(to).ok();
+                self.out.push_back(Forward { to, relay });
+            }
+        }
+    }
+
+    /// Sibling `from` took `n` of ours: the publishers held for its window, once it has room.
+    pub(crate) fn took(&mut self, from: u16, n: u32) -> Vec<ConnId> {
+        let i = usize::from(from);
+        let Some(f) = self.in_flight.get_mut(i) else {
+            return Vec::new();
+        };
+        *f = f.saturating_sub(n);
+        if *f > WINDOW / 2 {
+            return Vec::new();
+        }
+        self.window_waiters
+            .get_mut(i)
+            .map(core::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Holds `conn` for the windows of the siblings in `full`; returns their hold keys.
+    pub(crate) fn wait_for_windows(&mut self, conn: ConnId, full: u64) -> Vec<(u16, u32)> {
+        let mut keys = Vec::new();
+        for (i, w) in self.window_waiters.iter_mut().enumerate() {
+            if full & (1 << (i % 64)) != 0 {
+                if !w.contains(&conn) {
+                    w.push(conn);
+                }
+                keys.push((u16::try_from(i).unwrap_or(u16::MAX), WINDOW_KEY));
+            }
+        }
+        keys
+    }
+
+    /// The forwards of one message published here: one per sibling that wants it, each
+    /// naming the groups it serves. Returns the siblings whose window it filled.
     pub(crate) fn publish(
         &mut self,
         msg: &Shared<Message>,
         origin: Option<ConnId>,
         confirm: bool,
         picked: &[(u16, Box<str>)],
-    ) {
+    ) -> u64 {
         // To the siblings that subscribe to a matching filter, that serve a share group of
         // it, or that own its retained topic.
         let mut to_mask: u64 = 0;
@@ -431,9 +504,16 @@ impl Siblings {
             self.unstored.insert(msg.id, entry);
         }
         let known: Box<[Box<str>]> = picked.iter().map(|(_, f)| f.clone()).collect();
+        let mut full = 0u64;
         for to in 0..self.me.count {
             if to_mask & (1 << (to % 64)) == 0 {
                 continue;
+            }
+            if let Some(f) = self.in_flight.get_mut(usize::from(to)) {
+                *f = f.saturating_add(1);
+                if *f > WINDOW {
+                    full |= 1 << (to % 64);
+                }
             }
             let groups = picked
                 .iter()
@@ -451,6 +531,7 @@ impl Siblings {
                 },
             });
         }
+        full
     }
 
     /// Tells sibling `to` about publisher `conn` of its and session `session` of ours.
