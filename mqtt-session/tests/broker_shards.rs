@@ -503,15 +503,18 @@ fn a_publisher_waits_while_too_many_of_its_messages_are_on_their_way_to_a_siblin
     let p = sib.client(0, "pub");
     let total = WINDOW as usize + 500;
     let now = sib.nets[p.0].now;
-    for i in 0..total {
-        let payload = (i as u32).to_be_bytes();
-        let msg = mqtt_proto::Publish::new("w", &payload);
-        sib.nets[p.0]
-            .cl(p.1)
-            .publish(now, &msg, 5)
-            .expect("publish");
+    // In rounds that fit the client's queue (what it wrote waits on the wire).
+    for round in (0..total).collect::<Vec<_>>().chunks(1000) {
+        for &i in round {
+            let payload = (i as u32).to_be_bytes();
+            let msg = mqtt_proto::Publish::new("w", &payload);
+            sib.nets[p.0]
+                .cl(p.1)
+                .publish(now, &msg, 5)
+                .expect("publish");
+        }
+        sib.nets[p.0].run();
     }
-    sib.nets[p.0].run();
     // Nothing handed over yet: sibling 0 stops reading once the window is past.
     let mut forwards = Vec::new();
     while let Some(f) = sib.nets[0].broker.poll_forward() {

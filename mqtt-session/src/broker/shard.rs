@@ -180,7 +180,7 @@ pub(crate) struct Unstored {
 /// ([`Relay::Took`]) before the publishers sending them are held; they go on below half of
 /// it. A sibling's subscriber holds a publisher elsewhere only once that word arrives
 /// ([`Relay::Press`]), so what is on its way must fit in what the subscriber has left.
-pub const WINDOW: u32 = 1024;
+pub const WINDOW: u32 = 4096;
 
 /// The hold key (with the sibling's index) of a publisher held for that sibling's window.
 pub(crate) const WINDOW_KEY: u32 = u32::MAX;
@@ -431,10 +431,12 @@ impl Siblings {
         }
     }
 
-    /// Queues a [`Relay::Took`] for each sibling whose messages were handled since the last.
+    /// Queues a [`Relay::Took`] for each sibling with a quarter of a window of its messages
+    /// handled since the last (fewer would cost a hand-over back for every few messages; a
+    /// quarter still lets a held publisher go, below half, once all its messages were taken).
     pub(crate) fn report_taken(&mut self) {
         for (to, n) in self.taken.iter_mut().enumerate() {
-            if *n > 0 {
+            if *n >= WINDOW / 4 {
                 let relay = Relay::Took {
                     n: core::mem::take(n),
                 };
