@@ -31,8 +31,11 @@
 //!   than half full tells the publisher's sibling to hold the publisher ([`Relay::Press`]),
 //!   as a local subscriber would; the session lets it go when it drains below a quarter
 //!   ([`Relay::Relieve`]). The hold comes one hand-over late, so a publisher may send one more
-//!   read's worth first: many fast publishers on other siblings can still fill a subscriber's
-//!   session past its limit (what does not fit is dropped and counted).
+//!   read's worth first. So a sibling also holds a publisher while more than [`WINDOW`] of
+//!   its messages are on their way to another sibling and not yet taken ([`Relay::Took`]):
+//!   what is in flight between two siblings is bounded, and a subscriber with less room left
+//!   than that can still be overrun by many fast publishers elsewhere (what does not fit is
+//!   dropped and counted).
 //! - **`$SYS`.** At each tick a sibling sends its counters to the others and publishes its
 //!   own added to theirs, so every sibling's `$SYS` topics count the whole server.
 //! - **Persistence.** Each sibling records its own sessions and the retained messages it
