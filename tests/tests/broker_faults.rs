@@ -314,10 +314,16 @@ async fn a_flood_of_bad_and_half_open_connections_does_not_harm_the_good_ones() 
         );
         let mut slowest = Duration::ZERO;
         for b in bad {
-            let closed = b
-                .await
-                .unwrap()
-                .unwrap_or_else(|i| panic!("bad connection {i} (kind {}) was never closed", i % 6));
+            let closed = b.await.unwrap().unwrap_or_else(|i| {
+                // Known to happen about once in 20 runs (since before sibling cores): the
+                // numbers say whether the broker still counts the connection open.
+                panic!(
+                    "bad connection {i} (kind {}) was never closed; broker: {} open, {:?}",
+                    i % 6,
+                    broker.connections(),
+                    broker.stats()
+                )
+            });
             slowest = slowest.max(closed);
         }
         // Closed within the connect timeout (2 s) and the timer's 250 ms granularity.
