@@ -9,14 +9,11 @@ mod broker_common;
 
 use std::collections::BTreeMap;
 
+use broker_common::model::*;
 use broker_common::*;
-use mqtt_proto::{QoS, SubscriptionOptions, matches};
+use mqtt_proto::{QoS, SubscriptionOptions};
 use mqtt_session::broker::Config;
 use proptest::prelude::*;
-
-const CLIENTS: usize = 3;
-const TOPICS: [&str; 4] = ["a/x", "a/y", "b/x", "b/y"];
-const FILTERS: [&str; 5] = ["a/+", "+/x", "#", "b/y", "a/x"];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -29,14 +26,6 @@ enum Op {
     Advance(u64),
 }
 
-fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
-}
-
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..CLIENTS).prop_map(Op::Drop),
@@ -45,23 +34,6 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..CLIENTS, 0..TOPICS.len(), qos()).prop_map(|(c, t, q)| Op::Publish(c, t, q)),
         1 => (1u64..5_000).prop_map(Op::Advance),
     ]
-}
-
-/// Each client's subscriptions: (filter index, max QoS).
-fn subs() -> impl Strategy<Value = Vec<Vec<(usize, QoS)>>> {
-    proptest::collection::vec(
-        proptest::collection::vec((0..FILTERS.len(), qos()), 0..3),
-        CLIENTS,
-    )
-}
-
-fn client_cfg(i: usize) -> ClientConfig {
-    ClientConfig {
-        clean_start: false,
-        session_expiry: 100_000,
-        // One 3.1.1 client among the 5.0 ones.
-        ..ccfg(if i == 0 { V311 } else { V5 })
-    }
 }
 
 fn run(subs: &[Vec<(usize, QoS)>], ops: &[Op]) -> Result<(), TestCaseError> {
@@ -122,68 +94,7 @@ fn run(subs: &[Vec<(usize, QoS)>], ops: &[Op]) -> Result<(), TestCaseError> {
         0
     );
 
-    let published_qos: BTreeMap<(usize, u32), QoS> = published
-        .iter()
-        .map(|&(p, sq, _, q)| ((p, sq), q))
-        .collect();
-    for (s, subscribed) in subscribed.iter().enumerate() {
-        let got = net.messages(s);
-        // (publisher, seq) → how many times, and the QoS it came with.
-        let mut count: BTreeMap<(usize, u32), (usize, QoS)> = BTreeMap::new();
-        let mut last_seq: BTreeMap<usize, u32> = BTreeMap::new();
-        for m in &got {
-            let key = (
-                usize::from(m.payload[0]),
-                u32::from(m.payload[1]) << 8 | u32::from(m.payload[2]),
-            );
-            let e = count.entry(key).or_insert((0, m.qos));
-            e.0 += 1;
-            // A QoS 1/2 publish delivered at QoS 0 may lose its first copy and arrive as the
-            // publisher's retransmission, later: only the others keep their first position.
-            let resent_late = m.qos == QoS::AtMostOnce
-                && published_qos
-                    .get(&key)
-                    .is_some_and(|q| *q != QoS::AtMostOnce);
-            if e.0 == 1 && !resent_late {
-                // First arrivals are in publish order per publisher.
-                let last = last_seq.entry(key.0).or_insert(0);
-                prop_assert!(
-                    key.1 > *last,
-                    "subscriber {} got {:?} after seq {}",
-                    s,
-                    key,
-                    last
-                );
-                *last = key.1;
-            }
-        }
-        for &(p, sq, t, q) in &published {
-            let best = subscribed
-                .iter()
-                .filter(|(f, _)| matches(FILTERS[**f], TOPICS[t]))
-                .map(|(_, q)| *q)
-                .max();
-            let Some(best) = best else {
-                prop_assert!(!count.contains_key(&(p, sq)), "unsubscribed delivery");
-                continue;
-            };
-            let eff = q.min(best);
-            let n = count.get(&(p, sq)).map_or(0, |e| e.0);
-            match eff {
-                // A QoS 1 publish may reach the broker twice (its PUBACK lost): then twice.
-                QoS::AtMostOnce if q == QoS::AtMostOnce => prop_assert!(n <= 1),
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    prop_assert!(n >= 1, "QoS 1 message {:?} lost to {}", (p, sq), s)
-                }
-                QoS::ExactlyOnce => prop_assert_eq!(n, 1, "QoS 2 message {:?} to {}", (p, sq), s),
-            }
-            if n > 0 {
-                prop_assert_eq!(count[&(p, sq)].1, eff);
-            }
-        }
-    }
-    Ok(())
+    check_promises(&subscribed, &published, |s| net.messages(s))
 }
 
 proptest! {

@@ -4,6 +4,7 @@
 
 mod broker_common;
 
+use broker_common::model::qos;
 use broker_common::*;
 use mqtt_proto::{Packet, Property, QoS, SubscriptionOptions, TopicFilter};
 use mqtt_session::ConnectOptions;
@@ -25,14 +26,6 @@ enum Op {
     Unsubscribe(usize, usize),
     Publish(usize, usize, QoS, bool, bool),
     Advance(u64),
-}
-
-fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {

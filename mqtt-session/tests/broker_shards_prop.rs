@@ -10,14 +10,12 @@ mod broker_common;
 
 use std::collections::BTreeMap;
 
+use broker_common::model::*;
 use broker_common::*;
-use mqtt_proto::{QoS, SubscriptionOptions, matches};
+use mqtt_proto::{QoS, SubscriptionOptions};
 use proptest::prelude::*;
 
-const CLIENTS: usize = 3;
 const SIBLINGS: usize = 2;
-const TOPICS: [&str; 4] = ["a/x", "a/y", "b/x", "b/y"];
-const FILTERS: [&str; 5] = ["a/+", "+/x", "#", "b/y", "a/x"];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -31,14 +29,6 @@ enum Op {
     Pump,
 }
 
-fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
-}
-
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..CLIENTS).prop_map(Op::Drop),
@@ -48,23 +38,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u64..5_000).prop_map(Op::Advance),
         2 => Just(Op::Pump),
     ]
-}
-
-/// Each client's subscriptions: (filter index, max QoS).
-fn subs() -> impl Strategy<Value = Vec<Vec<(usize, QoS)>>> {
-    proptest::collection::vec(
-        proptest::collection::vec((0..FILTERS.len(), qos()), 0..3),
-        CLIENTS,
-    )
-}
-
-fn client_cfg(i: usize) -> ClientConfig {
-    ClientConfig {
-        clean_start: false,
-        session_expiry: 100_000,
-        // One 3.1.1 client among the 5.0 ones.
-        ..ccfg(if i == 0 { V311 } else { V5 })
-    }
 }
 
 fn run(subs: &[Vec<(usize, QoS)>], ops: &[Op]) -> Result<(), TestCaseError> {
@@ -151,69 +124,10 @@ fn run(subs: &[Vec<(usize, QoS)>], ops: &[Op]) -> Result<(), TestCaseError> {
         prop_assert_eq!(d.total() - d.offline_qos0, 0);
     }
 
-    let published_qos: BTreeMap<(usize, u32), QoS> = published
-        .iter()
-        .map(|&(p, sq, _, q)| ((p, sq), q))
-        .collect();
-    for (s, subscribed) in subscribed.iter().enumerate() {
+    check_promises(&subscribed, &published, |s| {
         let (n, p) = at(s);
-        let got = sib.nets[n].messages(p);
-        // (publisher, seq) → how many times, and the QoS it came with.
-        let mut count: BTreeMap<(usize, u32), (usize, QoS)> = BTreeMap::new();
-        let mut last_seq: BTreeMap<usize, u32> = BTreeMap::new();
-        for m in &got {
-            let key = (
-                usize::from(m.payload[0]),
-                u32::from(m.payload[1]) << 8 | u32::from(m.payload[2]),
-            );
-            let e = count.entry(key).or_insert((0, m.qos));
-            e.0 += 1;
-            // A QoS 1/2 publish delivered at QoS 0 may lose its first copy and arrive as the
-            // publisher's retransmission, later: only the others keep their first position.
-            let resent_late = m.qos == QoS::AtMostOnce
-                && published_qos
-                    .get(&key)
-                    .is_some_and(|q| *q != QoS::AtMostOnce);
-            if e.0 == 1 && !resent_late {
-                // First arrivals are in publish order per publisher.
-                let last = last_seq.entry(key.0).or_insert(0);
-                prop_assert!(
-                    key.1 > *last,
-                    "subscriber {} got {:?} after seq {}",
-                    s,
-                    key,
-                    last
-                );
-                *last = key.1;
-            }
-        }
-        for &(p, sq, t, q) in &published {
-            let best = subscribed
-                .iter()
-                .filter(|(f, _)| matches(FILTERS[**f], TOPICS[t]))
-                .map(|(_, q)| *q)
-                .max();
-            let Some(best) = best else {
-                prop_assert!(!count.contains_key(&(p, sq)), "unsubscribed delivery");
-                continue;
-            };
-            let eff = q.min(best);
-            let n = count.get(&(p, sq)).map_or(0, |e| e.0);
-            match eff {
-                // A QoS 1 publish may reach the broker twice (its PUBACK lost): then twice.
-                QoS::AtMostOnce if q == QoS::AtMostOnce => prop_assert!(n <= 1),
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => {
-                    prop_assert!(n >= 1, "QoS 1 message {:?} lost to {}", (p, sq), s)
-                }
-                QoS::ExactlyOnce => prop_assert_eq!(n, 1, "QoS 2 message {:?} to {}", (p, sq), s),
-            }
-            if n > 0 {
-                prop_assert_eq!(count[&(p, sq)].1, eff);
-            }
-        }
-    }
-    Ok(())
+        sib.nets[n].messages(p)
+    })
 }
 
 proptest! {

@@ -7,6 +7,8 @@
 //! for that peer's protocol version).
 #![allow(dead_code)]
 
+pub mod model;
+
 use mqtt_proto::{
     Connect, Packet, PacketId, Properties, Property, ProtocolVersion, QoS, ReasonCode, Status,
     SubscriptionOptions, TopicName, Will, decode,
