@@ -7,26 +7,16 @@
 
 use core::time::Duration;
 
+#[path = "broker_common.rs"]
+mod broker_common;
+
+use broker_common::{LIMITS, drain};
 use libfuzzer_sys::fuzz_target;
-use mqtt_proto::{
-    Connect, Packet, Properties, Property, ProtocolVersion, QoS, Status, TopicName, Will, decode,
-};
+use mqtt_proto::{Connect, Packet, Properties, Property, ProtocolVersion, QoS, TopicName, Will};
 use mqtt_session::Instant;
 use mqtt_session::broker::ledger::{Ledger, Write};
-use mqtt_session::broker::{Answer, Broker, Config, ConnId, Error, Event, Limits, Question};
+use mqtt_session::broker::{Answer, Broker, Config, ConnId, Event, Limits, Question};
 use std::collections::BTreeMap;
-
-const LIMITS: Limits = Limits {
-    session_messages: 16,
-    session_bytes: 4096,
-    total_bytes: 16 * 1024,
-    control_packets: 32,
-    subscriptions: 8,
-    retained_bytes: 4096,
-    // Short, so that clock jumps reach both ends of a hold: drained, and stalled.
-    backpressure_ms: 50,
-    publish_rate: 0,
-};
 
 /// A well-formed CONNECT chosen by one byte, so that most runs get past the handshake.
 fn connect(sel: u8, out: &mut Vec<u8>) {
@@ -66,30 +56,6 @@ fn connect(sel: u8, out: &mut Vec<u8>) {
     if let Ok(n) = packet.encode(version, &mut buf) {
         out.extend_from_slice(&buf[..n]);
     }
-}
-
-fn drain(broker: &mut Broker, conn: ConnId, now: Instant, small: bool) {
-    let mut buf = vec![0u8; if small { 8 } else { 1 << 16 }];
-    for _ in 0..10_000 {
-        match broker.poll_transmit(conn, now, &mut buf) {
-            Ok(Some(n)) => {
-                let version = broker
-                    .protocol_version(conn)
-                    .unwrap_or(ProtocolVersion::V311);
-                match decode(&buf[..n], version, usize::MAX) {
-                    Ok(Status::Complete((_, used))) => assert_eq!(used, n),
-                    other => panic!("invalid packet for {version}: {:?} {other:?}", &buf[..n]),
-                }
-            }
-            Ok(None) | Err(Error::UnknownConnection) => return,
-            Err(Error::BufferTooSmall { needed }) => {
-                assert!(needed > buf.len());
-                buf.resize(needed.min(1 << 20), 0);
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("poll_transmit never ran dry");
 }
 
 fuzz_target!(|data: &[u8]| {

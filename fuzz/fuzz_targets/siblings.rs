@@ -7,24 +7,17 @@
 
 use core::time::Duration;
 
+#[path = "broker_common.rs"]
+mod broker_common;
+
+use broker_common::{LIMITS, drain};
 use libfuzzer_sys::fuzz_target;
-use mqtt_proto::{Connect, Packet, ProtocolVersion, Status, decode};
+use mqtt_proto::{Connect, Packet, ProtocolVersion};
 use mqtt_session::Instant;
 use mqtt_session::broker::shard::{Forward, Shard};
-use mqtt_session::broker::{Broker, Config, ConnId, Error, Event, Limits};
+use mqtt_session::broker::{Broker, Config, ConnId, Event};
 
 const SIBLINGS: u16 = 3;
-
-const LIMITS: Limits = Limits {
-    session_messages: 16,
-    session_bytes: 4096,
-    total_bytes: 16 * 1024,
-    control_packets: 32,
-    subscriptions: 8,
-    retained_bytes: 4096,
-    backpressure_ms: 50,
-    publish_rate: 0,
-};
 
 fn connect(sel: u8, out: &mut Vec<u8>) {
     let version = if sel & 1 == 0 {
@@ -41,27 +34,6 @@ fn connect(sel: u8, out: &mut Vec<u8>) {
     if let Ok(n) = packet.encode(version, &mut buf) {
         out.extend_from_slice(&buf[..n]);
     }
-}
-
-fn drain(broker: &mut Broker, conn: ConnId, now: Instant) {
-    let mut buf = vec![0u8; 1 << 16];
-    for _ in 0..10_000 {
-        match broker.poll_transmit(conn, now, &mut buf) {
-            Ok(Some(n)) => {
-                let version = broker
-                    .protocol_version(conn)
-                    .unwrap_or(ProtocolVersion::V311);
-                match decode(&buf[..n], version, usize::MAX) {
-                    Ok(Status::Complete((_, used))) => assert_eq!(used, n),
-                    other => panic!("invalid packet for {version}: {:?} {other:?}", &buf[..n]),
-                }
-            }
-            Ok(None) | Err(Error::UnknownConnection) => return,
-            Err(Error::BufferTooSmall { needed }) => buf.resize(needed.min(1 << 20), 0),
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("poll_transmit never ran dry");
 }
 
 /// Moves every sibling's forwards into the others' inboxes (in order); hands the inboxes
@@ -155,13 +127,13 @@ fuzz_target!(|data: &[u8]| {
             while b.poll_record().is_some() {}
             while let Some(e) = b.poll_event() {
                 if let Event::Close { conn, .. } = e {
-                    drain(b, conn, now);
+                    drain(b, conn, now, false);
                     let _ = b.handle_close(conn, now);
                     conns.retain(|(o, c, _)| !(*o == s && *c == conn));
                 }
             }
             while let Some(conn) = b.poll_wake() {
-                drain(b, conn, now);
+                drain(b, conn, now, false);
             }
             assert!(b.queued_bytes() <= LIMITS.total_bytes);
             assert!(b.retained_bytes() <= LIMITS.retained_bytes);
