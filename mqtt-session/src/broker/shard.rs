@@ -188,6 +188,23 @@ pub const WINDOW: u32 = 4096;
 /// The hold key (with the sibling's index) of a publisher held for that sibling's window.
 pub(crate) const WINDOW_KEY: u32 = u32::MAX;
 
+/// Counts one more (`joined`) or one less subscription on `filter` in `counts`, forgetting
+/// it at 0; returns the count before and after.
+fn count(counts: &mut BTreeMap<Box<str>, u32>, filter: &str, joined: bool) -> (u32, u32) {
+    let n = counts.entry(Box::from(filter)).or_insert(0);
+    let before = *n;
+    *n = if joined {
+        n.saturating_add(1)
+    } else {
+        n.saturating_sub(1)
+    };
+    let after = *n;
+    if after == 0 {
+        counts.remove(filter);
+    }
+    (before, after)
+}
+
 /// A share group some sibling has members in.
 #[derive(Debug)]
 struct Group {
@@ -256,16 +273,7 @@ impl Siblings {
 
     /// A local member joined (`+1`) or left (`-1`) share group `filter`: the others are told.
     pub(crate) fn member(&mut self, filter: &str, joined: bool, token: u64) {
-        let n = self.local.entry(Box::from(filter)).or_insert(0);
-        *n = if joined {
-            n.saturating_add(1)
-        } else {
-            n.saturating_sub(1)
-        };
-        let members = *n;
-        if members == 0 {
-            self.local.remove(filter);
-        }
+        let (_, members) = count(&mut self.local, filter, joined);
         self.out.push_back(Forward {
             to: None,
             relay: Relay::Group {
@@ -279,17 +287,7 @@ impl Siblings {
     /// A local subscription on plain `filter` came (`joined`) or went: the others are told
     /// when it is the first or the last. Returns whether they were.
     pub(crate) fn interest(&mut self, filter: &str, joined: bool, token: u64) -> bool {
-        let n = self.filters.entry(Box::from(filter)).or_insert(0);
-        let before = *n;
-        *n = if joined {
-            n.saturating_add(1)
-        } else {
-            n.saturating_sub(1)
-        };
-        let after = *n;
-        if after == 0 {
-            self.filters.remove(filter);
-        }
+        let (before, after) = count(&mut self.filters, filter, joined);
         if (before == 0) == (after == 0) {
             return false;
         }
