@@ -1,6 +1,7 @@
 //! Three sibling brokers (`Config::shard`) with connections spread over them, fed arbitrary
 //! bytes, clock jumps and closes, their forwards handed over in order after every step, some
-//! held back for a while: nothing may panic, every packet written must decode for its
+//! held back for a while; with acknowledgments held for the disk or not, their records made
+//! durable at arbitrary steps (a QoS 2 message's forwards wait for that): nothing may panic, every packet written must decode for its
 //! connection's version, the queues stay within their limits, and once everything has been
 //! handed over every sibling keeps the same retained messages.
 #![no_main]
@@ -66,6 +67,7 @@ fn relay(brokers: &mut [Broker], inboxes: &mut [Vec<(u16, Forward)>], now: Insta
 }
 
 fuzz_target!(|data: &[u8]| {
+    let hold_acks = data.first().is_some_and(|b| b & 0x80 != 0);
     let mut brokers: Vec<Broker> = (0..SIBLINGS)
         .map(|index| {
             Broker::new(Config {
@@ -73,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
                 receive_maximum: 4,
                 topic_alias_maximum: 4,
                 limits: LIMITS,
+                hold_acks_until_durable: hold_acks,
                 shard: Shard {
                     index,
                     count: SIBLINGS,
@@ -117,6 +120,10 @@ fuzz_target!(|data: &[u8]| {
                 let (s, conn, _) = conns.remove(k % conns.len());
                 let _ = brokers[s].handle_close(conn, now);
             }
+            6 => {
+                let b = &mut brokers[k % usize::from(SIBLINGS)];
+                b.handle_durable(b.last_seq());
+            }
             _ => {}
         }
         // Forwards sometimes wait a few steps, as they do in channels between cores.
@@ -141,7 +148,14 @@ fuzz_target!(|data: &[u8]| {
             assert!(st.queued_messages <= st.sessions * LIMITS.session_messages);
         }
     }
-    relay(&mut brokers, &mut inboxes, now, false);
+    // Everything durable and handed over (what a sibling takes makes records, whose
+    // confirmation waits for them in turn).
+    for _ in 0..4 {
+        for b in &mut brokers {
+            b.handle_durable(b.last_seq());
+        }
+        relay(&mut brokers, &mut inboxes, now, false);
+    }
     let first = brokers[0].snapshot().retained;
     for b in &brokers[1..] {
         assert_eq!(

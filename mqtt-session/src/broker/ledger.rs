@@ -3,7 +3,8 @@
 //! A [`Record`] stream only grows; a store that appended it would grow with everything that
 //! ever passed. The [`Ledger`] keeps one entry per live thing instead (a session, a
 //! subscription, a message body, a message's queued and in-flight deliveries, an inbound
-//! QoS 2 id, a retained topic, a pending will), so the store's size follows what is live. It
+//! QoS 2 id, a retained topic, a pending will, a QoS 2 message on its way to sibling brokers
+//! or taken from one), so the store's size follows what is live. It
 //! folds each record into [`Write`]s on those entries, and a batch's writes cancel where they
 //! can: a delivery queued, sent and acknowledged before its batch is written costs no write
 //! at all. A message's deliveries share one entry, so a message sent to N subscribers makes
@@ -45,6 +46,10 @@ mod kind {
     pub const WILL: u64 = 8;
     /// A message's deliveries (and its body, when no retained message or will names it).
     pub const FAN: u64 = 9;
+    /// A QoS 2 message forwarded to siblings and not yet stored by all, with its targets.
+    pub const FORWARDING: u64 = 10;
+    /// A sibling's forwarded QoS 2 message taken here.
+    pub const SEEN: u64 = 11;
 }
 
 fn key(kind: u64, n: u64) -> u64 {
@@ -624,6 +629,19 @@ impl Ledger {
                 self.release(id, true);
                 self.will_out = Some(id);
             }
+            Change::Forwarding {
+                message,
+                targets,
+                known,
+            } => {
+                let v = encode_forwarding(message, targets, known);
+                self.put(key(kind::FORWARDING, message.id), v, true);
+            }
+            Change::Forwarded { message_id } => self.delete(key(kind::FORWARDING, *message_id)),
+            Change::ForwardSeen { message_id } => {
+                self.put(key(kind::SEEN, *message_id), W::new().0, true);
+            }
+            Change::ForwardForgotten { message_id } => self.delete(key(kind::SEEN, *message_id)),
         }
     }
 
@@ -647,8 +665,10 @@ impl Ledger {
             // Only what was first written since the last batch waits, and only once.
             let waits = match k >> SHIFT {
                 // A QoS 2 id received waits with the deliveries of its message: on disk
-                // alone it would make the resend after a restart look delivered.
-                kind::FAN | kind::INBOUND => p.fresh,
+                // alone it would make the resend after a restart look delivered. So do the
+                // records that a QoS 2 message is on its way to siblings, or was taken from
+                // one: alone, one would forward it again, the other forget it.
+                kind::FAN | kind::INBOUND | kind::FORWARDING | kind::SEEN => p.fresh,
                 _ => false,
             };
             if self.defer && waits && p.seq > taken {
@@ -948,6 +968,22 @@ impl Ledger {
                 at: Instant::from_millis(at),
             });
         }
+        for (id, v) in take(kind::FORWARDING) {
+            match decode_forwarding(id, v) {
+                Some((message, (targets, known))) => changes.push(Change::Forwarding {
+                    message: Shared::new(message),
+                    targets,
+                    known,
+                }),
+                None => invalid.push(key(kind::FORWARDING, id)),
+            }
+        }
+        for (id, v) in take(kind::SEEN) {
+            match R::new(v).and_then(|r| r.end(())) {
+                Some(()) => changes.push(Change::ForwardSeen { message_id: id }),
+                None => invalid.push(key(kind::SEEN, id)),
+            }
+        }
         // Unknown kinds.
         for (k, list) in by_kind {
             if k != 0 {
@@ -1169,6 +1205,53 @@ fn decode_message(id: u64, v: &[u8]) -> Option<Message> {
         },
         expires_at,
     })
+}
+
+/// A [`Change::Forwarding`] record's targets and known groups, as it is stored.
+type Targets = (Vec<(u16, Box<[Box<str>]>)>, Box<[Box<str>]>);
+
+fn encode_forwarding(
+    m: &Message,
+    targets: &[(u16, Box<[Box<str>]>)],
+    known: &[Box<str>],
+) -> Vec<u8> {
+    fn list(w: &mut W, l: &[Box<str>]) {
+        w.u32(u32::try_from(l.len()).unwrap_or(u32::MAX));
+        for s in l {
+            w.bytes(s.as_bytes());
+        }
+    }
+    let mut w = W::new();
+    w.bytes(&encode_message(m))
+        .u32(u32::try_from(targets.len()).unwrap_or(u32::MAX));
+    for (to, groups) in targets {
+        w.u16(*to);
+        list(&mut w, groups);
+    }
+    list(&mut w, known);
+    w.0
+}
+
+fn decode_forwarding(id: u64, v: &[u8]) -> Option<(Message, Targets)> {
+    fn list(r: &mut R<'_>) -> Option<Box<[Box<str>]>> {
+        let n = r.u32()?;
+        // Bounded by what is left, not by a count the bytes claim.
+        let mut l = Vec::with_capacity(usize::try_from(n).ok()?.min(r.0.len()));
+        for _ in 0..n {
+            l.push(r.str()?);
+        }
+        Some(l.into_boxed_slice())
+    }
+    let mut r = R::new(v)?;
+    let message = decode_message(id, r.bytes()?)?;
+    let n = r.u32()?;
+    let mut targets = Vec::with_capacity(usize::try_from(n).ok()?.min(r.0.len()));
+    for _ in 0..n {
+        let to = r.u16()?;
+        targets.push((to, list(&mut r)?));
+    }
+    let known = list(&mut r)?;
+    r.end((message, (targets, known)))
 }
 
 fn encode_session(client_id: &str, expiry: u32, at: Option<u64>) -> Vec<u8> {

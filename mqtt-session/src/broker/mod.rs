@@ -99,8 +99,8 @@
 //! and back, a subscriber's sibling holding a publisher
 //! ([`shard::Relay::Press`]), the siblings' counters for `$SYS`, and with acknowledgments
 //! held, [`shard::Relay::Stored`] once a sibling's copies are durable. All siblings must be
-//! given the same clock. Each keeps a store of its own; QoS 2 across siblings may come twice
-//! after a crash (see [`shard`]).
+//! given the same clock. Each keeps a store of its own, and QoS 2 stays exactly once across
+//! a crash of all of them (see [`shard`]); they restart together.
 //!
 //! The lock split this section used to plan instead (the subscription index behind an
 //! `RwLock`, sessions in shards each behind its own mutex) was not taken: siblings keep every
@@ -649,12 +649,10 @@ impl Broker {
     /// a sync, and a runtime may sync less often.
     #[must_use]
     pub fn waits_on_disk(&self) -> bool {
-        if self
-            .siblings
-            .as_ref()
-            .is_some_and(|s| !s.to_confirm.is_empty())
-        {
-            // A sibling's publisher waits for our records.
+        if self.siblings.as_ref().is_some_and(|s| {
+            !s.to_confirm.is_empty() || s.out.front().is_some_and(|f| f.0 > self.durable)
+        }) {
+            // A sibling's publisher waits for our records, or our forwards do.
             return true;
         }
         let mut conns = self.waiting.iter().filter_map(|id| self.conns.get(id));
@@ -1627,19 +1625,13 @@ impl Broker {
                 if let Some(s) = self.session_mut(sid) {
                     s.rx_qos2.insert(pid);
                 }
-                let waits = self
-                    .siblings
-                    .as_mut()
-                    .and_then(|s| s.unstored.get_mut(&unstored));
-                match waits {
-                    // Recorded once every sibling stored its copies (see `Unstored`).
-                    Some(u) if persistent => u.inbound = Some((client_id, pid)),
-                    _ if persistent => self.record(Change::InboundQoS2 {
+                if persistent {
+                    self.record(Change::InboundQoS2 {
                         client_id,
                         packet_id: pid,
-                    }),
-                    _ => {}
+                    });
                 }
+                self.unstage();
                 self.ack_message(conn, Control::PubRec(pid, rc), None, unstored);
             }
             _ => {}
@@ -1865,7 +1857,7 @@ impl Broker {
                 let entry = shard::Unstored {
                     left,
                     publisher: Some(conn),
-                    inbound: None,
+                    exact: false,
                 };
                 sib.unstored.insert(token, entry);
                 self.ack_message(conn, Control::SubAck(p.packet_id, codes), None, token);
@@ -2393,6 +2385,13 @@ impl Broker {
         self.index.for_each_match(&msg.topic, |k| keys.push(*k));
         keys.sort_unstable();
         let mut delivered = 0;
+        // With acks held, a persistent session's QoS 2 message is forwarded exactly once,
+        // across restarts too (see `Siblings::publish`).
+        let exact = self.cfg.hold_acks_until_durable
+            && msg.qos == QoS::ExactlyOnce
+            && origin
+                .and_then(|sid| self.session(sid))
+                .is_some_and(|s| s.persistent);
         let mut shared: Vec<(Box<str>, SubKey)> = Vec::new();
         let mut i = 0;
         while let Some(first) = keys.get(i) {
@@ -2477,7 +2476,8 @@ impl Broker {
             // With acks held, the publisher's waits for every sibling's copy to be stored.
             let confirm =
                 self.cfg.hold_acks_until_durable && msg.qos != QoS::AtMostOnce && conn.is_some();
-            let full = sib.publish(msg, conn, confirm, &picked);
+            let exact = exact && confirm;
+            let full = sib.publish(msg, conn, confirm, exact, &picked);
             // A sibling with too much of ours on its way holds the publisher until it took
             // some (its subscribers' back-pressure reaches here only that late).
             if let (Some(conn), true) = (conn, full != 0) {
@@ -2788,7 +2788,7 @@ impl Broker {
         let mut st = self.stats();
         if let Some(sib) = self.siblings.as_mut() {
             // The counters of the whole server: ours now, the others' as they last sent them.
-            sib.out.push_back(shard::Forward {
+            sib.send(shard::Forward {
                 to: None,
                 relay: Relay::Counters(st),
             });
@@ -2883,6 +2883,59 @@ impl Broker {
         }
     }
 
+    /// Routes a message sibling `from` forwarded to the subscribers here.
+    fn take_forward(
+        &mut self,
+        now: Instant,
+        from: u16,
+        msg: &Shared<Message>,
+        origin: Option<ConnId>,
+        groups: &[Box<str>],
+        known: &[Box<str>],
+    ) {
+        if msg.retain {
+            self.publish_retained(msg);
+        }
+        let scope = Scope::Relayed {
+            from,
+            groups,
+            known,
+        };
+        self.route(now, msg, None, scope);
+        // The sessions it pressed hold its publisher on its own sibling, once each.
+        let pressing = core::mem::take(&mut self.pressing);
+        for &sid in &pressing {
+            let (Some(conn), Some(s)) = (origin, self.session_mut(sid)) else {
+                continue;
+            };
+            if s.waiters.contains(&(from, conn)) {
+                continue;
+            }
+            s.waiters.push((from, conn));
+            if let Some(sib) = self.siblings.as_mut() {
+                sib.press(from, Relay::Press { conn, session: sid });
+            }
+        }
+        self.pressing = pressing;
+        self.pressing.clear();
+    }
+
+    /// Records the staged forwards of the QoS 2 message just published, which go out once
+    /// that record (and every one before it) is durable.
+    fn unstage(&mut self) {
+        let Some(sib) = self.siblings.as_mut().filter(|s| !s.staged.is_empty()) else {
+            return;
+        };
+        // The record made next.
+        if let Some(p) = sib.unstage(self.seq + 1) {
+            self.record(Change::Forwarding {
+                message: p.msg,
+                targets: p.targets,
+                known: p.known,
+            });
+        }
+    }
+
     /// Something a sibling forwarded ([`Broker::poll_forward`] on sibling `from`); drain
     /// [`Broker::poll_wake`] after it.
     pub fn handle_forward(&mut self, now: Instant, from: u16, relay: Relay) {
@@ -2893,41 +2946,48 @@ impl Broker {
                 confirm,
                 groups,
                 known,
+                exact,
             } => {
-                if let Some(s) = self.siblings.as_mut() {
-                    s.took_one(from);
-                }
-                if msg.retain {
-                    self.publish_retained(&msg);
-                }
-                let scope = Scope::Relayed {
-                    from,
-                    groups: &groups,
-                    known: &known,
+                let Some(sib) = self.siblings.as_mut() else {
+                    return;
                 };
-                self.route(now, &msg, None, scope);
-                // The sessions it pressed hold its publisher on its own sibling, once each.
-                let pressing = core::mem::take(&mut self.pressing);
-                for &sid in &pressing {
-                    let (Some(conn), Some(s)) = (origin, self.session_mut(sid)) else {
-                        continue;
-                    };
-                    if s.waiters.contains(&(from, conn)) {
-                        continue;
-                    }
-                    s.waiters.push((from, conn));
-                    if let Some(sib) = self.siblings.as_mut() {
-                        sib.press(from, Relay::Press { conn, session: sid });
-                    }
+                sib.took_one(from);
+                // Forwarded again after the sender's restart: taken already.
+                let again = exact && sib.seen.contains(&msg.id);
+                if !again {
+                    self.take_forward(now, from, &msg, origin, &groups, &known);
                 }
-                self.pressing = pressing;
-                self.pressing.clear();
+                if exact
+                    && !again
+                    && let Some(sib) = self.siblings.as_mut()
+                {
+                    // After its copies: in a torn record stream, a copy twice, never none.
+                    sib.seen.insert(msg.id);
+                    self.record(Change::ForwardSeen { message_id: msg.id });
+                }
                 if confirm && let Some(sib) = self.siblings.as_mut() {
                     if self.seq > self.durable {
                         sib.to_confirm.push_back((self.seq, from, msg.id));
                     } else {
                         sib.press(from, Relay::Stored { id: msg.id });
                     }
+                }
+            }
+            Relay::Horizon { below } => {
+                let Some(sib) = self.siblings.as_mut() else {
+                    return;
+                };
+                let gone: Vec<u64> = sib
+                    .seen
+                    .range(..below)
+                    .copied()
+                    .filter(|&id| sib.origin(id) == from)
+                    .collect();
+                for message_id in gone {
+                    if let Some(sib) = self.siblings.as_mut() {
+                        sib.seen.remove(&message_id);
+                    }
+                    self.record(Change::ForwardForgotten { message_id });
                 }
             }
             Relay::Stored { id } => {
@@ -2940,18 +3000,14 @@ impl Broker {
                     sib.unstored.remove(&id)
                 });
                 let Some(done) = done else { return };
-                if let Some((client_id, packet_id)) = done.inbound {
-                    self.record(Change::InboundQoS2 {
-                        client_id,
-                        packet_id,
-                    });
-                    // Its PUBREC waits for this record now, in its place among the held.
+                if done.exact {
+                    self.record(Change::Forwarded { message_id: id });
+                    // Once that is durable, the siblings may forget having taken it (and
+                    // every older one).
                     let seq = self.seq;
-                    let held = done.publisher.and_then(|c| self.conns.get_mut(&c));
-                    for h in held.into_iter().flat_map(|c| c.held.iter_mut()) {
-                        if h.3 == id {
-                            h.0 = seq;
-                        }
+                    if let Some(sib) = self.siblings.as_mut() {
+                        let relay = sib.horizon();
+                        sib.out.push_back((seq, shard::Forward { to: None, relay }));
                     }
                 }
                 if let Some(conn) = done.publisher {
@@ -3006,7 +3062,12 @@ impl Broker {
     pub fn poll_forward(&mut self) -> Option<shard::Forward> {
         let sib = self.siblings.as_mut()?;
         sib.report_taken();
-        sib.out.pop_front()
+        // A QoS 2 message's forwards wait for its records (see `Siblings::publish`), and what
+        // follows them waits too, to keep the order.
+        if sib.out.front()?.0 > self.durable {
+            return None;
+        }
+        sib.out.pop_front().map(|(_, f)| f)
     }
 
     /// Counts a local subscription on `filter` in or out, for the siblings (a member of a

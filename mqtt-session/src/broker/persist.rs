@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use mqtt_proto::{PacketId, QoS, SubscriptionOptions, TopicFilter};
 
 use super::session::{Inflight, OutState, Outgoing, Session, Sub, SubKey};
+use super::shard::Pending;
 use core::cmp::Reverse;
 
 use super::{Broker, Change, Config, Record, Timer, after_secs};
@@ -85,6 +86,7 @@ impl Broker {
             .collect();
         b.timers.extend(timers);
         if let Some(sib) = b.siblings.as_mut() {
+            sib.resend_restored();
             // The retained messages this sibling owns, for the others (which keep no records
             // of them): hand them over with the first forwards.
             b.retained.for_each(|m| sib.retain(m.clone()));
@@ -290,6 +292,37 @@ impl Broker {
             Change::WillCleared { client_id } => {
                 if let Some(s) = self.sid_of(&client_id).and_then(|i| self.session_mut(i)) {
                     s.pending_will = None;
+                }
+            }
+            Change::Forwarding {
+                message,
+                targets,
+                known,
+            } => {
+                self.restored_msg_id(message.id);
+                if let Some(sib) = self.siblings.as_mut() {
+                    let p = Pending {
+                        msg: message.clone(),
+                        targets,
+                        known,
+                    };
+                    sib.restored.insert(message.id, p);
+                }
+            }
+            Change::Forwarded { message_id } => {
+                if let Some(sib) = self.siblings.as_mut() {
+                    sib.restored.remove(&message_id);
+                }
+            }
+            Change::ForwardSeen { message_id } => {
+                self.restored_msg_id(message_id);
+                if let Some(sib) = self.siblings.as_mut() {
+                    sib.seen.insert(message_id);
+                }
+            }
+            Change::ForwardForgotten { message_id } => {
+                if let Some(sib) = self.siblings.as_mut() {
+                    sib.seen.remove(&message_id);
                 }
             }
         }

@@ -42,18 +42,33 @@
 //!   owns (after a restore it hands those to the others again). With acknowledgments held
 //!   ([`Config::hold_acks_until_durable`](super::Config::hold_acks_until_durable)) a
 //!   publisher's PUBACK or PUBREC waits until every sibling answered [`Relay::Stored`] for
-//!   its message, that is until each one's records of its copies are durable; a QoS 2
-//!   message's inbound id is recorded only then. So nothing acknowledged is lost in a crash,
-//!   but a QoS 2 message whose copies were stored and whose id was not yet may be delivered
-//!   twice after one (alone, both are one record batch and it comes once). Restored
-//!   siblings must skip every message id any of them holds
-//!   ([`Broker::skip_message_ids`](super::Broker::skip_message_ids)).
+//!   its message, that is until each one's records of its copies are durable. So nothing
+//!   acknowledged is lost in a crash. Restored siblings must skip every message id any of
+//!   them holds ([`Broker::skip_message_ids`](super::Broker::skip_message_ids)), and the
+//!   siblings of one server crash and restart together.
+//! - **QoS 2 exactly once across a crash.** One sibling's store cannot commit together with
+//!   another's, so a persistent session's QoS 2 message is made exact in three steps:
+//!   1. its sibling records its inbound id and the message as forwarding
+//!      ([`Change::Forwarding`](super::Change::Forwarding): the message, the siblings it goes
+//!      to and the share groups each serves), and its forwards wait until those records are
+//!      durable (what follows them waits too, to keep the order). A crash before then loses
+//!      it everywhere, and the publisher's resend is a new message;
+//!   2. each sibling that takes it records that ([`Change::ForwardSeen`](super::Change::ForwardSeen)),
+//!      in the batch of its copies. A restarted publisher's sibling forwards again whatever
+//!      is still recorded as forwarding, and a sibling that took it already only answers;
+//!   3. once every sibling answered [`Relay::Stored`], the forwarding record goes
+//!      ([`Change::Forwarded`](super::Change::Forwarded)); once that is durable, a
+//!      [`Relay::Horizon`] tells the others they may forget what they took below its oldest
+//!      message still forwarding (a restored sibling sends one too, for the records the
+//!      crash took with the word).
+//!
+//!   The cost is one more sync of the publisher's sibling before the message crosses.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
-use mqtt_proto::{PacketId, TopicFilter};
+use mqtt_proto::TopicFilter;
 
 use super::message::{Message, Shared};
 use super::types::{ConnId, Stats};
@@ -113,6 +128,17 @@ pub enum Relay {
         /// Every share group the sender picked a sibling for; a group of this sibling that is
         /// in neither list was unknown to the sender.
         known: Box<[Box<str>]>,
+        /// A QoS 2 message the sender recorded as forwarding ([`Change::Forwarding`]): it may
+        /// come again after the sender's restart, and is taken once.
+        ///
+        /// [`Change::Forwarding`]: super::Change::Forwarding
+        exact: bool,
+    },
+    /// Of the messages the sender forwarded before this, it will not forward again any below
+    /// this id: what this sibling remembers having taken of those is forgotten.
+    Horizon {
+        /// The lowest message id the sender may still forward again.
+        below: u64,
     },
     /// A subscriber's session `session` on the sender is more than half full with what
     /// publisher `conn` (of this sibling) sends: hold it, as a local subscriber would.
@@ -173,10 +199,17 @@ pub(crate) struct Unstored {
     pub(crate) left: u16,
     /// The publisher whose acknowledgment waits.
     pub(crate) publisher: Option<ConnId>,
-    /// A QoS 2 message's inbound id, recorded only once every copy is stored: recorded
-    /// before, a crash could leave it durable with a copy lost, and the publisher's resend
-    /// would be taken for a duplicate. (After, a crash in between may deliver it twice.)
-    pub(crate) inbound: Option<(Shared<str>, PacketId)>,
+    /// A message recorded as forwarding ([`Change::Forwarding`](super::Change::Forwarding)):
+    /// once every copy is stored, the record goes.
+    pub(crate) exact: bool,
+}
+
+/// A forward recorded as [`Change::Forwarding`](super::Change::Forwarding), restored.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) msg: Shared<Message>,
+    pub(crate) targets: Vec<(u16, Box<[Box<str>]>)>,
+    pub(crate) known: Box<[Box<str>]>,
 }
 
 /// Messages one sibling may have forwarded to another and not heard were handled
@@ -217,7 +250,18 @@ struct Group {
 #[derive(Debug)]
 pub(crate) struct Siblings {
     pub(crate) me: Shard,
-    pub(crate) out: VecDeque<Forward>,
+    /// What to tell the siblings, each with the record that must be durable first (0: none);
+    /// it goes out in order, so what follows a gated forward waits too.
+    pub(crate) out: VecDeque<(u64, Forward)>,
+    /// The forwards of the QoS 2 message being published, until its records are made: they
+    /// wait for them (see [`Siblings::publish`]).
+    pub(crate) staged: Vec<Forward>,
+    /// The other siblings' QoS 2 messages taken here, until their sender's [`Relay::Horizon`]
+    /// passes them.
+    pub(crate) seen: BTreeSet<u64>,
+    /// The forwards restored from [`Change::Forwarding`](super::Change::Forwarding) records,
+    /// to send again.
+    pub(crate) restored: BTreeMap<u64, Pending>,
     /// Members of each local share group.
     local: BTreeMap<Box<str>, u32>,
     /// Local subscriptions per plain filter, and the siblings' filters by sibling.
@@ -255,6 +299,9 @@ impl Siblings {
         Siblings {
             me,
             out: VecDeque::new(),
+            staged: Vec::new(),
+            seen: BTreeSet::new(),
+            restored: BTreeMap::new(),
             local: BTreeMap::new(),
             filters: BTreeMap::new(),
             interest: Router::new(),
@@ -274,7 +321,7 @@ impl Siblings {
     /// A local member joined (`+1`) or left (`-1`) share group `filter`: the others are told.
     pub(crate) fn member(&mut self, filter: &str, joined: bool, token: u64) {
         let (_, members) = count(&mut self.local, filter, joined);
-        self.out.push_back(Forward {
+        self.send(Forward {
             to: None,
             relay: Relay::Group {
                 filter: Box::from(filter),
@@ -291,7 +338,7 @@ impl Siblings {
         if (before == 0) == (after == 0) {
             return false;
         }
-        self.out.push_back(Forward {
+        self.send(Forward {
             to: None,
             relay: Relay::Interest {
                 filter: Box::from(filter),
@@ -442,7 +489,7 @@ impl Siblings {
                     n: core::mem::take(n),
                 };
                 let to = u16::try_from(to).ok();
-                self.out.push_back(Forward { to, relay });
+                self.out.push_back((0, Forward { to, relay }));
             }
         }
     }
@@ -479,11 +526,16 @@ impl Siblings {
 
     /// The forwards of one message published here: one per sibling that wants it, each
     /// naming the groups it serves. Returns the siblings whose window it filled.
+    ///
+    /// An `exact` message's forwards are staged: they wait for its records, and for the
+    /// [`Change::Forwarding`](super::Change::Forwarding) record the broker makes of them, to
+    /// be durable, so that no sibling takes a message its sender could forget in a crash.
     pub(crate) fn publish(
         &mut self,
         msg: &Shared<Message>,
         origin: Option<ConnId>,
         confirm: bool,
+        exact: bool,
         picked: &[(u16, Box<str>)],
     ) -> u64 {
         // To the siblings that subscribe to a matching filter, that serve a share group of
@@ -502,7 +554,7 @@ impl Siblings {
             let entry = Unstored {
                 left: u16::try_from(to_mask.count_ones()).unwrap_or(u16::MAX),
                 publisher: origin,
-                inbound: None,
+                exact,
             };
             self.unstored.insert(msg.id, entry);
         }
@@ -523,7 +575,7 @@ impl Siblings {
                 .filter(|(s, _)| *s == to)
                 .map(|(_, f)| f.clone())
                 .collect();
-            self.out.push_back(Forward {
+            let f = Forward {
                 to: Some(to),
                 relay: Relay::Publish {
                     msg: msg.clone(),
@@ -531,23 +583,115 @@ impl Siblings {
                     confirm,
                     groups,
                     known: known.clone(),
+                    exact,
                 },
-            });
+            };
+            if exact {
+                self.staged.push(f);
+            } else {
+                self.send(f);
+            }
         }
         full
     }
 
+    /// Sends the staged forwards once record `seq` is durable; returns what the
+    /// [`Change::Forwarding`](super::Change::Forwarding) record says of them.
+    pub(crate) fn unstage(&mut self, seq: u64) -> Option<Pending> {
+        let mut msg = None;
+        let mut known = Box::default();
+        let mut targets = Vec::new();
+        for f in core::mem::take(&mut self.staged) {
+            if let (
+                Some(to),
+                Relay::Publish {
+                    msg: m,
+                    groups,
+                    known: k,
+                    ..
+                },
+            ) = (f.to, &f.relay)
+            {
+                targets.push((to, groups.clone()));
+                known = k.clone();
+                msg = Some(m.clone());
+            }
+            self.out.push_back((seq, f));
+        }
+        Some(Pending {
+            msg: msg?,
+            targets,
+            known,
+        })
+    }
+
+    /// Forwards again what was restored as forwarding: each sibling takes it once. The
+    /// others forget having taken the rest (whose records here may be gone, with the word
+    /// that would have told them).
+    pub(crate) fn resend_restored(&mut self) {
+        let below = self.restored.keys().next().copied().unwrap_or(u64::MAX);
+        self.send(Forward {
+            to: None,
+            relay: Relay::Horizon { below },
+        });
+        for (id, p) in core::mem::take(&mut self.restored) {
+            let entry = Unstored {
+                left: u16::try_from(p.targets.len()).unwrap_or(u16::MAX),
+                publisher: None,
+                exact: true,
+            };
+            self.unstored.insert(id, entry);
+            for (to, groups) in p.targets {
+                if let Some(f) = self.in_flight.get_mut(usize::from(to)) {
+                    *f = f.saturating_add(1);
+                }
+                self.send(Forward {
+                    to: Some(to),
+                    relay: Relay::Publish {
+                        msg: p.msg.clone(),
+                        origin: None,
+                        confirm: true,
+                        groups,
+                        known: p.known.clone(),
+                        exact: true,
+                    },
+                });
+            }
+        }
+    }
+
     /// Tells sibling `to` about publisher `conn` of its and session `session` of ours.
     pub(crate) fn press(&mut self, to: u16, relay: Relay) {
-        self.out.push_back(Forward {
+        self.send(Forward {
             to: Some(to),
             relay,
         });
     }
 
+    /// Queues `f` for the siblings.
+    pub(crate) fn send(&mut self, f: Forward) {
+        self.out.push_back((0, f));
+    }
+
+    /// The origin sibling of message `id` (each sibling gives every `count`-th id).
+    pub(crate) fn origin(&self, id: u64) -> u16 {
+        let step = u64::from(self.me.count.max(1));
+        u16::try_from(id.wrapping_sub(1) % step).unwrap_or(0)
+    }
+
+    /// What this sibling may still forward again of what it forwarded so far: from its
+    /// oldest message recorded as forwarding on, else nothing. (Later forwards come after the
+    /// [`Relay::Horizon`] that says so, and are not affected.)
+    pub(crate) fn horizon(&self) -> Relay {
+        let below = self.unstored.iter().find(|(_, u)| u.exact);
+        Relay::Horizon {
+            below: below.map_or(u64::MAX, |(id, _)| *id),
+        }
+    }
+
     /// Every other sibling stores `msg` as its topic's retained message.
     pub(crate) fn retain(&mut self, msg: Shared<Message>) {
-        self.out.push_back(Forward {
+        self.send(Forward {
             to: None,
             relay: Relay::Retain(msg),
         });

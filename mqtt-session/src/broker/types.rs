@@ -436,6 +436,33 @@ pub enum Change {
         /// Client identifier.
         client_id: Shared<str>,
     },
+    /// A QoS 2 message published here goes to sibling brokers: until each has stored it
+    /// ([`Change::Forwarded`]), a restarted broker forwards it again.
+    Forwarding {
+        /// The message.
+        message: Shared<Message>,
+        /// Each sibling it goes to, with the share groups (full `$share/...` filters) it
+        /// delivers it to there.
+        targets: Vec<(u16, Box<[Box<str>]>)>,
+        /// Every share group a sibling was picked for.
+        known: Box<[Box<str>]>,
+    },
+    /// Every sibling stored the forwarded message.
+    Forwarded {
+        /// The message.
+        message_id: u64,
+    },
+    /// A sibling's forwarded QoS 2 message was taken here: the same message forwarded again
+    /// (after that sibling's restart) is not delivered twice.
+    ForwardSeen {
+        /// The message.
+        message_id: u64,
+    },
+    /// The sibling that forwarded the message will not forward it again.
+    ForwardForgotten {
+        /// The message.
+        message_id: u64,
+    },
 }
 
 /// A [`Change`] with its sequence number: records are numbered 1, 2, 3, ... in the order a
