@@ -16,7 +16,7 @@ mod broker_common;
 use std::collections::BTreeMap;
 
 use broker_common::*;
-use mqtt_proto::QoS;
+use mqtt_proto::{Property, QoS, Will};
 use mqtt_session::ConnectOptions;
 use mqtt_session::broker::ledger::{Ledger, Write};
 use mqtt_session::broker::{Broker, Change, Config};
@@ -31,7 +31,7 @@ const PUBLISHERS: [(usize, &str); 2] = [(0, "pub0"), (2, "pub2")];
 /// The share group's members: (sibling, client id).
 const MEMBERS: [(usize, &str); 2] = [(1, "member1"), (2, "member2")];
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Step {
     /// Publisher k publishes its next message.
     Publish(usize),
@@ -175,6 +175,25 @@ impl World {
         w
     }
 
+    /// Does a step that publishes nothing.
+    fn act(&mut self, step: &Step) {
+        match *step {
+            Step::Publish(_) => {}
+            Step::Sync(k) => self.sync(k),
+            Step::Pump => {
+                self.sib.pump();
+            }
+            Step::Crash => self.crash(),
+        }
+    }
+
+    /// Moves every sibling's clock on by `ms`.
+    fn advance_ms(&mut self, ms: u64) {
+        for n in &mut self.sib.nets {
+            n.advance_ms(ms);
+        }
+    }
+
     fn sync(&mut self, k: usize) {
         self.stores[k].sync(&mut self.sib.nets[k]);
     }
@@ -299,12 +318,7 @@ fn run(defer: bool, steps: &[Step]) -> Result<(), TestCaseError> {
                 );
                 sent[k] += 1;
             }
-            Step::Publish(_) => {}
-            Step::Sync(k) => w.sync(k),
-            Step::Pump => {
-                w.sib.pump();
-            }
-            Step::Crash => w.crash(),
+            _ => w.act(s),
         }
     }
     w.flush();
@@ -382,5 +396,78 @@ fn a_forward_made_again_after_a_crash_is_taken_once_and_a_lost_one_is_made_again
     for defer in [false, true] {
         run(defer, &stored).unwrap();
         run(defer, &lost).unwrap();
+    }
+}
+
+#[test]
+fn a_delayed_qos2_will_reaches_the_other_siblings_once_whenever_they_crash() {
+    // From the will going out on sibling 0 to the end of its forwards, a crash after each step.
+    let steps = [
+        Step::Pump,
+        Step::Sync(1),
+        Step::Sync(2),
+        Step::Sync(0),
+        Step::Pump,
+        Step::Sync(1),
+        Step::Sync(2),
+        Step::Pump,
+        Step::Sync(0),
+        Step::Pump,
+    ];
+    for defer in [false, true] {
+        for crash_at in 0..=steps.len() {
+            let mut w = World::new(defer);
+            let props = [Property::WillDelayInterval(1)];
+            let net = &mut w.sib.nets[0];
+            let d = net.client(ClientConfig {
+                session_expiry: 100,
+                clean_start: false,
+                ..ccfg(V5)
+            });
+            let opts = ConnectOptions {
+                client_id: "dying",
+                will: Some(Will {
+                    qos: QoS::ExactlyOnce,
+                    ..will("t/will", b"gone", &props)
+                }),
+                ..Default::default()
+            };
+            net.connect(d, &opts);
+            w.flush();
+            w.sib.nets[0].drop_transport(d);
+            w.flush();
+            w.advance_ms(1_000);
+            for (k, step) in steps.iter().enumerate() {
+                if k == crash_at {
+                    w.crash();
+                }
+                w.act(step);
+            }
+            // A will still pending after the restart goes out again.
+            w.advance_ms(1_000);
+            w.flush();
+            let wills = |s: usize, i: usize| {
+                let got = &w.sib.nets[s].peers[i].got;
+                got.iter()
+                    .filter(|g| matches!(g, Got::Message(m) if m.topic == "t/will"))
+                    .count()
+            };
+            for s in 0..SIBLINGS {
+                let n = wills(s, w.subscribers[s]);
+                assert_eq!(
+                    n, 1,
+                    "crash before step {crash_at}, defer {defer}: sibling {s}"
+                );
+            }
+            let group: usize = MEMBERS
+                .iter()
+                .zip(&w.members)
+                .map(|(&(s, _), &i)| wills(s, i))
+                .sum();
+            assert_eq!(
+                group, 1,
+                "crash before step {crash_at}, defer {defer}: the group"
+            );
+        }
     }
 }

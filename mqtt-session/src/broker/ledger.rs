@@ -635,7 +635,14 @@ impl Ledger {
                 known,
             } => {
                 let v = encode_forwarding(message, targets, known);
-                self.put(key(kind::FORWARDING, message.id), v, true);
+                let k = key(kind::FORWARDING, message.id);
+                self.put(k, v, true);
+                // A will's goes with its removal (see `will_out`).
+                if self.will_out == Some(message.id)
+                    && let Some(p) = self.pending.get_mut(&k)
+                {
+                    p.seq = 0;
+                }
             }
             Change::Forwarded { message_id } => self.delete(key(kind::FORWARDING, *message_id)),
             Change::ForwardSeen { message_id } => {

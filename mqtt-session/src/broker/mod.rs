@@ -270,8 +270,10 @@ pub struct Broker {
 enum Scope<'a> {
     /// The broker's own (`$SYS`): local subscribers only.
     Local,
-    /// Published here (by `conn`, if not a will): every group, and to the siblings.
-    Origin { conn: Option<ConnId> },
+    /// Published here (by `conn`, if not a will): every group, and to the siblings; `exact`:
+    /// a persistent session's (its QoS 2 message goes to them exactly once, across restarts
+    /// too: see `Siblings::publish`).
+    Origin { conn: Option<ConnId>, exact: bool },
     /// Published on sibling `from`: the groups it names for this one, and those it did not
     /// know of that this one serves.
     Relayed {
@@ -1582,7 +1584,10 @@ impl Broker {
                 && pid.is_some();
             self.tracking = counted.then_some(id);
             self.pressing.clear();
-            let scope = Scope::Origin { conn: Some(conn) };
+            let scope = Scope::Origin {
+                conn: Some(conn),
+                exact: persistent,
+            };
             matched = self.route(now, &msg, Some(sid), scope);
             self.tracking = None;
             if self
@@ -2224,7 +2229,7 @@ impl Broker {
         }
         // The session ends before the will delay passed: the will goes now.
         if let Some((msg, _)) = s.pending_will {
-            self.publish_will(now, msg);
+            self.publish_will(now, msg, s.persistent);
         }
     }
 
@@ -2235,20 +2240,29 @@ impl Broker {
         let Some((msg, _)) = s.pending_will.take() else {
             return;
         };
-        if s.persistent {
+        let recorded = s.persistent;
+        if recorded {
             let change = Change::WillCleared {
                 client_id: s.client_id.clone(),
             };
             self.record(change);
         }
-        self.publish_will(now, msg);
+        self.publish_will(now, msg, recorded);
     }
 
-    fn publish_will(&mut self, now: Instant, msg: Shared<Message>) {
+    /// Publishes a will; `recorded`: it was recorded as pending, and its removal with it.
+    fn publish_will(&mut self, now: Instant, msg: Shared<Message>, recorded: bool) {
         if msg.retain {
             self.publish_retained(&msg);
         }
-        self.route(now, &msg, None, Scope::Origin { conn: None });
+        // A will recorded as pending goes to the siblings exactly once: after a crash it is
+        // either still pending (and not forwarded yet) or forwarding.
+        let scope = Scope::Origin {
+            conn: None,
+            exact: recorded,
+        };
+        self.route(now, &msg, None, scope);
+        self.unstage();
     }
 
     /// Sets or clears (empty payload) the retained message of a topic [MQTT-3.3.1-5, -6, -7];
@@ -2335,7 +2349,7 @@ impl Broker {
         if expiry == 0 {
             self.delete_session(now, sid as usize);
             if let Some((msg, _, _)) = will_msg {
-                self.publish_will(now, msg);
+                self.publish_will(now, msg, false);
             }
             return;
         }
@@ -2352,7 +2366,7 @@ impl Broker {
             self.timers.push(Reverse((at, Timer::Session(sid))));
         }
         match will_msg {
-            Some((msg, 0, _)) => self.publish_will(now, msg),
+            Some((msg, 0, _)) => self.publish_will(now, msg, false),
             Some((msg, _, at)) => {
                 if persistent {
                     self.record(Change::WillPending {
@@ -2385,13 +2399,6 @@ impl Broker {
         self.index.for_each_match(&msg.topic, |k| keys.push(*k));
         keys.sort_unstable();
         let mut delivered = 0;
-        // With acks held, a persistent session's QoS 2 message is forwarded exactly once,
-        // across restarts too (see `Siblings::publish`).
-        let exact = self.cfg.hold_acks_until_durable
-            && msg.qos == QoS::ExactlyOnce
-            && origin
-                .and_then(|sid| self.session(sid))
-                .is_some_and(|s| s.persistent);
         let mut shared: Vec<(Box<str>, SubKey)> = Vec::new();
         let mut i = 0;
         while let Some(first) = keys.get(i) {
@@ -2460,7 +2467,7 @@ impl Broker {
             }
             start = end;
         }
-        if let (Scope::Origin { conn }, Some(sib)) = (scope, self.siblings.as_mut()) {
+        if let (Scope::Origin { conn, exact }, Some(sib)) = (scope, self.siblings.as_mut()) {
             // Groups with members only elsewhere.
             let mut remote = Vec::new();
             sib.remote_groups(&msg.topic, &mut remote);
@@ -2473,10 +2480,11 @@ impl Broker {
                 }
             }
             let picked = core::mem::take(&mut self.picked);
-            // With acks held, the publisher's waits for every sibling's copy to be stored.
-            let confirm =
-                self.cfg.hold_acks_until_durable && msg.qos != QoS::AtMostOnce && conn.is_some();
-            let exact = exact && confirm;
+            // With acks held, the publisher's waits for every sibling's copy to be stored, and a
+            // persistent session's QoS 2 message (its will too) is made exact.
+            let held = self.cfg.hold_acks_until_durable;
+            let exact = held && exact && msg.qos == QoS::ExactlyOnce;
+            let confirm = held && msg.qos != QoS::AtMostOnce && (conn.is_some() || exact);
             let full = sib.publish(msg, conn, confirm, exact, &picked);
             // A sibling with too much of ours on its way holds the publisher until it took
             // some (its subscribers' back-pressure reaches here only that late).

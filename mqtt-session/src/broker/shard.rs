@@ -47,7 +47,8 @@
 //!   them holds ([`Broker::skip_message_ids`](super::Broker::skip_message_ids)), and the
 //!   siblings of one server crash and restart together.
 //! - **QoS 2 exactly once across a crash.** One sibling's store cannot commit together with
-//!   another's, so a persistent session's QoS 2 message is made exact in three steps:
+//!   another's, so a persistent session's QoS 2 message (and its QoS 2 will, once recorded
+//!   as pending) is made exact in three steps:
 //!   1. its sibling records its inbound id and the message as forwarding
 //!      ([`Change::Forwarding`](super::Change::Forwarding): the message, the siblings it goes
 //!      to and the share groups each serves), and its forwards wait until those records are
