@@ -2798,7 +2798,7 @@ impl Broker {
             // The counters of the whole server: ours now, the others' as they last sent them.
             sib.send(shard::Forward {
                 to: None,
-                relay: Relay::Counters(st),
+                relay: Relay::Counters(Box::new(st)),
             });
             let me = usize::from(sib.me.index);
             for (i, other) in sib.counters.iter().enumerate() {
@@ -3039,7 +3039,7 @@ impl Broker {
                     .as_mut()
                     .and_then(|s| s.counters.get_mut(usize::from(from)));
                 if let Some(slot) = slot {
-                    *slot = st;
+                    *slot = *st;
                 }
             }
             Relay::Group {

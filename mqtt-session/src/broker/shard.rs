@@ -168,8 +168,9 @@ pub enum Relay {
         /// How many since the last `Took`.
         n: u32,
     },
-    /// The sender's counters, for the `$SYS` topics each sibling publishes for all.
-    Counters(Stats),
+    /// The sender's counters, for the `$SYS` topics each sibling publishes for all (boxed:
+    /// every forward is as large as the largest).
+    Counters(Box<Stats>),
     /// Store this as the retained message of its topic (an empty payload clears it).
     Retain(Shared<Message>),
     /// The sender now has this many members in share group `filter`.
@@ -394,6 +395,9 @@ impl Siblings {
 
     /// The share groups with members elsewhere that `topic` matches, with their counts.
     pub(crate) fn remote_groups(&self, topic: &str, out: &mut Vec<Box<str>>) {
+        if self.groups.is_empty() {
+            return;
+        }
         self.index.for_each_match(topic, |&s| {
             if let Some(g) = self.groups.get(s as usize)
                 && g.members.iter().any(|&m| m > 0)

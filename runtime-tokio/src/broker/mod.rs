@@ -166,6 +166,8 @@ pub(crate) struct Core {
     /// With siblings: which one this is, and every sibling's inbox.
     pub me: u16,
     pub inboxes: Option<Arc<[Inbox]>>,
+    /// The forwards of one `dispatch`, by sibling (kept for their room).
+    pub outbox: Vec<Vec<(u16, Relay)>>,
 }
 
 /// What the other siblings forwarded to one, in the order they did.
@@ -224,20 +226,29 @@ impl Core {
             None => while self.broker.poll_record().is_some() {},
         }
         if let Some(inboxes) = &self.inboxes {
-            let mut told = 0u64;
+            // Sorted by sibling first, so each inbox is locked once per call, not per forward.
+            self.outbox.resize_with(inboxes.len(), Vec::new);
             while let Some(f) = self.broker.poll_forward() {
-                for (i, inbox) in inboxes.iter().enumerate() {
-                    let to = u16::try_from(i).unwrap_or(u16::MAX);
-                    if to == self.me || f.to.is_some_and(|t| t != to) {
-                        continue;
+                match f.to {
+                    Some(to) => {
+                        if let Some(b) = self.outbox.get_mut(usize::from(to)) {
+                            b.push((self.me, f.relay));
+                        }
                     }
-                    let mut q = inbox.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                    q.push((self.me, f.relay.clone()));
-                    told |= 1 << (i % 64);
+                    None => {
+                        for (to, b) in self.outbox.iter_mut().enumerate() {
+                            if to != usize::from(self.me) {
+                                b.push((self.me, f.relay.clone()));
+                            }
+                        }
+                    }
                 }
             }
-            for (i, inbox) in inboxes.iter().enumerate() {
-                if told & (1 << (i % 64)) != 0 {
+            for (inbox, b) in inboxes.iter().zip(&mut self.outbox) {
+                if !b.is_empty() {
+                    let mut q = inbox.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    q.append(b);
+                    drop(q);
                     inbox.wake.notify_one();
                 }
             }
@@ -598,6 +609,7 @@ impl Broker {
                     fed: 0,
                     me,
                     inboxes: inboxes.clone(),
+                    outbox: Vec::new(),
                 })
             })
             .collect();
@@ -885,19 +897,23 @@ async fn relay(shared: Arc<Shared>, k: usize) {
     let Some(inbox) = shared.inboxes.as_ref().and_then(|i| i.get(k)) else {
         return;
     };
+    // Swapped with the inbox's queue, so both keep their room.
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = inbox.wake.notified() => {}
         }
-        let batch =
-            std::mem::take(&mut *inbox.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        std::mem::swap(
+            &mut batch,
+            &mut *inbox.queue.lock().unwrap_or_else(PoisonError::into_inner),
+        );
         if batch.is_empty() {
             continue;
         }
         let now = shared.now();
         let mut core = shared.lock_shard(k);
-        for (from, r) in batch {
+        for (from, r) in batch.drain(..) {
             core.broker.handle_forward(now, from, r);
         }
         let _ = core.dispatch(ConnId(0));
