@@ -1,7 +1,9 @@
 //! The broker core's hot path: one PUBLISH read, routed through the subscription index and
 //! encoded for its subscribers, with 1, 1 000 and 100 000 filters in the index and with a
 //! fan-out to 1 000 sessions; next to the cost of only encoding the same packets, which any
-//! server pays anyway.
+//! server pays anyway. And the cost of sibling brokers (`Config::shard`): the same publish
+//! routed from the publisher's sibling to a subscriber on another, through `poll_forward` and
+//! `handle_forward`.
 
 use std::hint::black_box;
 
@@ -11,6 +13,7 @@ use mqtt_proto::{
     SubscriptionOptions, TopicFilter,
 };
 use mqtt_session::Instant;
+use mqtt_session::broker::shard::Shard;
 use mqtt_session::broker::{Broker, Config, ConnId, Limits};
 
 const V: ProtocolVersion = ProtocolVersion::V311;
@@ -45,16 +48,60 @@ fn drain(b: &mut Broker, buf: &mut [u8]) -> usize {
     packets
 }
 
-/// A broker with `filters` distinct filters over up to 1 000 sessions, `fanout` of which also
-/// subscribe to the benchmark topic; returns it with the publisher's connection.
-fn setup(filters: usize, fanout: usize) -> (Broker, ConnId) {
-    let mut b = Broker::new(Config {
+fn config(shard: Shard) -> Config {
+    Config {
         limits: Limits {
             total_bytes: 1 << 30,
             ..Limits::default()
         },
+        shard,
         ..Config::default()
+    }
+}
+
+/// Hands every forward of `from` to `to`; how many.
+fn hand_over(from: &mut Broker, to: &mut Broker, index: u16) -> usize {
+    let mut n = 0;
+    while let Some(f) = from.poll_forward() {
+        to.handle_forward(Instant::ZERO, index, f.relay);
+        n += 1;
+    }
+    n
+}
+
+/// Two siblings: a subscriber to `site/+/device/+/temperature` on sibling 1, and a publisher
+/// on sibling 0, whose connection is returned.
+fn siblings() -> ([Broker; 2], ConnId) {
+    let mut b = [0u16, 1].map(|index| Broker::new(config(Shard { index, count: 2 })));
+    let mut buf = vec![0u8; 4096];
+    let s = open(&mut b[1], "sub");
+    let f = [(
+        TopicFilter::new("site/+/device/+/temperature").expect("filter"),
+        SubscriptionOptions::new(QoS::AtMostOnce),
+    )];
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).expect("non-zero"),
+        properties: Properties::EMPTY,
+        filters: Filters::new(&f),
     });
+    b[1].handle_read(s, Instant::ZERO, &bytes(&sub))
+        .expect("subscribe");
+    let p = open(&mut b[0], "publisher");
+    // The interest, its answer, and the SUBACK it held.
+    for _ in 0..2 {
+        let [b0, b1] = &mut b;
+        hand_over(b1, b0, 1);
+        hand_over(b0, b1, 0);
+    }
+    drain(&mut b[0], &mut buf);
+    assert!(drain(&mut b[1], &mut buf) > 0, "SUBACK");
+    (b, p)
+}
+
+/// A broker with `filters` distinct filters over up to 1 000 sessions, `fanout` of which also
+/// subscribe to the benchmark topic; returns it with the publisher's connection.
+fn setup(filters: usize, fanout: usize) -> (Broker, ConnId) {
+    let mut b = Broker::new(config(Shard::default()));
     let sessions = filters.clamp(1, 1_000).max(fanout);
     let per = filters.div_ceil(sessions);
     let mut made = 0;
@@ -122,6 +169,28 @@ fn bench(c: &mut Criterion) {
             });
         });
     }
+    let ([mut b0, mut b1], p) = siblings();
+    let publish = bytes(&Packet::Publish(Publish::new(
+        "site/0/device/3/temperature",
+        &payload,
+    )));
+    b0.handle_read(p, Instant::ZERO, &publish).expect("publish");
+    assert_eq!(hand_over(&mut b0, &mut b1, 0), 1, "one forward");
+    assert_eq!(
+        drain(&mut b1, &mut buf),
+        1,
+        "the subscriber on sibling 1 gets it"
+    );
+    group.bench_function("route one publish to a subscriber on a sibling", |bn| {
+        bn.iter(|| {
+            b0.handle_read(p, Instant::ZERO, black_box(&publish))
+                .expect("publish");
+            hand_over(&mut b0, &mut b1, 0);
+            // What the subscriber's sibling reports back (`Took`, every 1 024).
+            hand_over(&mut b1, &mut b0, 1);
+            drain(&mut b0, &mut buf) + drain(&mut b1, &mut buf)
+        });
+    });
     let out = Packet::Publish(Publish::new("site/0/device/3/temperature", &payload));
     group.bench_function("encode the same publish once", |bn| {
         bn.iter(|| black_box(&out).encode(V, &mut buf).expect("encode"));
