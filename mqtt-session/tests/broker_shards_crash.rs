@@ -1,15 +1,16 @@
-//! Durable sibling brokers that crash: three siblings, each with its own store (a [`Ledger`]
+//! Durable sibling brokers that crash. Three siblings, each with its own store (a [`Ledger`]
 //! folding its records into a key/value map, synced at random moments, as the server's
-//! writer does), QoS 2 publishers on siblings 0 and 2, a persistent QoS 2 subscriber on each
-//! sibling, and a share group with a member on siblings 1 and 2. Random steps publish, sync one sibling's store, hand the forwards over, or crash
-//! every sibling at once (each rebuilt from what its store holds). Our own client state
-//! machines survive the crashes, reconnect and resend what was not completed.
+//! writer does); QoS 2 publishers on siblings 0 and 2, a persistent QoS 2 subscriber on each
+//! sibling, and a share group with a member on siblings 1 and 2. Random steps publish, sync
+//! one sibling's store, hand the forwards over, or crash every sibling at once (each rebuilt
+//! from what its store holds). Our own client state machines survive the crashes, reconnect
+//! and resend what was not completed.
 //!
 //! The promise: every subscriber gets every message exactly once, and the group each once
-//! between its members, although one store cannot
-//! commit together with another (a message stored on the subscriber's sibling and not yet on
-//! the publisher's must not be taken again when the publisher resends it); and once all is
-//! done, no store keeps a record of a forward.
+//! between its members, although one store cannot commit together with another (a message
+//! stored on the subscriber's sibling and not yet on the publisher's must not be taken again
+//! when the publisher resends it); and once all is done, no store keeps a record of a
+//! forward.
 
 mod broker_common;
 
