@@ -111,6 +111,8 @@ pub struct Ledger {
     taken: u64,
     /// The will going out (its removal came first): its deliveries are written at once.
     will_out: Option<u64>,
+    /// No write of a record up to this one waits (see [`Ledger::set_defer`]).
+    flush: u64,
 }
 
 /// A key's write not taken yet.
@@ -635,18 +637,17 @@ impl Ledger {
                 known,
             } => {
                 let v = encode_forwarding(message, targets, known);
-                let k = key(kind::FORWARDING, message.id);
-                self.put(k, v, true);
-                // A will's goes with its removal (see `will_out`).
-                if self.will_out == Some(message.id)
-                    && let Some(p) = self.pending.get_mut(&k)
-                {
-                    p.seq = 0;
-                }
+                self.put(key(kind::FORWARDING, message.id), v, true);
+                // Nothing before it waits: its forwards wait for it, and no acknowledgment
+                // that would cancel a write can come before they are taken (a will's
+                // forwarding record goes with its removal, which never waits either).
+                self.flush = record.seq;
             }
             Change::Forwarded { message_id } => self.delete(key(kind::FORWARDING, *message_id)),
             Change::ForwardSeen { message_id } => {
                 self.put(key(kind::SEEN, *message_id), W::new().0, true);
+                // Its sender waits for it, with the copies before it.
+                self.flush = record.seq;
             }
             Change::ForwardForgotten { message_id } => self.delete(key(kind::SEEN, *message_id)),
         }
@@ -654,7 +655,8 @@ impl Ledger {
 
     /// Holds back, for one batch, the first write of a delivery, of its sent state, of a
     /// message body and of a QoS 2 id received: a delivery acknowledged before the next
-    /// batch then costs no write at all. (Not a will's deliveries: the will is forgotten as
+    /// batch then costs no write at all. (Not what comes before a QoS 2 message recorded as
+    /// forwarding to siblings, or taken from one: a sibling waits for those.) (Not a will's deliveries: the will is forgotten as
     /// it goes out, and a crash must not lose both.)
     /// The price is one more batch before those records are durable (see
     /// [`Batch::through`]). Off by default.
@@ -672,13 +674,11 @@ impl Ledger {
             // Only what was first written since the last batch waits, and only once.
             let waits = match k >> SHIFT {
                 // A QoS 2 id received waits with the deliveries of its message: on disk
-                // alone it would make the resend after a restart look delivered. So do the
-                // records that a QoS 2 message is on its way to siblings, or was taken from
-                // one: alone, one would forward it again, the other forget it.
-                kind::FAN | kind::INBOUND | kind::FORWARDING | kind::SEEN => p.fresh,
+                // alone it would make the resend after a restart look delivered.
+                kind::FAN | kind::INBOUND => p.fresh,
                 _ => false,
             };
-            if self.defer && waits && p.seq > taken {
+            if self.defer && waits && p.seq > taken && p.seq > self.flush {
                 kept.push((k, p));
                 continue;
             }

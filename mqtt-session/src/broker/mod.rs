@@ -2796,7 +2796,7 @@ impl Broker {
         let mut st = self.stats();
         if let Some(sib) = self.siblings.as_mut() {
             // The counters of the whole server: ours now, the others' as they last sent them.
-            sib.send(shard::Forward {
+            sib.answers.push_back(shard::Forward {
                 to: None,
                 relay: Relay::Counters(Box::new(st)),
             });
@@ -3014,8 +3014,7 @@ impl Broker {
                     // every older one).
                     let seq = self.seq;
                     if let Some(sib) = self.siblings.as_mut() {
-                        let relay = sib.horizon();
-                        sib.out.push_back((seq, shard::Forward { to: None, relay }));
+                        sib.advance_horizon(seq);
                     }
                 }
                 if let Some(conn) = done.publisher {
@@ -3070,6 +3069,9 @@ impl Broker {
     pub fn poll_forward(&mut self) -> Option<shard::Forward> {
         let sib = self.siblings.as_mut()?;
         sib.report_taken();
+        if let Some(f) = sib.answers.pop_front() {
+            return Some(f);
+        }
         // A QoS 2 message's forwards wait for its records (see `Siblings::publish`), and what
         // follows them waits too, to keep the order.
         if sib.out.front()?.0 > self.durable {

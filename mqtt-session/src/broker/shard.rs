@@ -255,6 +255,10 @@ pub(crate) struct Siblings {
     /// What to tell the siblings, each with the record that must be durable first (0: none);
     /// it goes out in order, so what follows a gated forward waits too.
     pub(crate) out: VecDeque<(u64, Forward)>,
+    /// Answers and counts ([`Relay::Stored`], [`Relay::Took`], [`Relay::Press`],
+    /// [`Relay::Relieve`], [`Relay::Counters`]), which no order with `out` binds: they go
+    /// first, so a sibling's publisher never waits for this sibling's disk.
+    pub(crate) answers: VecDeque<Forward>,
     /// The forwards of the QoS 2 message being published, until its records are made: they
     /// wait for them (see [`Siblings::publish`]).
     pub(crate) staged: Vec<Forward>,
@@ -301,6 +305,7 @@ impl Siblings {
         Siblings {
             me,
             out: VecDeque::new(),
+            answers: VecDeque::new(),
             staged: Vec::new(),
             seen: BTreeSet::new(),
             restored: BTreeMap::new(),
@@ -494,7 +499,7 @@ impl Siblings {
                     n: core::mem::take(n),
                 };
                 let to = u16::try_from(to).ok();
-                self.out.push_back((0, Forward { to, relay }));
+                self.answers.push_back(Forward { to, relay });
             }
         }
     }
@@ -665,9 +670,9 @@ impl Siblings {
         }
     }
 
-    /// Tells sibling `to` about publisher `conn` of its and session `session` of ours.
+    /// Answers sibling `to`, ahead of the ordered forwards (see `answers`).
     pub(crate) fn press(&mut self, to: u16, relay: Relay) {
-        self.send(Forward {
+        self.answers.push_back(Forward {
             to: Some(to),
             relay,
         });
@@ -684,14 +689,26 @@ impl Siblings {
         u16::try_from(id.wrapping_sub(1) % step).unwrap_or(0)
     }
 
-    /// What this sibling may still forward again of what it forwarded so far: from its
-    /// oldest message recorded as forwarding on, else nothing. (Later forwards come after the
-    /// [`Relay::Horizon`] that says so, and are not affected.)
-    pub(crate) fn horizon(&self) -> Relay {
-        let below = self.unstored.iter().find(|(_, u)| u.exact);
-        Relay::Horizon {
-            below: below.map_or(u64::MAX, |(id, _)| *id),
+    /// Tells the others, once record `seq` is durable, what this sibling may still forward
+    /// again of what it forwarded so far: from its oldest message recorded as forwarding on,
+    /// else nothing. (Later forwards come after the [`Relay::Horizon`] that says so, and are
+    /// not affected.) One still waiting at the end of the queue is moved on instead: a word
+    /// per batch, not per message.
+    pub(crate) fn advance_horizon(&mut self, seq: u64) {
+        let oldest = self.unstored.iter().find(|(_, u)| u.exact);
+        let below = oldest.map_or(u64::MAX, |(id, _)| *id);
+        if let Some((gate, f)) = self.out.back_mut()
+            && let Relay::Horizon { below: b } = &mut f.relay
+        {
+            *gate = seq;
+            *b = below;
+            return;
         }
+        let f = Forward {
+            to: None,
+            relay: Relay::Horizon { below },
+        };
+        self.out.push_back((seq, f));
     }
 
     /// Every other sibling stores `msg` as its topic's retained message.
