@@ -6,11 +6,11 @@
 //! from what its store holds). Our own client state machines survive the crashes, reconnect
 //! and resend what was not completed.
 //!
-//! The promise: every subscriber gets every message exactly once, and the group each once
-//! between its members, although one store cannot commit together with another (a message
-//! stored on the subscriber's sibling and not yet on the publisher's must not be taken again
-//! when the publisher resends it); and once all is done, no store keeps a record of a
-//! forward.
+//! The promise: every subscriber gets every message exactly once and in each publisher's
+//! order, and the group each once between its members, although one store cannot commit
+//! together with another (a message stored on the subscriber's sibling and not yet on the
+//! publisher's must not be taken again when the publisher resends it); and once all is done,
+//! no store keeps a record of a forward.
 
 mod broker_common;
 
@@ -300,6 +300,14 @@ impl World {
     }
 }
 
+/// Whether each publisher's messages among `got` come in the order it published them.
+fn in_order(got: &[u32]) -> bool {
+    (0..PUBLISHERS.len() as u32).all(|k| {
+        let theirs: Vec<u32> = got.iter().copied().filter(|p| p >> 16 == k).collect();
+        theirs.is_sorted()
+    })
+}
+
 fn run(defer: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut w = World::new(defer);
     let mut sent = [0u32; PUBLISHERS.len()];
@@ -335,6 +343,12 @@ fn run(defer: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     }
     for s in 0..SIBLINGS {
         let mut got = w.received(s, w.subscribers[s]);
+        prop_assert!(
+            in_order(&got),
+            "subscriber on sibling {}: out of order {:?}",
+            s,
+            got
+        );
         got.sort_unstable();
         prop_assert_eq!(
             &got,
@@ -343,11 +357,17 @@ fn run(defer: bool, steps: &[Step]) -> Result<(), TestCaseError> {
             s
         );
     }
-    let mut group: Vec<u32> = MEMBERS
-        .iter()
-        .zip(&w.members)
-        .flat_map(|(&(s, _), &i)| w.received(s, i))
-        .collect();
+    let mut group = Vec::new();
+    for (&(s, _), &i) in MEMBERS.iter().zip(&w.members) {
+        let got = w.received(s, i);
+        prop_assert!(
+            in_order(&got),
+            "member on sibling {}: out of order {:?}",
+            s,
+            got
+        );
+        group.extend(got);
+    }
     group.sort_unstable();
     prop_assert_eq!(&group, &want, "the share group: each message once");
     // Nothing is on its way any more: no store remembers a forward.
