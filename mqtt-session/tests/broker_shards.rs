@@ -127,6 +127,43 @@ fn a_share_group_across_siblings_gets_each_message_once_round_robin_over_every_m
 }
 
 #[test]
+fn a_copy_picked_for_a_member_that_just_left_on_its_sibling_is_counted_as_dropped() {
+    // The window the shard docs describe: the publisher's sibling picks a member's sibling
+    // before it hears that the member left. What that costs is counted, never silent, and
+    // ends with the hand-over.
+    let mut sib = Siblings::new(2);
+    let here = sib.client(0, "here");
+    let there = sib.client(1, "there");
+    for m in [here, there] {
+        sib.subscribe(m, "$share/g/jobs", QoS::AtLeastOnce);
+    }
+    let p = sib.client(0, "pub");
+    let now = sib.nets[1].now;
+    sib.nets[1]
+        .cl(there.1)
+        .unsubscribe(now, &[filter("$share/g/jobs")], &[])
+        .unwrap();
+    sib.nets[1].run(); // not handed over yet
+    for n in 0..4u8 {
+        publish(&mut sib.nets[0], p.1, "jobs", &[n], QoS::AtLeastOnce, false);
+    }
+    sib.settle();
+    assert_eq!(
+        sib.payloads(here).len(),
+        2,
+        "round-robin: every other one stayed here"
+    );
+    assert_eq!(sib.nets[1].broker.stats().dropped.member_left, 2);
+    assert_eq!(sib.dropped(), 2, "and nothing else");
+    // Once the word has crossed, every copy goes to the member that is left.
+    for n in 4..8u8 {
+        sib.publish(p, "jobs", &[n], QoS::AtLeastOnce, false);
+    }
+    assert_eq!(sib.payloads(here).len(), 4, "all four new ones");
+    assert_eq!(sib.dropped(), 2);
+}
+
+#[test]
 fn a_suback_waits_until_every_sibling_knows_the_subscription() {
     let mut sib = Siblings::new(3);
     let p = sib.client(0, "pub");

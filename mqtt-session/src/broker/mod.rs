@@ -2448,6 +2448,14 @@ impl Broker {
         }
         self.scratch = keys;
         shared.sort();
+        if let Scope::Relayed { groups, .. } = scope {
+            // Picked for a group that has no member here any more: the picker had not heard.
+            let gone = groups
+                .iter()
+                .filter(|g| !shared.iter().any(|(f, _)| f == *g))
+                .count();
+            self.stats.dropped.member_left += u64::try_from(gone).unwrap_or(u64::MAX);
+        }
         let mut start = 0;
         while let Some((filter, _)) = shared.get(start) {
             let end = shared

@@ -26,7 +26,11 @@
 //!   not heard of yet (its members joined a moment ago) is served by the lowest sibling that
 //!   has members, so no message is lost to it while the counts travel. (Members that join on
 //!   two siblings at the same moment may, until their counts have crossed, both be given one
-//!   message.) A member whose window is full is passed over for one elsewhere.
+//!   message.) A member whose window is full is passed over for one elsewhere. A sibling
+//!   whose last member of a group left may still be picked until its new count arrives (one
+//!   hand-over); such a copy is dropped and counted
+//!   ([`Drops::member_left`](super::Drops::member_left)), as a message with no member is.
+//!   (Handing it on would need its durability and exactly-once bookkeeping to follow it.)
 //! - **Back-pressure.** A forwarded message that leaves a connected subscriber's session more
 //!   than half full tells the publisher's sibling to hold the publisher ([`Relay::Press`]),
 //!   as a local subscriber would; the session lets it go when it drains below a quarter

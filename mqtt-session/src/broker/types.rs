@@ -493,6 +493,9 @@ pub struct Drops {
     pub not_authorized: u64,
     /// Not retained: the retained store was at [`Limits::retained_bytes`].
     pub retained_full: u64,
+    /// A share group's copy reached the sibling picked for it after that sibling's last
+    /// member had left, before the others heard (see [`shard`](super::shard)).
+    pub member_left: u64,
 }
 
 impl Drops {
@@ -505,6 +508,7 @@ impl Drops {
             + self.offline_qos0
             + self.not_authorized
             + self.retained_full
+            + self.member_left
     }
 }
 
@@ -558,6 +562,7 @@ impl Stats {
         d.offline_qos0 += e.offline_qos0;
         d.not_authorized += e.not_authorized;
         d.retained_full += e.retained_full;
+        d.member_left += e.member_left;
         self.publishers_held += o.publishers_held;
         self.subscribers_stalled += o.subscribers_stalled;
         self.publishers_throttled += o.publishers_throttled;

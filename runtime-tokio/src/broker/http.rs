@@ -54,6 +54,8 @@ impl BrokerEndpoint {
                 ("expired", d.expired),
                 ("offline_qos0", d.offline_qos0),
                 ("not_authorized", d.not_authorized),
+                ("retained_full", d.retained_full),
+                ("member_left", d.member_left),
             ],
             publishers_held: stats.publishers_held,
             publishers_throttled: stats.publishers_throttled,
