@@ -655,9 +655,9 @@ impl Ledger {
 
     /// Holds back, for one batch, the first write of a delivery, of its sent state, of a
     /// message body and of a QoS 2 id received: a delivery acknowledged before the next
-    /// batch then costs no write at all. (Not what comes before a QoS 2 message recorded as
-    /// forwarding to siblings, or taken from one: a sibling waits for those.) (Not a will's deliveries: the will is forgotten as
-    /// it goes out, and a crash must not lose both.)
+    /// batch then costs no write at all. (Not a will's deliveries: the will is forgotten as
+    /// it goes out, and a crash must not lose both. Nor what comes before a QoS 2 message
+    /// recorded as forwarding to siblings, or taken from one: a sibling waits for those.)
     /// The price is one more batch before those records are durable (see
     /// [`Batch::through`]). Off by default.
     pub fn set_defer(&mut self, on: bool) {

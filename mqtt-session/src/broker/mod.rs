@@ -622,7 +622,7 @@ impl Broker {
                     break;
                 }
                 sib.to_confirm.pop_front();
-                sib.press(from, Relay::Stored { id });
+                sib.answer(from, Relay::Stored { id });
             }
         }
         let unstored = self.siblings.as_ref().map(|s| &s.unstored);
@@ -1562,7 +1562,8 @@ impl Broker {
         let client_id = s.client_id.clone();
         let mut matched = 0;
         let mut through = None;
-        // The message whose copies on siblings must be stored before the ack (0: none).
+        // The message whose copies on siblings may have to be stored before the ack (0: none;
+        // `ack_message` looks).
         let mut unstored = 0;
         if allowed && !bad_format {
             let id = self.new_msg_id();
@@ -1590,13 +1591,7 @@ impl Broker {
             };
             matched = self.route(now, &msg, Some(sid), scope);
             self.tracking = None;
-            if self
-                .siblings
-                .as_ref()
-                .is_some_and(|s| s.unstored.contains_key(&id))
-            {
-                unstored = id;
-            }
+            unstored = id;
             self.hold(conn, now);
             if counted {
                 through = Some(id);
@@ -2208,11 +2203,10 @@ impl Broker {
         };
         self.free.push(u32::try_from(sid).unwrap_or(u32::MAX));
         self.by_id.remove(&s.client_id);
-        let slot = u32::try_from(sid).unwrap_or(u32::MAX);
-        for &w in &s.waiters {
-            self.let_go_waiter(w, slot, now);
-        }
         let session = u32::try_from(sid).unwrap_or(u32::MAX);
+        for &w in &s.waiters {
+            self.let_go_waiter(w, session, now);
+        }
         for (slot, sub) in s.subs.iter().enumerate() {
             let Some(sub) = sub else { continue };
             if let Ok(filter) = TopicFilter::new(&sub.filter) {
@@ -2700,10 +2694,8 @@ impl Broker {
         let mut pressing = core::mem::take(&mut self.pressing);
         let keys: Vec<(u16, u32)> = pressing.iter().map(|&sid| (me, sid)).collect();
         for &sid in &pressing {
-            if let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut)
-                && !s.waiters.contains(&(me, conn))
-            {
-                s.waiters.push((me, conn));
+            if let Some(s) = self.sessions.get_mut(sid as usize).and_then(Option::as_mut) {
+                s.add_waiter((me, conn));
             }
         }
         self.hold_for(conn, now, &keys);
@@ -2771,7 +2763,7 @@ impl Broker {
         if from == me {
             self.let_go(conn, (me, sid), now);
         } else if let Some(sib) = self.siblings.as_mut() {
-            sib.press(from, Relay::Relieve { conn, session: sid });
+            sib.answer(from, Relay::Relieve { conn, session: sid });
         }
     }
 
@@ -2924,12 +2916,11 @@ impl Broker {
             let (Some(conn), Some(s)) = (origin, self.session_mut(sid)) else {
                 continue;
             };
-            if s.waiters.contains(&(from, conn)) {
+            if !s.add_waiter((from, conn)) {
                 continue;
             }
-            s.waiters.push((from, conn));
             if let Some(sib) = self.siblings.as_mut() {
-                sib.press(from, Relay::Press { conn, session: sid });
+                sib.answer(from, Relay::Press { conn, session: sid });
             }
         }
         self.pressing = pressing;
@@ -2985,7 +2976,7 @@ impl Broker {
                     if self.seq > self.durable {
                         sib.to_confirm.push_back((self.seq, from, msg.id));
                     } else {
-                        sib.press(from, Relay::Stored { id: msg.id });
+                        sib.answer(from, Relay::Stored { id: msg.id });
                     }
                 }
             }
@@ -2999,10 +2990,10 @@ impl Broker {
                     .copied()
                     .filter(|&id| sib.origin(id) == from)
                     .collect();
+                for id in &gone {
+                    sib.seen.remove(id);
+                }
                 for message_id in gone {
-                    if let Some(sib) = self.siblings.as_mut() {
-                        sib.seen.remove(&message_id);
-                    }
                     self.record(Change::ForwardForgotten { message_id });
                 }
             }
@@ -3057,7 +3048,7 @@ impl Broker {
                 if let Some(s) = self.siblings.as_mut() {
                     s.remote_members(from, &filter, members);
                     if token != 0 {
-                        s.press(from, Relay::Stored { id: token });
+                        s.answer(from, Relay::Stored { id: token });
                     }
                 }
             }
@@ -3065,7 +3056,7 @@ impl Broker {
                 if let Some(s) = self.siblings.as_mut() {
                     s.remote_interest(from, &filter, on);
                     if token != 0 {
-                        s.press(from, Relay::Stored { id: token });
+                        s.answer(from, Relay::Stored { id: token });
                     }
                 }
             }

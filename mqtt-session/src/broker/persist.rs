@@ -299,14 +299,15 @@ impl Broker {
                 targets,
                 known,
             } => {
-                self.restored_msg_id(message.id);
+                let id = message.id;
+                self.restored_msg_id(id);
                 if let Some(sib) = self.siblings.as_mut() {
                     let p = Pending {
-                        msg: message.clone(),
+                        msg: message,
                         targets,
                         known,
                     };
-                    sib.restored.insert(message.id, p);
+                    sib.restored.insert(id, p);
                 }
             }
             Change::Forwarded { message_id } => {

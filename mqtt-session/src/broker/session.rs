@@ -127,8 +127,8 @@ pub(crate) struct Session {
     pub(crate) will: Option<Box<Will>>,
     /// A will waiting for its delay after the connection ended.
     pub(crate) pending_will: Option<(Shared<Message>, Instant)>,
-    /// Publishers held until this session drains (back-pressure).
-    /// (sibling, connection) of each publisher it holds (its own sibling's index for one here).
+    /// Publishers held until this session drains (back-pressure): (sibling, connection) of
+    /// each (its own sibling's index for one here).
     pub(crate) waiters: Vec<(u16, ConnId)>,
     /// It made no room in time: it holds no publisher until it has drained.
     pub(crate) stalled: bool,
@@ -160,6 +160,15 @@ impl Session {
     }
 
     /// Messages held (queued and in flight).
+    /// Holds publisher `w` too; whether it was not held already.
+    pub(crate) fn add_waiter(&mut self, w: (u16, ConnId)) -> bool {
+        let new = !self.waiters.contains(&w);
+        if new {
+            self.waiters.push(w);
+        }
+        new
+    }
+
     pub(crate) fn held(&self) -> usize {
         self.queue.len() + self.inflight.len()
     }

@@ -524,6 +524,15 @@ impl Siblings {
             .unwrap_or_default()
     }
 
+    /// Counts one more message on its way to sibling `to`; whether its window is past.
+    fn sent_to(&mut self, to: u16) -> bool {
+        let Some(f) = self.in_flight.get_mut(usize::from(to)) else {
+            return false;
+        };
+        *f = f.saturating_add(1);
+        *f > WINDOW
+    }
+
     /// Holds `conn` for the windows of the siblings in `full`; returns their hold keys.
     pub(crate) fn wait_for_windows(&mut self, conn: ConnId, full: u64) -> Vec<(u16, u32)> {
         let mut keys = Vec::new();
@@ -578,11 +587,8 @@ impl Siblings {
             if to_mask & (1 << (to % 64)) == 0 {
                 continue;
             }
-            if let Some(f) = self.in_flight.get_mut(usize::from(to)) {
-                *f = f.saturating_add(1);
-                if *f > WINDOW {
-                    full |= 1 << (to % 64);
-                }
+            if self.sent_to(to) {
+                full |= 1 << (to % 64);
             }
             let groups = picked
                 .iter()
@@ -656,9 +662,7 @@ impl Siblings {
             };
             self.unstored.insert(id, entry);
             for (to, groups) in p.targets {
-                if let Some(f) = self.in_flight.get_mut(usize::from(to)) {
-                    *f = f.saturating_add(1);
-                }
+                self.sent_to(to);
                 self.send(Forward {
                     to: Some(to),
                     relay: Relay::Publish {
@@ -675,7 +679,7 @@ impl Siblings {
     }
 
     /// Answers sibling `to`, ahead of the ordered forwards (see `answers`).
-    pub(crate) fn press(&mut self, to: u16, relay: Relay) {
+    pub(crate) fn answer(&mut self, to: u16, relay: Relay) {
         self.answers.push_back(Forward {
             to: Some(to),
             relay,
