@@ -504,7 +504,7 @@ impl Broker {
         };
         let epoch = std::time::Instant::now();
         // Per sibling: its core, the ledger its records fold into, and its store.
-        let mut parts: Vec<(Core0, Option<mqtt_session::broker::ledger::Ledger>)> = Vec::new();
+        let mut cores: Vec<(Core0, Option<mqtt_session::broker::ledger::Ledger>)> = Vec::new();
         let mut durables = Vec::new();
         let mut clock_base = 0;
         match cfg.persistence_dir.as_ref() {
@@ -525,7 +525,7 @@ impl Broker {
                         clock_base = o.clock_ms;
                     }
                     let now = Instant::from_millis(clock_base);
-                    parts.push((
+                    cores.push((
                         Core0::restore(c, now, o.records),
                         writable.then_some(o.ledger),
                     ));
@@ -534,11 +534,10 @@ impl Broker {
             }
             None => {
                 for index in 0..shards {
-                    parts.push((Core0::new(sibling_cfg(index, &core_cfg)), None));
+                    cores.push((Core0::new(sibling_cfg(index, &core_cfg)), None));
                 }
             }
         }
-        let mut cores: Vec<(Core0, Option<mqtt_session::broker::ledger::Ledger>)> = parts;
         // A store holds other siblings' messages too: no id any of them holds is given again.
         let top = cores
             .iter()
