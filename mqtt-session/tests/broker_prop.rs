@@ -15,27 +15,6 @@ use mqtt_proto::{QoS, SubscriptionOptions};
 use mqtt_session::broker::Config;
 use proptest::prelude::*;
 
-#[derive(Debug, Clone)]
-enum Op {
-    Drop(usize),
-    /// Stall the client's network (to the broker, from it): what is in flight waits, or is
-    /// lost on a drop.
-    Stall(usize, bool, bool),
-    Connect(usize),
-    Publish(usize, usize, QoS),
-    Advance(u64),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        1 => (0..CLIENTS).prop_map(Op::Drop),
-        2 => (0..CLIENTS, any::<bool>(), any::<bool>()).prop_map(|(c, u, d)| Op::Stall(c, u, d)),
-        1 => (0..CLIENTS).prop_map(Op::Connect),
-        4 => (0..CLIENTS, 0..TOPICS.len(), qos()).prop_map(|(c, t, q)| Op::Publish(c, t, q)),
-        1 => (1u64..5_000).prop_map(Op::Advance),
-    ]
-}
-
 fn run(subs: &[Vec<(usize, QoS)>], ops: &[Op]) -> Result<(), TestCaseError> {
     let mut net = Net::new(Config::default());
     let ids: Vec<String> = (0..CLIENTS).map(|i| format!("c{i}")).collect();

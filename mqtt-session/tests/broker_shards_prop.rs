@@ -17,29 +17,6 @@ use proptest::prelude::*;
 
 const SIBLINGS: usize = 2;
 
-#[derive(Debug, Clone)]
-enum Op {
-    Drop(usize),
-    /// Stall the client's network (to its broker, from it).
-    Stall(usize, bool, bool),
-    Connect(usize),
-    Publish(usize, usize, QoS),
-    Advance(u64),
-    /// Hand every forward made so far to its sibling.
-    Pump,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        1 => (0..CLIENTS).prop_map(Op::Drop),
-        2 => (0..CLIENTS, any::<bool>(), any::<bool>()).prop_map(|(c, u, d)| Op::Stall(c, u, d)),
-        1 => (0..CLIENTS).prop_map(Op::Connect),
-        4 => (0..CLIENTS, 0..TOPICS.len(), qos()).prop_map(|(c, t, q)| Op::Publish(c, t, q)),
-        1 => (1u64..5_000).prop_map(Op::Advance),
-        2 => Just(Op::Pump),
-    ]
-}
-
 fn run(subs: &[Vec<(usize, QoS)>], ops: &[Op]) -> Result<(), TestCaseError> {
     let mut sib = Siblings::new(SIBLINGS as u16);
     // Client i is peer `i / SIBLINGS` of sibling `i % SIBLINGS`.
@@ -134,7 +111,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_interleavings_over_siblings_keep_qos_promises(subs in subs(), ops in proptest::collection::vec(op(), 1..60)) {
+    fn random_interleavings_over_siblings_keep_qos_promises(subs in subs(), ops in proptest::collection::vec(op_or_pump(), 1..60)) {
         run(&subs, &ops)?;
     }
 }

@@ -20,6 +20,36 @@ pub fn qos() -> impl Strategy<Value = QoS> {
     ]
 }
 
+/// One step of a random interleaving.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Drop(usize),
+    /// Stall the client's network (to its broker, from it): what is in flight waits, or is
+    /// lost on a drop.
+    Stall(usize, bool, bool),
+    Connect(usize),
+    Publish(usize, usize, QoS),
+    Advance(u64),
+    /// With siblings: hand every forward made so far to its sibling.
+    Pump,
+}
+
+/// A step by one client, or of the clock.
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..CLIENTS).prop_map(Op::Drop),
+        2 => (0..CLIENTS, any::<bool>(), any::<bool>()).prop_map(|(c, u, d)| Op::Stall(c, u, d)),
+        1 => (0..CLIENTS).prop_map(Op::Connect),
+        4 => (0..CLIENTS, 0..TOPICS.len(), qos()).prop_map(|(c, t, q)| Op::Publish(c, t, q)),
+        1 => (1u64..5_000).prop_map(Op::Advance),
+    ]
+}
+
+/// [`op`], or a hand-over between siblings (2 in 11).
+pub fn op_or_pump() -> impl Strategy<Value = Op> {
+    prop_oneof![9 => op(), 2 => Just(Op::Pump)]
+}
+
 /// Each client's subscriptions: (filter index, max QoS).
 pub fn subs() -> impl Strategy<Value = Vec<Vec<(usize, QoS)>>> {
     proptest::collection::vec(
